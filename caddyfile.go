@@ -1,0 +1,280 @@
+package exportdownload
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("export_download", parseCaddyfile)
+	// In front of reverse_proxy, so no global `order` is needed.
+	httpcaddyfile.RegisterDirectiveOrder("export_download", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	export_download [<matcher>] {
+//	    path              /v1/exports/{id}/download
+//	    upstream          <base URL>                     # required
+//	    upstream_path     /v1/exports/{id}
+//	    upstream_timeout  2s
+//	    upstream_header   <name> <value>                 # repeatable
+//	    forward_header    <name>                         # repeatable; Authorization always
+//	    key_prefixes      <prefix...>
+//	    bucket            <name or template>             # required
+//	    object_key        <template>                     # required
+//	    region            <region>                       # default us-east-1
+//	    endpoint          <URL>
+//	    path_style
+//	    access_key_id     <id>
+//	    secret_access_key <secret>
+//	    session_token     <token>
+//	    presign_expiry    15m
+//	    filename          <template>                     # default export-{id}.csv
+//	    content_type      <type>                         # default text/csv
+//	    on_upstream_error error|passthrough
+//	    invalidate_path   /v1/exports/{id}
+//	    cache off
+//	    cache {
+//	        max_entries    100000
+//	        ttl            <outcome> <duration>
+//	        stale_if_error 10m
+//	        presign_reuse  5m
+//	    }
+//	}
+//
+// Placeholders such as {env.S3_SECRET} are expanded at provision.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		repeatable := name == "upstream_header" || name == "forward_header" || name == "key_prefixes"
+		if seen[name] && !repeatable {
+			return d.Errf("%s: duplicate subdirective", name)
+		}
+		seen[name] = true
+		switch name {
+		case "path":
+			if err := oneArg(d, &h.Path); err != nil {
+				return err
+			}
+		case "upstream":
+			if err := oneArg(d, &h.Upstream); err != nil {
+				return err
+			}
+		case "upstream_path":
+			if err := oneArg(d, &h.UpstreamPath); err != nil {
+				return err
+			}
+		case "upstream_timeout":
+			if err := durationArg(d, &h.UpstreamTimeout); err != nil {
+				return err
+			}
+		case "upstream_header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("upstream_header: want <name> <value>, got %d arguments", len(args))
+			}
+			if h.UpstreamHeader == nil {
+				h.UpstreamHeader = map[string]string{}
+			}
+			if _, dup := h.UpstreamHeader[args[0]]; dup {
+				return d.Errf("upstream_header: %s given twice", args[0])
+			}
+			h.UpstreamHeader[args[0]] = args[1]
+		case "forward_header":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("forward_header: want at least one header name")
+			}
+			h.ForwardHeader = append(h.ForwardHeader, args...)
+		case "key_prefixes":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("key_prefixes: want at least one prefix")
+			}
+			h.KeyPrefixes = append(h.KeyPrefixes, args...)
+		case "bucket":
+			if err := oneArg(d, &h.Bucket); err != nil {
+				return err
+			}
+		case "object_key":
+			if err := oneArg(d, &h.ObjectKey); err != nil {
+				return err
+			}
+		case "region":
+			if err := oneArg(d, &h.Region); err != nil {
+				return err
+			}
+		case "endpoint":
+			if err := oneArg(d, &h.Endpoint); err != nil {
+				return err
+			}
+		case "path_style":
+			if d.NextArg() {
+				return d.Errf("path_style: takes no argument")
+			}
+			h.PathStyle = true
+		case "access_key_id":
+			if err := oneArg(d, &h.AccessKeyID); err != nil {
+				return err
+			}
+		case "secret_access_key":
+			if err := oneArg(d, &h.SecretAccessKey); err != nil {
+				return err
+			}
+		case "session_token":
+			if err := oneArg(d, &h.SessionToken); err != nil {
+				return err
+			}
+		case "presign_expiry":
+			if err := durationArg(d, &h.PresignExpiry); err != nil {
+				return err
+			}
+		case "filename":
+			if err := oneArg(d, &h.Filename); err != nil {
+				return err
+			}
+		case "content_type":
+			if err := oneArg(d, &h.ContentType); err != nil {
+				return err
+			}
+		case "on_upstream_error":
+			if err := oneArg(d, &h.OnUpstreamError); err != nil {
+				return err
+			}
+			if h.OnUpstreamError != "error" && h.OnUpstreamError != "passthrough" {
+				return d.Errf("on_upstream_error: %q is not error or passthrough", h.OnUpstreamError)
+			}
+		case "invalidate_path":
+			if err := oneArg(d, &h.InvalidatePath); err != nil {
+				return err
+			}
+		case "cache":
+			if err := h.unmarshalCache(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized subdirective %q", name)
+		}
+	}
+	// `caddy adapt` does not provision: report missing essentials here.
+	for _, req := range [...]struct{ name, value string }{{"upstream", h.Upstream}, {"bucket", h.Bucket}, {"object_key", h.ObjectKey}} {
+		if req.value == "" {
+			return d.Errf("export_download: %s is required", req.name)
+		}
+	}
+	if err := h.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
+	h.Cache = new(CacheConfig)
+	if d.NextArg() {
+		if d.Val() != "off" || d.NextArg() {
+			return d.Errf("cache: want `cache off` or a block")
+		}
+		h.Cache.Disabled = true
+		if d.NextBlock(d.Nesting()) {
+			return d.Errf("cache off: takes no block")
+		}
+		return nil
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] && name != "ttl" {
+			return d.Errf("%s: duplicate subdirective", name)
+		}
+		seen[name] = true
+		switch name {
+		case "max_entries":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				return d.Errf("max_entries: %q is not a positive whole number", s)
+			}
+			h.Cache.MaxEntries = n
+		case "ttl":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("ttl: want <outcome> <duration>, got %d arguments", len(args))
+			}
+			dur, err := caddy.ParseDuration(args[1])
+			if err != nil {
+				return d.Errf("ttl: %s: %v", args[0], err)
+			}
+			if h.Cache.TTL == nil {
+				h.Cache.TTL = map[string]caddy.Duration{}
+			}
+			if _, dup := h.Cache.TTL[args[0]]; dup {
+				return d.Errf("ttl: %s given twice", args[0])
+			}
+			h.Cache.TTL[args[0]] = caddy.Duration(dur)
+		case "stale_if_error":
+			var dur caddy.Duration
+			if err := durationArg(d, &dur); err != nil {
+				return err
+			}
+			h.Cache.StaleIfError = &dur
+		case "presign_reuse":
+			var dur caddy.Duration
+			if err := durationArg(d, &dur); err != nil {
+				return err
+			}
+			h.Cache.PresignReuse = &dur
+		default:
+			return d.Errf("cache: unrecognized subdirective %q", name)
+		}
+	}
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.Errf("%s: want exactly one argument, got %d", name, len(args))
+	}
+	*dst = args[0]
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	if dur < 0 {
+		return d.Errf("%s: must not be negative", name)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,227 @@
+// Package cache keeps the upstream's answers at the edge (SPEC §4): fresh
+// lifetimes per entry, one upstream call per burst of misses, stale-if-error,
+// refresh-ahead, and invalidation by export id. It knows nothing of HTTP:
+// the caller supplies a Loader and decides what an answer means.
+package cache
+
+import (
+	"context"
+	"encoding/hex"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Key identifies an answer: a digest of the caller's credentials and the
+// export id. Raw credentials are never stored.
+type Key struct {
+	Cred [32]byte
+	ID   string
+}
+
+func (k Key) flightKey() string { return hex.EncodeToString(k.Cred[:]) + k.ID }
+
+// Entry is a stored answer. Its fields never change after it is stored.
+type Entry[V any] struct {
+	Value      V
+	StoredAt   time.Time
+	FreshUntil time.Time
+	StaleUntil time.Time // FreshUntil + stale_if_error
+	refreshAt  time.Time // 80% of the fresh lifetime
+	refreshing atomic.Bool
+}
+
+// Loader asks the upstream. It returns the value and how long it stays
+// fresh (0: do not store), or an error for an upstream failure, which is
+// never stored.
+type Loader[V any] func(ctx context.Context) (V, time.Duration, error)
+
+// Config configures a Cache.
+type Config struct {
+	MaxEntries   int
+	StaleIfError time.Duration
+	// Now is the clock; nil means time.Now. Tests pass a fake one.
+	Now func() time.Time
+	// OnRefreshError, if set, learns of failed background refreshes.
+	OnRefreshError func(Key, error)
+}
+
+// Cache is safe for concurrent use. Close stops its goroutines.
+type Cache[V any] struct {
+	store        *otter.Cache[Key, *Entry[V]]
+	flights      singleflight.Group
+	staleIfError time.Duration
+	now          func() time.Time
+	onRefreshErr func(Key, error)
+
+	// gen counts invalidations: an answer fetched before one is not stored.
+	gen atomic.Uint64
+
+	base   context.Context // canceled by Close; parent of background refreshes
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New returns an empty cache.
+func New[V any](cfg Config) *Cache[V] {
+	c := &Cache[V]{
+		staleIfError: cfg.StaleIfError,
+		now:          cfg.Now,
+		onRefreshErr: cfg.OnRefreshError,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	opts := &otter.Options[Key, *Entry[V]]{
+		MaximumSize: cfg.MaxEntries,
+		// Entries leave memory once even a stale copy is useless; freshness
+		// itself is checked against c.now, so a fake clock drives tests.
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[Key, *Entry[V]]) time.Duration {
+			return max(e.Value.StaleUntil.Sub(e.Value.StoredAt), time.Millisecond)
+		}),
+	}
+	c.store = otter.Must(opts)
+	c.base, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// Close stops background refreshes, waits for them, and stops the store's
+// maintenance goroutine. The cache must not be used afterwards.
+func (c *Cache[V]) Close() {
+	c.cancel()
+	c.wg.Wait()
+	c.store.InvalidateAll()
+	c.store.StopAllGoroutines()
+}
+
+// State says what Peek found.
+type State uint8
+
+// Peek results.
+const (
+	Absent  State = iota // nothing usable: load
+	Fresh                // serve it
+	Refresh              // serve it; past 80% of its lifetime: RefreshAsync
+	Stale                // past freshness, within stale_if_error: load, and serve it if that fails
+)
+
+// Peek looks key up without calling anything: the hit path.
+func (c *Cache[V]) Peek(key Key) (*Entry[V], State) {
+	e, ok := c.store.GetIfPresent(key)
+	if !ok {
+		return nil, Absent
+	}
+	now := c.now()
+	switch {
+	case now.Before(e.refreshAt):
+		return e, Fresh
+	case now.Before(e.FreshUntil):
+		return e, Refresh
+	case now.Before(e.StaleUntil):
+		return e, Stale
+	}
+	return nil, Absent
+}
+
+// Outcome says how Load got its value.
+type Outcome uint8
+
+// Load outcomes.
+const (
+	Stored    Outcome = iota // asked the upstream, stored the answer
+	NotStored                // asked the upstream; the answer is not cacheable
+	Collapsed                // waited on another caller's upstream call
+)
+
+// Load calls load once for all concurrent callers of key and stores a
+// cacheable answer. The shared call runs detached from ctx: a caller that
+// gives up (ctx done) gets ctx.Err() while the others still get the answer.
+func (c *Cache[V]) Load(ctx context.Context, key Key, load Loader[V]) (V, Outcome, error) {
+	leader := false
+	detached := context.WithoutCancel(ctx)
+	ch := c.flights.DoChan(key.flightKey(), func() (any, error) {
+		leader = true
+		return c.fetch(detached, key, load)
+	})
+	select {
+	case r := <-ch:
+		res := r.Val.(result[V])
+		switch {
+		case !leader:
+			return res.v, Collapsed, r.Err
+		case res.stored:
+			return res.v, Stored, r.Err
+		}
+		return res.v, NotStored, r.Err
+	case <-ctx.Done():
+		var zero V
+		return zero, NotStored, ctx.Err()
+	}
+}
+
+type result[V any] struct {
+	v      V
+	stored bool
+}
+
+func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V], error) {
+	gen := c.gen.Load()
+	v, ttl, err := load(ctx)
+	if err != nil || ttl <= 0 {
+		return result[V]{v: v}, err
+	}
+	if c.gen.Load() != gen {
+		// An invalidation ran meanwhile: this answer may predate it.
+		return result[V]{v: v}, nil
+	}
+	now := c.now()
+	e := &Entry[V]{
+		Value:      v,
+		StoredAt:   now,
+		FreshUntil: now.Add(ttl),
+		StaleUntil: now.Add(ttl + c.staleIfError),
+		refreshAt:  now.Add(ttl * 8 / 10),
+	}
+	c.store.Set(key, e)
+	return result[V]{v: v, stored: true}, nil
+}
+
+// RefreshAsync refreshes e in the background unless a refresh of it is
+// already running. It returns whether it started one.
+func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		// e stays marked: a successful refresh replaces it, and a failed
+		// one leaves it to expire rather than retrying on every hit.
+		_, _, err := c.Load(c.base, key, load)
+		if err != nil && c.onRefreshErr != nil {
+			c.onRefreshErr(key, err)
+		}
+	}()
+	return true
+}
+
+// InvalidateID drops every entry of export id, whatever the credentials,
+// and keeps answers fetched before now from being stored.
+func (c *Cache[V]) InvalidateID(id string) int {
+	c.gen.Add(1)
+	n := 0
+	for k := range c.store.Keys() {
+		if k.ID == id {
+			if _, ok := c.store.Invalidate(k); ok {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Len returns about how many entries are stored.
+func (c *Cache[V]) Len() int { return c.store.EstimatedSize() }

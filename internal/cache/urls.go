@@ -1,0 +1,109 @@
+package cache
+
+import (
+	"context"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/exportedge/caddy-export-download/internal/presign"
+)
+
+// URLs reuses presigned URLs per object (bucket, key, file name, content
+// type), so that presigning happens at most once per object per reuse
+// window, and each URL handed out keeps at least two thirds of its lifetime.
+type URLs struct {
+	store   *otter.Cache[presign.Object, *signed]
+	flights singleflight.Group
+	reuse   time.Duration
+	now     func() time.Time
+}
+
+type signed struct {
+	*presign.Signed
+	until time.Time // handed out until then
+}
+
+// NewURLs returns an empty URL cache. reuse is presign_reuse; 0 disables
+// reuse (every Sign presigns).
+func NewURLs(maxEntries int, reuse time.Duration, now func() time.Time) *URLs {
+	if now == nil {
+		now = time.Now
+	}
+	u := &URLs{reuse: reuse, now: now}
+	if reuse > 0 {
+		u.store = otter.Must(&otter.Options[presign.Object, *signed]{
+			MaximumSize: maxEntries,
+			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[presign.Object, *signed]) time.Duration {
+				return max(e.Value.until.Sub(e.Value.SignedAt), time.Millisecond)
+			}),
+		})
+	}
+	return u
+}
+
+// Close stops the store's maintenance goroutine.
+func (u *URLs) Close() {
+	if u.store != nil {
+		u.store.InvalidateAll()
+		u.store.StopAllGoroutines()
+	}
+}
+
+// ReuseFor is how long a URL of lifetime life may be handed out:
+// min(reuse, life/3).
+func ReuseFor(reuse, life time.Duration) time.Duration { return min(reuse, life/3) }
+
+// Sign returns a URL for obj: a reused one when it is inside its window
+// and does not outlive exportExpires (zero: none), else a new one from
+// sign (called once for concurrent callers of one object). reused is false
+// only for the caller whose call of sign made the URL.
+func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.Time, sign func(context.Context) (*presign.Signed, error)) (s *presign.Signed, reused bool, err error) {
+	if u.store == nil {
+		s, err = sign(ctx)
+		return s, false, err
+	}
+	if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
+		return e.Signed, true, nil
+	}
+	fk := obj.Bucket + "\x00" + obj.Key + "\x00" + obj.Filename + "\x00" + obj.ContentType
+	signedHere := false
+	v, err, _ := u.flights.Do(fk, func() (any, error) {
+		// Another caller may have signed while this one waited for the lock.
+		if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
+			return e, nil
+		}
+		signedHere = true
+		s, err := sign(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		e := &signed{Signed: s, until: s.SignedAt.Add(ReuseFor(u.reuse, s.Lifetime))}
+		u.store.Set(obj, e)
+		return e, nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return v.(*signed).Signed, !signedHere, nil
+}
+
+func (u *URLs) usable(e *signed, exportExpires time.Time) bool {
+	if !u.now().Before(e.until) {
+		return false
+	}
+	return exportExpires.IsZero() || !e.Expires().After(exportExpires)
+}
+
+// Lookup returns a URL for obj that may be handed out now, without
+// signing: the hit path, which allocates nothing.
+func (u *URLs) Lookup(obj presign.Object, exportExpires time.Time) (*presign.Signed, bool) {
+	if u.store == nil {
+		return nil, false
+	}
+	if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
+		return e.Signed, true
+	}
+	return nil, false
+}
