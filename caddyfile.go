@@ -178,7 +178,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("export_download: %s is required", req.name)
 		}
 	}
-	if err := h.Validate(); err != nil {
+	if err := h.validate(false); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil

@@ -300,31 +300,38 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
-	sw := &statusWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	err := next.ServeHTTP(sw, r)
-	if err == nil && sw.status >= 200 && sw.status < 300 {
-		n := h.caches.decisions.InvalidateID(id)
-		h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n))
+	sw := &successWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		onSuccess: func() {
+			n := h.caches.decisions.InvalidateID(id)
+			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n))
+		},
 	}
-	return err
+	return next.ServeHTTP(sw, r)
 }
 
-// statusWriter remembers the final status of a response.
-type statusWriter struct {
+// successWriter calls onSuccess when the final status is 2xx, before the
+// status reaches the client: a client that sees its DELETE succeed and
+// asks again at once must not get the dropped answer.
+type successWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	status int
+	onSuccess func()
+	decided   bool
 }
 
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 && code >= 200 {
-		s.status = code
+func (s *successWriter) WriteHeader(code int) {
+	if !s.decided && code >= 200 {
+		s.decided = true
+		if code < 300 {
+			s.onSuccess()
+		}
 	}
 	s.ResponseWriterWrapper.WriteHeader(code)
 }
 
-func (s *statusWriter) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
+func (s *successWriter) Write(b []byte) (int, error) {
+	if !s.decided {
+		s.WriteHeader(http.StatusOK)
 	}
 	return s.ResponseWriterWrapper.Write(b)
 }

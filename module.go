@@ -126,7 +126,7 @@ type Handler struct {
 	Cache *CacheConfig `json:"cache,omitempty"`
 
 	// Runtime state.
-	path, invalidate route.Template
+	path, invalidate  route.Template
 	bucket, key, file tmpl.Template
 	forward           []string // canonical names, Authorization first
 	upstream          *upstream.Client
@@ -328,35 +328,43 @@ func (h *Handler) setDefaults() {
 // Validate checks the configuration; each message names the subdirective.
 // It only reads fields, so it also runs on a config that was not
 // provisioned.
-func (h *Handler) Validate() error {
+func (h *Handler) Validate() error { return h.validate(true) }
+
+// validate checks the configuration. Before provision (expanded false, as
+// when parsing a Caddyfile), a value holding a global placeholder such as
+// {env.S3_ENDPOINT} cannot be checked yet and is left to Provision.
+func (h *Handler) validate(expanded bool) error {
 	var errs []error
+	known := func(s string) bool { return expanded || !hasCaddyPlaceholder(s) }
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("export_download: %s: %s", name, fmt.Sprintf(format, args...)))
 	}
 	if h.Upstream == "" {
 		bad("upstream", "required")
-	} else if u, err := url.Parse(h.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	} else if u, err := url.Parse(h.Upstream); !known(h.Upstream) {
+		// checked at provision
+	} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("upstream", "%q must be an http:// or https:// URL with a host", h.Upstream)
 	} else if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		bad("upstream", "%q must not hold a query, fragment or user info", h.Upstream)
 	}
 	if h.Bucket == "" {
 		bad("bucket", "required")
-	} else if _, err := tmpl.Parse(h.Bucket); err != nil {
+	} else if _, err := tmpl.Parse(h.Bucket); err != nil && known(h.Bucket) {
 		bad("bucket", "%v", err)
 	}
 	if h.ObjectKey == "" {
 		bad("object_key", "required")
-	} else if _, err := tmpl.Parse(h.ObjectKey); err != nil {
+	} else if _, err := tmpl.Parse(h.ObjectKey); err != nil && known(h.ObjectKey) {
 		bad("object_key", "%v", err)
 	}
 	if h.Filename != "" {
-		if _, err := tmpl.Parse(h.Filename); err != nil {
+		if _, err := tmpl.Parse(h.Filename); err != nil && known(h.Filename) {
 			bad("filename", "%v", err)
 		}
 	}
 	for _, p := range [...]struct{ name, value string }{{"path", h.Path}, {"upstream_path", h.UpstreamPath}, {"invalidate_path", h.InvalidatePath}} {
-		if p.value != "" {
+		if p.value != "" && known(p.value) {
 			if _, err := route.Parse(p.value); err != nil {
 				bad(p.name, "%q %v", p.value, err)
 			}
@@ -372,7 +380,7 @@ func (h *Handler) Validate() error {
 	} else if h.PresignExpiry != 0 && time.Duration(h.PresignExpiry) < time.Second {
 		bad("presign_expiry", "must be at least 1s")
 	}
-	if h.Endpoint != "" {
+	if h.Endpoint != "" && known(h.Endpoint) {
 		if u, err := url.Parse(h.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("endpoint", "%q must be an http:// or https:// URL with a host", h.Endpoint)
 		}
@@ -428,6 +436,26 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasCaddyPlaceholder reports whether s holds a {…} that is Caddy's, not
+// one of the templates' own {id} and {export.<field>}.
+func hasCaddyPlaceholder(s string) bool {
+	for {
+		open := strings.IndexByte(s, '{')
+		if open < 0 {
+			return false
+		}
+		end := strings.IndexByte(s[open:], '}')
+		if end < 0 {
+			return false
+		}
+		name := s[open+1 : open+end]
+		if name != "id" && !strings.HasPrefix(name, "export.") {
+			return true
+		}
+		s = s[open+end+1:]
+	}
 }
 
 func validHeaderName(name string) bool {

@@ -195,8 +195,11 @@ func (s clockedSigner) PresignHTTP(ctx context.Context, creds aws.Credentials, r
 	return s.Signer.PresignHTTP(ctx, creds, r, payloadHash, service, region, signingTime, optFns...)
 }
 
-// ContentDisposition returns `attachment; filename="<ASCII fallback>";
-// filename*=UTF-8''<RFC 5987 encoding>` for name. Control characters are
+// ContentDisposition returns the header value
+//
+//	attachment; filename="<ASCII fallback>"; filename*=UTF-8''<RFC 5987 encoding>
+//
+// for name. Control characters are
 // dropped first, so no value can break the header.
 func ContentDisposition(name string) string {
 	name = strings.ToValidUTF8(name, "\uFFFD")
