@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# demo.sh: run the whole demo on loopback with one command.
+#
+# Builds the custom Caddy (bin/caddy) and the sample metadata API
+# (bin/demo-api), installs the pinned versitygw if it is missing, starts
+# versitygw (S3, port 7070), the API (port 9080) and Caddy with
+# Caddyfile.example (port 8080), uploads the demo CSVs, then shows a download
+# and the error answers. It keeps running until Ctrl-C, which stops
+# everything it started. With DEMO_EXIT=1 it exits after the checks (CI runs
+# it that way as a smoke test); it exits non-zero when an answer is wrong.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+
+readonly VERSITYGW_PKG=github.com/versity/versitygw/cmd/versitygw@v1.8.0
+readonly S3_PORT=7070 API_PORT=9080 CADDY_PORT=8080 ADMIN_PORT=2019
+readonly BASE=http://127.0.0.1:${CADDY_PORT}
+
+# Read by Caddyfile.example ({env.*}) and by `demo-api -seed`. S3 is reached
+# as "localhost" while the API is 127.0.0.1: curl -L (like Go's client)
+# would otherwise send Authorization on to S3, which refuses a request that
+# has both that header and a presigned query.
+export S3_ENDPOINT=http://localhost:${S3_PORT}
+export S3_ACCESS_KEY_ID=demo-access-key
+export S3_SECRET_ACCESS_KEY=demo-secret-key-not-for-production
+export S3_BUCKET=demo-exports
+export S3_REGION=us-east-1
+
+# The demo exports and keys; keep in sync with cmd/demo-api/main.go.
+readonly ID_COMPLETED=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a01
+readonly ID_PENDING=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a02
+readonly ID_PROCESSING=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a03
+readonly ID_FAILED=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a04
+readonly ID_EXPIRED=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a05
+readonly ID_PAST_EXPIRES_AT=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a06
+readonly ID_DISPOSABLE=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a07
+readonly ALICE='Authorization: Bearer hb_test_demo_alice'
+readonly BOB='Authorization: Bearer hb_test_demo_bob'
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+fail() {
+	printf '\n\033[31mFAIL: %s\033[0m\n' "$*" >&2
+	exit 1
+}
+# show CMD...: print CMD the way one would type it, then run it.
+show() {
+	local line='$' arg
+	for arg in "$@"; do
+		if [[ $arg == *' '* ]]; then line+=" '$arg'"; else line+=" $arg"; fi
+	done
+	echo "$line" >&2
+	"$@"
+}
+
+for tool in go curl; do
+	command -v "$tool" >/dev/null || { echo "demo.sh needs $tool" >&2; exit 1; }
+done
+
+# --- processes and cleanup ---------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/export-download-demo.XXXXXX")
+PIDS=()
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	# A failure shows the services' logs; Ctrl-C (130) or TERM (143) does not.
+	if [[ $status -ne 0 && $status -ne 130 && $status -ne 143 ]]; then
+		for log in "$WORK"/*.log; do
+			[[ -e $log ]] || continue
+			printf '\n--- last lines of %s ---\n' "$(basename "$log")" >&2
+			tail -n 20 "$log" >&2
+		done
+	fi
+	# Newest first: Caddy before the services behind it.
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill "${PIDS[i]}" 2>/dev/null || true
+	done
+	# Bounded: whatever has not stopped after 5s is killed.
+	for pid in "${PIDS[@]}"; do
+		for _ in $(seq 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+	exit "$status"
+}
+trap cleanup EXIT
+# Ctrl-C: leave through the EXIT trap, with the conventional status.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: run CMD in the background, output in $WORK/NAME.log.
+start() {
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+}
+
+# wait_for NAME URL: poll URL until it answers any HTTP status (bounded),
+# failing early if the process died.
+wait_for() {
+	local name=$1 url=$2 pid=${PIDS[-1]} code
+	for _ in $(seq 100); do
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+		[[ $code != 000 ]] && return 0
+		kill -0 "$pid" 2>/dev/null || fail "$name exited (its log follows)"
+		sleep 0.1
+	done
+	fail "$name did not answer on $url within 10s"
+}
+
+# A port someone else already serves would make the readiness checks pass
+# against the wrong program.
+for port in $S3_PORT $API_PORT $CADDY_PORT $ADMIN_PORT; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "port $port on 127.0.0.1 is already in use; stop what uses it first" >&2
+		exit 1
+	fi
+done
+
+# --- build -------------------------------------------------------------------
+
+say "Building bin/caddy and bin/demo-api"
+go build -o bin/caddy ./cmd/caddy
+go build -o bin/demo-api ./cmd/demo-api
+
+VERSITYGW=$(command -v versitygw || true)
+if [[ -z $VERSITYGW ]]; then
+	GOBIN_DIR=$(go env GOBIN)
+	[[ -n $GOBIN_DIR ]] || GOBIN_DIR=$(go env GOPATH | cut -d: -f1)/bin
+	VERSITYGW=$GOBIN_DIR/versitygw
+	if [[ ! -x $VERSITYGW ]]; then
+		say "Installing versitygw ($VERSITYGW_PKG)"
+		go install "$VERSITYGW_PKG"
+	fi
+fi
+
+# --- start -------------------------------------------------------------------
+
+say "Starting versitygw (S3) on $S3_ENDPOINT"
+mkdir "$WORK/s3"
+# The root keys go in the environment, not on the command line, where any
+# local user could read them in the process list.
+start versitygw env ROOT_ACCESS_KEY="$S3_ACCESS_KEY_ID" ROOT_SECRET_KEY="$S3_SECRET_ACCESS_KEY" \
+	"$VERSITYGW" --port "127.0.0.1:$S3_PORT" --region "$S3_REGION" posix "$WORK/s3"
+# An anonymous request gets 403, which proves it is serving.
+wait_for versitygw "$S3_ENDPOINT/"
+
+say "Starting the demo metadata API on http://127.0.0.1:$API_PORT"
+start demo-api bin/demo-api -listen "127.0.0.1:$API_PORT"
+wait_for demo-api "http://127.0.0.1:$API_PORT/v1/health"
+
+say "Uploading the demo CSVs to s3://$S3_BUCKET"
+bin/demo-api -seed
+
+say "Starting Caddy with Caddyfile.example on $BASE"
+start caddy bin/caddy run --config Caddyfile.example --adapter caddyfile
+# /v1/health is not the handler's: answered through reverse_proxy.
+wait_for caddy "$BASE/v1/health"
+
+# --- show --------------------------------------------------------------------
+
+# status_of ARGS...: print only the HTTP status of a request to Caddy.
+status_of() { curl -sS -o /dev/null -w '%{http_code}' "$@"; }
+
+# api_lookups ID: how many times the metadata API was asked about ID.
+api_lookups() { grep -c "GET /v1/exports/$1 -> " "$WORK/demo-api.log" || true; }
+
+say "Download a completed export (302 to a presigned S3 URL, followed by curl -L)"
+show curl -sS -L -H "$ALICE" "$BASE/v1/exports/$ID_COMPLETED/download" | tee "$WORK/download.csv"
+bin/demo-api -csv "$ID_COMPLETED" >"$WORK/expected.csv"
+cmp -s "$WORK/download.csv" "$WORK/expected.csv" ||
+	fail "the downloaded CSV differs from the one uploaded"
+
+say "The same download again, without -L: the answer comes from Caddy's cache"
+show curl -sS -i -H "$ALICE" "$BASE/v1/exports/$ID_COMPLETED/download" | tee "$WORK/redirect.txt"
+grep -q '^HTTP/[0-9.]* 302' "$WORK/redirect.txt" || fail "expected 302 Found"
+grep -qi '^Cache-Status: export_download; hit' "$WORK/redirect.txt" ||
+	fail "expected Cache-Status: export_download; hit on the second request"
+lookups=$(api_lookups "$ID_COMPLETED")
+echo "(the metadata API was asked about this export $lookups time(s) for two downloads)"
+[[ $lookups -eq 1 ]] || fail "expected 1 metadata lookup, got $lookups"
+
+say "An export that is not ready: the API's error envelope, from the edge"
+show curl -sS -i -H "$ALICE" "$BASE/v1/exports/$ID_PENDING/download" | tee "$WORK/pending.txt"
+echo
+grep -q '^HTTP/[0-9.]* 400' "$WORK/pending.txt" || fail "expected 400 for a pending export"
+grep -q '"code":"EXPORT_NOT_READY"' "$WORK/pending.txt" || fail "expected error.code EXPORT_NOT_READY"
+grep -qi '^Content-Type: application/json' "$WORK/pending.txt" || fail "expected a JSON error body"
+
+say "Every case, by status code"
+check() {
+	local want=$1 what=$2 got
+	shift 2
+	got=$(status_of "$@")
+	printf '  %-48s %s\n' "$what" "$got"
+	[[ $got == "$want" ]] || fail "$what: expected $want, got $got"
+}
+check 302 "completed" -H "$ALICE" "$BASE/v1/exports/$ID_COMPLETED/download"
+check 400 "pending" -H "$ALICE" "$BASE/v1/exports/$ID_PENDING/download"
+check 400 "processing" -H "$ALICE" "$BASE/v1/exports/$ID_PROCESSING/download"
+check 400 "failed" -H "$ALICE" "$BASE/v1/exports/$ID_FAILED/download"
+check 410 "expired" -H "$ALICE" "$BASE/v1/exports/$ID_EXPIRED/download"
+check 410 "completed, expires_at past" -H "$ALICE" "$BASE/v1/exports/$ID_PAST_EXPIRES_AT/download"
+check 404 "another key's export (bob)" -H "$BOB" "$BASE/v1/exports/$ID_COMPLETED/download"
+check 401 "no API key" "$BASE/v1/exports/$ID_COMPLETED/download"
+check 401 "unknown key prefix" -H 'Authorization: Bearer sk_demo' "$BASE/v1/exports/$ID_COMPLETED/download"
+check 400 "id not a UUID" -H "$ALICE" "$BASE/v1/exports/not-a-uuid/download"
+check 200 "other paths pass through (GET /v1/exports)" -H "$ALICE" "$BASE/v1/exports"
+
+say "DELETE through Caddy drops the cached answer (invalidate_path)"
+check 302 "download (cached now)" -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE/download"
+check 204 "DELETE /v1/exports/{id} (to the app)" -X DELETE -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE"
+check 404 "download after the DELETE" -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE/download"
+
+say "All checks passed"
+echo "Caddy:        $BASE   (admin and /metrics: http://localhost:$ADMIN_PORT/metrics)"
+echo "metadata API: http://127.0.0.1:$API_PORT"
+echo "S3:           $S3_ENDPOINT"
+echo "Keys:         hb_test_demo_alice (owns every export), hb_test_demo_bob (owns none)"
+echo "Exports:      completed $ID_COMPLETED"
+echo "              pending $ID_PENDING, processing $ID_PROCESSING, failed $ID_FAILED"
+echo "              expired $ID_EXPIRED, completed past expires_at $ID_PAST_EXPIRES_AT"
+
+if [[ ${DEMO_EXIT:-0} == 1 ]]; then
+	exit 0
+fi
+echo
+echo "Running; press Ctrl-C to stop everything."
+# wait returns when a trapped signal arrives, so Ctrl-C reaches the trap.
+wait

@@ -1,0 +1,449 @@
+package exportdownload
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+// envelope is SPEC §2's error body.
+type envelope struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	Meta struct {
+		RequestID string `json:"request_id"`
+	} `json:"meta"`
+}
+
+func decodeEnvelope(t *testing.T, body string) envelope {
+	t.Helper()
+	var env envelope
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("body %q is not the error envelope: %v", body, err)
+	}
+	return env
+}
+
+// TestContractTable walks SPEC §2's decision table through ServeHTTP with a
+// fake upstream programmed per row.
+func TestContractTable(t *testing.T) {
+	clock := newClock()
+	now := clock.Now()
+	in := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
+	body := func(status string, expires *time.Time) testenv.Response {
+		return testenv.Response{Body: testenv.ExportBody(testID, status, expires, nil)}
+	}
+	for _, tc := range []struct {
+		name       string
+		resp       testenv.Response
+		wantStatus int
+		wantCode   string
+		wantMsg    string
+	}{
+		{"upstream 401", testenv.Response{Status: 401, Body: `{}`}, 401, "UNAUTHORIZED", "Invalid or missing API key"},
+		{"upstream 403", testenv.Response{Status: 403, Body: `{}`}, 401, "UNAUTHORIZED", "Invalid or missing API key"},
+		{"upstream 404", testenv.Response{Status: 404, Body: `{}`}, 404, "NOT_FOUND", "Export not found"},
+		{"upstream 429", testenv.Response{Status: 429, Header: http.Header{"Retry-After": {"7"}}}, 429, "RATE_LIMITED", "Too many requests"},
+		{"pending", body("pending", nil), 400, "EXPORT_NOT_READY", "Export is not yet completed"},
+		{"processing", body("processing", nil), 400, "EXPORT_NOT_READY", "Export is not yet completed"},
+		{"failed", body("failed", nil), 400, "EXPORT_NOT_READY", "Export failed; create a new export"},
+		{"expired", body("expired", nil), 410, "EXPORT_EXPIRED", "Export download link has expired"},
+		{"completed, expires_at past", body("completed", in(-time.Minute)), 410, "EXPORT_EXPIRED", "Export download link has expired"},
+		{"completed, expires_at now", body("completed", in(0)), 410, "EXPORT_EXPIRED", "Export download link has expired"},
+		{"completed, 0.5s left", body("completed", in(500*time.Millisecond)), 410, "EXPORT_EXPIRED", "Export download link has expired"},
+		{"unknown status", body("archived", nil), 400, "EXPORT_NOT_READY", "Export is not yet completed"},
+		{"status Completed (case differs)", body("Completed", nil), 400, "EXPORT_NOT_READY", "Export is not yet completed"},
+		{"completed", body("completed", in(time.Hour)), 302, "", ""},
+		{"completed, no expiry", body("completed", nil), 302, "", ""},
+		{"upstream 500", testenv.Response{Status: 500, Body: `oops`}, 503, "SERVICE_UNAVAILABLE", "Export service is temporarily unavailable"},
+		{"upstream 302", testenv.Response{Status: 302, Header: http.Header{"Location": {"http://127.0.0.1:1/x"}}}, 503, "SERVICE_UNAVAILABLE", "Export service is temporarily unavailable"},
+		{"upstream non-JSON", testenv.Response{Body: `<html>`}, 503, "SERVICE_UNAVAILABLE", "Export service is temporarily unavailable"},
+		{"status not a string", testenv.Response{Body: `{"data":{"id":"` + testID + `","status":3}}`}, 503, "SERVICE_UNAVAILABLE", "Export service is temporarily unavailable"},
+		{"expires_at not RFC 3339", testenv.Response{Body: `{"data":{"id":"` + testID + `","status":"completed","expires_at":"tomorrow"}}`}, 503, "SERVICE_UNAVAILABLE", "Export service is temporarily unavailable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			up.Set(testID, tc.resp)
+			h := newHandler(t, up, clock)
+			rec := download(t, h, testID, testKey)
+			if rec.Code != tc.wantStatus {
+				t.Fatalf("status %d, want %d; body %s", rec.Code, tc.wantStatus, rec.Body)
+			}
+			reqID := rec.Header().Get("X-Request-Id")
+			if !strings.HasPrefix(reqID, "req_") || len(reqID) < 24 {
+				t.Errorf("X-Request-Id %q", reqID)
+			}
+			if tc.wantStatus == 302 {
+				if rec.Body.Len() != 0 || rec.Header().Get("Location") == "" {
+					t.Errorf("302 with body %q, Location %q", rec.Body, rec.Header().Get("Location"))
+				}
+				return
+			}
+			env := decodeEnvelope(t, rec.Body.String())
+			if env.Error.Code != tc.wantCode || env.Error.Message != tc.wantMsg || env.Meta.RequestID != reqID {
+				t.Errorf("envelope %+v, want %s %q with request id %s", env, tc.wantCode, tc.wantMsg, reqID)
+			}
+			if got := rec.Header().Get("Location"); got != "" {
+				t.Errorf("error answer with Location %q", got)
+			}
+			switch tc.wantStatus {
+			case 429:
+				if got := rec.Header().Get("Retry-After"); got != "7" {
+					t.Errorf("Retry-After %q, want the upstream's 7", got)
+				}
+			case 503:
+				if got := rec.Header().Get("Retry-After"); got != "1" {
+					t.Errorf("Retry-After %q, want 1", got)
+				}
+			}
+		})
+	}
+}
+
+func TestRedirectResponse(t *testing.T) {
+	clock := newClock()
+	up := testenv.NewUpstream(t)
+	expires := clock.Now().Add(10 * time.Minute)
+	up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", &expires, map[string]any{"name": "Q3 \"report\" ü"})})
+	h := newHandler(t, up, clock, func(h *Handler) {
+		h.Filename = "{export.name}.csv"
+		h.ContentType = "text/csv; charset=utf-8"
+	})
+	rec := download(t, h, testID, testKey)
+	if rec.Code != http.StatusFound {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	for name, want := range map[string]string{
+		"Cache-Control":   "private, no-store",
+		"Referrer-Policy": "no-referrer",
+		"Content-Length":  "0",
+		"Cache-Status":    "export_download; fwd=miss; stored",
+	} {
+		if got := rec.Header().Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	loc, err := url.Parse(rec.Header().Get("Location"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loc.Host != "localhost:1" || loc.Path != "/exports/exports/proj_1/"+testID+".csv" {
+		t.Errorf("Location %s: want path-style URL of the rendered key", loc)
+	}
+	q := loc.Query()
+	if q.Get("X-Amz-SignedHeaders") != "host" {
+		t.Errorf("X-Amz-SignedHeaders = %q, want host only", q.Get("X-Amz-SignedHeaders"))
+	}
+	if q.Get("X-Amz-Expires") != "600" {
+		t.Errorf("X-Amz-Expires = %q, want 600 (the export expires in 10m, before presign_expiry)", q.Get("X-Amz-Expires"))
+	}
+	if q.Get("X-Amz-Date") != clock.Now().UTC().Format("20060102T150405Z") {
+		t.Errorf("X-Amz-Date = %q, want the handler's clock", q.Get("X-Amz-Date"))
+	}
+	wantCD := `attachment; filename="Q3 _report_ _.csv"; filename*=UTF-8''Q3%20%22report%22%20%C3%BC.csv`
+	if got := q.Get("response-content-disposition"); got != wantCD {
+		t.Errorf("response-content-disposition = %q, want %q", got, wantCD)
+	}
+	if got := q.Get("response-content-type"); got != "text/csv; charset=utf-8" {
+		t.Errorf("response-content-type = %q", got)
+	}
+}
+
+func TestPresignExpiryClamp(t *testing.T) {
+	clock := newClock()
+	for _, tc := range []struct {
+		name    string
+		expires time.Duration // 0: none
+		expiry  time.Duration
+		want    string
+	}{
+		{"presign_expiry wins", time.Hour, 15 * time.Minute, "900"},
+		{"export expiry wins", 42 * time.Second, 15 * time.Minute, "42"},
+		{"whole seconds, rounded down", 42*time.Second + 900*time.Millisecond, 15 * time.Minute, "42"},
+		{"no expiry: presign_expiry", 0, 2 * time.Hour, "7200"},
+		{"never over 7 days", 0, 7 * 24 * time.Hour, "604800"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			var exp time.Time
+			if tc.expires != 0 {
+				exp = clock.Now().Add(tc.expires)
+			}
+			completed(up, testID, exp)
+			h := newHandler(t, up, clock, func(h *Handler) { h.PresignExpiry = caddy.Duration(tc.expiry) })
+			rec := download(t, h, testID, testKey)
+			loc, _ := url.Parse(rec.Header().Get("Location"))
+			if rec.Code != 302 || loc.Query().Get("X-Amz-Expires") != tc.want {
+				t.Fatalf("status %d, X-Amz-Expires %q, want %s", rec.Code, loc.Query().Get("X-Amz-Expires"), tc.want)
+			}
+		})
+	}
+}
+
+func TestAPIKeyRule(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil, func(h *Handler) { h.KeyPrefixes = []string{"hb_live_", "hb_test_"} })
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		want   int
+	}{
+		{"missing", nil, 401},
+		{"empty", map[string]string{"Authorization": ""}, 401},
+		{"Basic", map[string]string{"Authorization": "Basic aGI6eA=="}, 401},
+		{"Bearer alone", map[string]string{"Authorization": "Bearer"}, 401},
+		{"Bearer and space", map[string]string{"Authorization": "Bearer "}, 401},
+		{"Bearer with inner space", map[string]string{"Authorization": "Bearer hb_test_a b"}, 401},
+		{"wrong prefix", map[string]string{"Authorization": "Bearer sk_live_abc"}, 401},
+		{"Bearerx", map[string]string{"Authorization": "Bearerhb_test_abc"}, 401},
+		{"bearer lower case", map[string]string{"Authorization": "bearer hb_test_abc"}, 302},
+		{"BEARER upper case", map[string]string{"Authorization": "BEARER hb_live_abc"}, 302},
+		{"two spaces", map[string]string{"Authorization": "Bearer  hb_test_abc"}, 302},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := up.Calls()
+			rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download", header: tc.header})
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.want, rec.Body)
+			}
+			if tc.want == 401 {
+				if got := rec.Header().Get("WWW-Authenticate"); got != "Bearer" {
+					t.Errorf("WWW-Authenticate = %q", got)
+				}
+				if got := rec.Header().Get("Cache-Status"); got != "export_download; fwd=bypass" {
+					t.Errorf("Cache-Status = %q", got)
+				}
+				if up.Calls() != before {
+					t.Errorf("rule 1 called the upstream")
+				}
+				env := decodeEnvelope(t, rec.Body.String())
+				if env.Error.Code != "UNAUTHORIZED" {
+					t.Errorf("code %q", env.Error.Code)
+				}
+			}
+		})
+	}
+	// Two Authorization headers are refused rather than guessed between.
+	rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download",
+		multi: http.Header{"Authorization": {"Bearer hb_test_a", "Bearer hb_test_b"}}})
+	if rec.Code != 401 {
+		t.Errorf("two Authorization headers: status %d", rec.Code)
+	}
+}
+
+func TestIDRule(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil)
+	for _, id := range []string{"nope", "01935abc-def0-7123-4567-890abcdef01", "01935abcdef07123-4567-890abcdef0120", "..", "01935abc-def0-7123-4567-890abcdef01z", "%20"} {
+		rec := download(t, h, id, testKey)
+		if rec.Code != 400 {
+			t.Errorf("id %q: status %d, want 400", id, rec.Code)
+			continue
+		}
+		if env := decodeEnvelope(t, rec.Body.String()); env.Error.Code != "INVALID_REQUEST" || env.Error.Message != "id must be a valid UUID" {
+			t.Errorf("id %q: %+v", id, env)
+		}
+	}
+	if up.Calls() != 0 {
+		t.Errorf("rule 2 called the upstream %d times", up.Calls())
+	}
+	// Rule 1 comes first: a bad id without a key is 401.
+	if rec := serve(t, h, request{path: "/v1/exports/nope/download"}); rec.Code != 401 {
+		t.Errorf("bad id and no key: %d, want 401", rec.Code)
+	}
+	// An upper-case id is the same export: lowercased for the upstream.
+	rec := download(t, h, strings.ToUpper(testID), testKey)
+	if rec.Code != 302 {
+		t.Fatalf("upper-case id: %d", rec.Code)
+	}
+	reqs := up.Requests()
+	if len(reqs) != 1 || reqs[0].Path != "/v1/exports/"+testID {
+		t.Errorf("upstream saw %+v, want one GET of the lowercased id", reqs)
+	}
+	// And the same cache entry.
+	if rec := download(t, h, testID, testKey); rec.Header().Get("Cache-Status") != "export_download; hit" {
+		t.Errorf("lowercase after uppercase: %q", rec.Header().Get("Cache-Status"))
+	}
+}
+
+func TestUpstreamRequest(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil, func(h *Handler) {
+		h.UpstreamHeader = map[string]string{"X-Edge-Secret": "s3cr3t"}
+		h.ForwardHeader = []string{"X-Tenant"}
+	})
+	rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download", header: map[string]string{
+		"Authorization": "Bearer " + testKey, "X-Request-Id": "client-id.42", "X-Tenant": "t1", "Cookie": "session=x",
+	}})
+	if rec.Code != 302 || rec.Header().Get("X-Request-Id") != "client-id.42" {
+		t.Fatalf("status %d, X-Request-Id %q", rec.Code, rec.Header().Get("X-Request-Id"))
+	}
+	reqs := up.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("%d upstream requests", len(reqs))
+	}
+	got := reqs[0]
+	for name, want := range map[string]string{
+		"Authorization": "Bearer " + testKey,
+		"X-Request-Id":  "client-id.42",
+		"Accept":        "application/json",
+		"X-Edge-Secret": "s3cr3t",
+		"X-Tenant":      "t1",
+		"Cookie":        "",
+	} {
+		if v := got.Header.Get(name); v != want {
+			t.Errorf("upstream %s = %q, want %q", name, v, want)
+		}
+	}
+	if ua := got.Header.Get("User-Agent"); !strings.HasPrefix(ua, "caddy-export-download/") {
+		t.Errorf("User-Agent %q", ua)
+	}
+	if got.Method != http.MethodGet || got.Path != "/v1/exports/"+testID {
+		t.Errorf("upstream saw %s %s", got.Method, got.Path)
+	}
+	// The forwarded header is part of the cache key: another tenant asks again.
+	rec = serve(t, h, request{path: "/v1/exports/" + testID + "/download", header: map[string]string{
+		"Authorization": "Bearer " + testKey, "X-Tenant": "t2",
+	}})
+	if rec.Code != 302 || up.Calls() != 2 {
+		t.Errorf("other X-Tenant: status %d after %d upstream calls, want a second call", rec.Code, up.Calls())
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	h := newHandler(t, up, nil)
+	for _, tc := range []struct {
+		in   string
+		keep bool
+	}{
+		{"abc", true},
+		{strings.Repeat("a", 128), true},
+		{strings.Repeat("a", 129), false},
+		{"with space", false},
+		{"quote\"", false},
+		{"", false},
+	} {
+		rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download", header: map[string]string{"X-Request-Id": tc.in}})
+		got := rec.Header().Get("X-Request-Id")
+		if tc.keep && got != tc.in {
+			t.Errorf("%q replaced by %q", tc.in, got)
+		}
+		if !tc.keep && (got == tc.in || !strings.HasPrefix(got, "req_") || len(got) < 24) {
+			t.Errorf("%q: got %q, want a new req_ id", tc.in, got)
+		}
+		if env := decodeEnvelope(t, rec.Body.String()); env.Meta.RequestID != got {
+			t.Errorf("body request id %q, header %q", env.Meta.RequestID, got)
+		}
+	}
+}
+
+func TestHEAD(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	up.Set(testID2, testenv.Response{Body: testenv.ExportBody(testID2, "pending", nil, nil)})
+	h := newHandler(t, up, nil)
+	for _, id := range []string{testID, testID2} {
+		get := download(t, h, id, testKey)
+		head := serve(t, h, request{method: http.MethodHead, path: "/v1/exports/" + id + "/download", header: map[string]string{"Authorization": "Bearer " + testKey}})
+		if head.Code != get.Code || head.Body.Len() != 0 {
+			t.Errorf("%s: HEAD %d with %d body bytes, GET %d", id, head.Code, head.Body.Len(), get.Code)
+		}
+		for _, name := range []string{"Content-Type", "Content-Length", "Cache-Control", "Location"} {
+			if (head.Header().Get(name) == "") != (get.Header().Get(name) == "") {
+				t.Errorf("%s: header %s differs between HEAD %q and GET %q", id, name, head.Header().Get(name), get.Header().Get(name))
+			}
+		}
+		if get.Code == 400 && get.Header().Get("Content-Length") != strconv.Itoa(get.Body.Len()) {
+			t.Errorf("Content-Length %q for a %d-byte body", get.Header().Get("Content-Length"), get.Body.Len())
+		}
+	}
+}
+
+func TestPassThrough(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil)
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodPost, "/v1/exports/" + testID + "/download"},
+		{http.MethodPut, "/v1/exports/" + testID + "/download"},
+		{http.MethodGet, "/v1/exports/" + testID},
+		{http.MethodGet, "/v1/exports/" + testID + "/download/"},
+		{http.MethodGet, "/v1/exports//" + testID + "/download"},
+		{http.MethodGet, "/v1/exports/a%2Fb/download"},
+		{http.MethodGet, "/v1/health"},
+		{http.MethodDelete, "/v1/exports/" + testID + "/download"},
+	} {
+		next := new(nextHandler)
+		rec := serve(t, h, request{method: tc.method, path: tc.path, body: "payload", next: next,
+			header: map[string]string{"Authorization": "Bearer " + testKey}})
+		if rec.Code != http.StatusTeapot || next.Calls() != 1 || next.body != "payload" || rec.Header().Get("Cache-Status") != "" {
+			t.Errorf("%s %s: status %d, next ran %d times with body %q", tc.method, tc.path, rec.Code, next.Calls(), next.body)
+		}
+	}
+	if up.Calls() != 0 {
+		t.Errorf("pass-through called the upstream %d times", up.Calls())
+	}
+}
+
+func TestOnUpstreamErrorPassthrough(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	up.Set(testID, testenv.Response{Status: 502})
+	up.Set(testID2, testenv.Response{Status: 404, Body: `{}`})
+	h := newHandler(t, up, nil, func(h *Handler) { h.OnUpstreamError = "passthrough" })
+	next := new(nextHandler)
+	rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download", next: next, header: map[string]string{"Authorization": "Bearer " + testKey}})
+	if rec.Code != http.StatusTeapot || next.Calls() != 1 {
+		t.Errorf("failure with passthrough: status %d, next ran %d times", rec.Code, next.Calls())
+	}
+	// A usable answer is still answered at the edge.
+	rec = serve(t, h, request{path: "/v1/exports/" + testID2 + "/download", next: next, header: map[string]string{"Authorization": "Bearer " + testKey}})
+	if rec.Code != 404 || next.Calls() != 1 {
+		t.Errorf("404 with passthrough: status %d", rec.Code)
+	}
+}
+
+func TestMissingTemplateField(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil, func(h *Handler) { h.ObjectKey = "exports/{export.owner}/{id}.csv" })
+	rec := download(t, h, testID, testKey)
+	if rec.Code != 500 || rec.Header().Get("Location") != "" {
+		t.Fatalf("status %d, Location %q: want 500 and never a guessed key", rec.Code, rec.Header().Get("Location"))
+	}
+	if env := decodeEnvelope(t, rec.Body.String()); env.Error.Code != "INTERNAL_ERROR" {
+		t.Errorf("%+v", env)
+	}
+}
+
+func TestCustomPath(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil, func(h *Handler) {
+		h.Path = "/api/dl/{id}"
+		h.UpstreamPath = "/internal/exports/{id}/meta"
+	})
+	rec := serve(t, h, request{path: "/api/dl/" + testID, header: map[string]string{"Authorization": "Bearer " + testKey}})
+	if rec.Code != 404 {
+		// The fake upstream only knows /v1/exports/{id}: the call went to the configured path.
+		t.Fatalf("status %d", rec.Code)
+	}
+	if reqs := up.Requests(); len(reqs) != 1 || reqs[0].Path != "/internal/exports/"+testID+"/meta" {
+		t.Errorf("upstream saw %+v", reqs)
+	}
+}

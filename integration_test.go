@@ -1,0 +1,362 @@
+package exportdownload
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+// caddyMu serialises the tests that run a whole Caddy: a process holds one
+// running config at a time.
+var caddyMu sync.Mutex
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// runCaddy adapts caddyfile and loads it into this process's Caddy, as
+// `caddy run` would, and stops it when the test ends. Calling it again in
+// the same test is a config reload.
+func runCaddy(t *testing.T, caddyfile string) {
+	t.Helper()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	cfg, warnings, err := adapter.Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapting the Caddyfile: %v\n%s", err, caddyfile)
+	}
+	for _, w := range warnings {
+		t.Logf("adapt warning: %s", w)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("loading the config: %v", err)
+	}
+}
+
+// edge is a running Caddy with export_download in front of reverse_proxy.
+type edge struct {
+	base string // http://127.0.0.1:port
+	up   *testenv.Upstream
+	s3   *testenv.S3
+	app  *echoApp
+	cfg  func(extra string) string
+}
+
+// echoApp stands for the application behind reverse_proxy: it echoes what
+// it got and answers DELETEs with 204.
+type echoApp struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (a *echoApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	a.mu.Lock()
+	a.seen = append(a.seen, r.Method+" "+r.URL.Path+" "+string(b))
+	a.mu.Unlock()
+	if r.Method == http.MethodDelete {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("X-App", "1")
+	fmt.Fprintf(w, "app:%s %s %s", r.Method, r.URL.Path, b)
+}
+
+func startEdge(t *testing.T, directives string) *edge {
+	t.Helper()
+	caddyMu.Lock()
+	t.Cleanup(caddyMu.Unlock)
+	e := &edge{up: testenv.NewUpstream(t), s3: testenv.StartS3(t), app: new(echoApp)}
+	app := httptest.NewServer(e.app)
+	t.Cleanup(app.Close)
+	addr := freeAddr(t)
+	e.base = "http://" + addr
+	e.cfg = func(extra string) string {
+		return fmt.Sprintf(`{
+	admin off
+	persist_config off
+	auto_https off
+	default_bind 127.0.0.1
+}
+
+http://%s {
+	export_download {
+		upstream %s
+		key_prefixes hb_test_ hb_live_
+		bucket exports
+		object_key exports/{export.project_id}/{id}.csv
+		endpoint %s
+		path_style
+		region %s
+		access_key_id %s
+		secret_access_key %s
+		%s
+	}
+	%s
+	reverse_proxy %s
+}
+`, addr, e.up.URL, e.s3.Endpoint, e.s3.Region, e.s3.AccessKey, e.s3.SecretKey, directives, extra, strings.TrimPrefix(app.URL, "http://"))
+	}
+	runCaddy(t, e.cfg(""))
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping Caddy: %v", err)
+		}
+	})
+	e.s3.CreateBucket(t, "exports")
+	return e
+}
+
+// noRedirects is a client that, like the official Go SDK, does not follow
+// redirects.
+var noRedirects = &http.Client{
+	Timeout:       10 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+func (e *edge) get(t *testing.T, client *http.Client, method, path, key string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
+}
+
+func TestEndToEndDownload(t *testing.T) {
+	e := startEdge(t, `filename "Export {id}.csv"`)
+	csv := []byte("id,event,delivered_at\n1,webhook.sent,2026-11-29T12:00:00Z\n2,\"quoted, value\",ü\n")
+	e.s3.PutObject(t, "exports", "exports/proj_1/"+testID+".csv", csv)
+	completed(e.up, testID, time.Now().Add(time.Hour))
+
+	// A client that does not follow redirects gets exactly 302.
+	resp, body := e.get(t, noRedirects, http.MethodGet, "/v1/exports/"+testID+"/download", testKey)
+	if resp.StatusCode != http.StatusFound || len(body) != 0 {
+		t.Fatalf("status %d, body %q", resp.StatusCode, body)
+	}
+	loc := resp.Header.Get("Location")
+	if loc == "" || resp.Header.Get("Cache-Control") != "private, no-store" || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+		t.Fatalf("302 headers: %v", resp.Header)
+	}
+	u, err := url.Parse(loc)
+	if err != nil || u.Query().Get("X-Amz-SignedHeaders") != "host" {
+		t.Fatalf("Location %q: want a URL signing only host", loc)
+	}
+
+	// A plain GET of Location, with no Authorization, downloads the bytes.
+	dl, err := http.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(dl.Body)
+	dl.Body.Close()
+	if dl.StatusCode != 200 || !bytes.Equal(got, csv) {
+		t.Fatalf("download: status %d, %q", dl.StatusCode, got)
+	}
+	wantCD := `attachment; filename="Export ` + testID + `.csv"; filename*=UTF-8''Export%20` + testID + `.csv`
+	if cd := dl.Header.Get("Content-Disposition"); cd != wantCD {
+		t.Errorf("Content-Disposition %q, want %q", cd, wantCD)
+	}
+	if ct := dl.Header.Get("Content-Type"); ct != "text/csv" {
+		t.Errorf("Content-Type %q", ct)
+	}
+
+	// Like curl -L: follow the redirect. S3 is on another host name
+	// (localhost) than the API (127.0.0.1), so Go drops Authorization.
+	resp, body = e.get(t, http.DefaultClient, http.MethodGet, "/v1/exports/"+testID+"/download", testKey)
+	if resp.StatusCode != 200 || !bytes.Equal(body, csv) {
+		t.Fatalf("following the redirect: status %d, %q", resp.StatusCode, body)
+	}
+
+	// A changed signature is refused by S3.
+	q := u.Query()
+	sig := []byte(q.Get("X-Amz-Signature"))
+	sig[0] ^= 1
+	if sig[0] > 'f' || sig[0] < '0' {
+		sig[0] = '0'
+	}
+	q.Set("X-Amz-Signature", string(sig))
+	u.RawQuery = q.Encode()
+	bad, err := http.Get(u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Body.Close()
+	if bad.StatusCode != http.StatusForbidden {
+		t.Errorf("tampered signature: status %d, want 403", bad.StatusCode)
+	}
+
+	// HEAD: the same status and headers, no body.
+	resp, body = e.get(t, noRedirects, http.MethodHead, "/v1/exports/"+testID+"/download", testKey)
+	if resp.StatusCode != http.StatusFound || len(body) != 0 || resp.Header.Get("Location") == "" {
+		t.Errorf("HEAD: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+
+	// Everything came from one upstream call: the rest were cache hits.
+	if n := e.up.CallsFor(testID); n != 1 {
+		t.Errorf("%d upstream calls, want 1", n)
+	}
+}
+
+func TestEndToEndExpiringExport(t *testing.T) {
+	e := startEdge(t, "")
+	e.s3.PutObject(t, "exports", "exports/proj_1/"+testID+".csv", []byte("a,b\n"))
+	const n = 30
+	completed(e.up, testID, time.Now().Add(n*time.Second))
+	resp, _ := e.get(t, noRedirects, http.MethodGet, "/v1/exports/"+testID+"/download", testKey)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	u, _ := url.Parse(resp.Header.Get("Location"))
+	exp, err := strconv.Atoi(u.Query().Get("X-Amz-Expires"))
+	if err != nil || exp > n || exp < n-5 {
+		t.Fatalf("X-Amz-Expires %q, want at most %d (the export's time left)", u.Query().Get("X-Amz-Expires"), n)
+	}
+	dl, err := http.Get(u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl.Body.Close()
+	if dl.StatusCode != 200 {
+		t.Errorf("download of the clamped URL: %d", dl.StatusCode)
+	}
+}
+
+func TestEndToEndErrorsAndPassThrough(t *testing.T) {
+	e := startEdge(t, "")
+	e.up.Set(testID2, testenv.Response{Body: testenv.ExportBody(testID2, "pending", nil, nil)})
+
+	resp, body := e.get(t, noRedirects, http.MethodGet, "/v1/exports/"+testID2+"/download", testKey)
+	if resp.StatusCode != 400 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("pending: %d %v", resp.StatusCode, resp.Header)
+	}
+	var env envelope
+	if err := json.Unmarshal(body, &env); err != nil || env.Error.Code != "EXPORT_NOT_READY" || env.Meta.RequestID != resp.Header.Get("X-Request-Id") {
+		t.Errorf("pending envelope %s: %v", body, err)
+	}
+	resp, _ = e.get(t, noRedirects, http.MethodGet, "/v1/exports/"+testID+"/download", "sk_other")
+	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != "Bearer" {
+		t.Errorf("wrong key prefix: %d", resp.StatusCode)
+	}
+
+	// Other requests reach the app behind reverse_proxy, body included.
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/v1/exports", strings.NewReader(`{"format":"csv"}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	pr, err := noRedirects.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, _ := io.ReadAll(pr.Body)
+	pr.Body.Close()
+	if pr.StatusCode != 200 || string(pb) != `app:POST /v1/exports {"format":"csv"}` {
+		t.Errorf("pass-through: %d %q", pr.StatusCode, pb)
+	}
+	if e.up.Calls() != 1 {
+		t.Errorf("%d metadata calls, want 1 (the pending export)", e.up.Calls())
+	}
+}
+
+func TestEndToEndInvalidateAndReload(t *testing.T) {
+	e := startEdge(t, "")
+	e.s3.PutObject(t, "exports", "exports/proj_1/"+testID+".csv", []byte("a,b\n"))
+	completed(e.up, testID, time.Now().Add(time.Hour))
+	path := "/v1/exports/" + testID + "/download"
+
+	if resp, _ := e.get(t, noRedirects, http.MethodGet, path, testKey); resp.Header.Get("Cache-Status") != "export_download; fwd=miss; stored" {
+		t.Fatalf("first request: %d %q", resp.StatusCode, resp.Header.Get("Cache-Status"))
+	}
+	// Reload with a config that differs elsewhere: the cache is kept.
+	runCaddy(t, e.cfg(`header X-Reloaded 1`))
+	resp, _ := e.get(t, noRedirects, http.MethodGet, path, testKey)
+	if resp.StatusCode != 302 || resp.Header.Get("Cache-Status") != "export_download; hit" || resp.Header.Get("X-Reloaded") != "1" {
+		t.Fatalf("after reload: %d %q X-Reloaded=%q", resp.StatusCode, resp.Header.Get("Cache-Status"), resp.Header.Get("X-Reloaded"))
+	}
+	if n := e.up.CallsFor(testID); n != 1 {
+		t.Fatalf("%d upstream calls after reload, want 1", n)
+	}
+
+	// A DELETE that the app answers 2xx drops the cached answer.
+	resp, _ = e.get(t, noRedirects, http.MethodDelete, "/v1/exports/"+testID, testKey)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	resp, _ = e.get(t, noRedirects, http.MethodGet, path, testKey)
+	if resp.Header.Get("Cache-Status") != "export_download; fwd=miss; stored" || e.up.CallsFor(testID) != 2 {
+		t.Errorf("after DELETE: %q with %d upstream calls, want a new call", resp.Header.Get("Cache-Status"), e.up.CallsFor(testID))
+	}
+}
+
+func TestEndToEndConcurrentCold(t *testing.T) {
+	e := startEdge(t, "")
+	e.up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, nil), Delay: 300 * time.Millisecond})
+	const n = 200
+	var wg sync.WaitGroup
+	codes := make(chan int, n)
+	client := &http.Client{
+		Timeout:       20 * time.Second,
+		Transport:     &http.Transport{MaxIdleConnsPerHost: n},
+		CheckRedirect: noRedirects.CheckRedirect,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.base+"/v1/exports/"+testID+"/download", nil)
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			resp, err := client.Do(req)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != http.StatusFound {
+			t.Fatalf("a concurrent request got %d", c)
+		}
+	}
+	if calls := e.up.CallsFor(testID); calls != 1 {
+		t.Errorf("%d concurrent cold requests made %d upstream calls, want 1", n, calls)
+	}
+}
