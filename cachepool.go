@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,9 +76,9 @@ func loadCaches(h *Handler) (*caches, error) {
 	return &caches{
 		decisions: d.(pooledDecisions).Cache,
 		urls:      u.(pooledURLs).URLs,
-		release: func() {
+		release: sync.OnceFunc(func() {
 			_, _ = pool.Delete(dKey)
 			_, _ = pool.Delete(uKey)
-		},
+		}),
 	}, nil
 }

@@ -165,3 +165,21 @@ func download(t testing.TB, h *Handler, id, key string) *httptest.ResponseRecord
 	t.Helper()
 	return serve(t, h, request{path: "/v1/exports/" + id + "/download", header: map[string]string{"Authorization": "Bearer " + key}})
 }
+
+// httpRequest builds a GET with testKey for a raw (still escaped) path.
+func httpRequest(t testing.TB, rawPath string) *http.Request {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "http://example.com"+rawPath, nil)
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	return req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+}
+
+// serveReq runs req through h; the next handler answers 418.
+func serveReq(t testing.TB, h *Handler, req *http.Request) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, req, new(nextHandler)); err != nil {
+		t.Fatalf("ServeHTTP returned %v", err)
+	}
+	return rec
+}

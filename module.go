@@ -473,10 +473,11 @@ func validHeaderName(name string) bool {
 
 // Cleanup releases this config's hold on the caches and closes the
 // upstream client's idle connections. It is safe after a failed Provision.
+// It changes no field: requests of this config may still be finishing
+// (Caddy drains the old servers after cleaning the old config up).
 func (h *Handler) Cleanup() error {
 	if h.caches != nil {
 		h.caches.release()
-		h.caches = nil
 	}
 	if h.upstream != nil {
 		h.upstream.Close()

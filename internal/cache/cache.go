@@ -89,7 +89,8 @@ func New[V any](cfg Config) *Cache[V] {
 }
 
 // Close stops background refreshes, waits for them, and stops the store's
-// maintenance goroutine. The cache must not be used afterwards.
+// maintenance goroutine. Requests still draining may read it afterwards;
+// it starts no goroutine then.
 func (c *Cache[V]) Close() {
 	c.cancel()
 	c.wg.Wait()
@@ -192,6 +193,9 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 // RefreshAsync refreshes e in the background unless a refresh of it is
 // already running. It returns whether it started one.
 func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
+	if c.base.Err() != nil {
+		return false // closed: a request still draining after a reload
+	}
 	if !e.refreshing.CompareAndSwap(false, true) {
 		return false
 	}
