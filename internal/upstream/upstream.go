@@ -87,7 +87,9 @@ func New(cfg Config) (*Client, error) {
 	rt := cfg.Transport
 	if rt == nil {
 		c.transport = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
+			// No HTTP_PROXY: the caller's credential goes to the configured
+			// upstream and nowhere else.
+			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext,
 			ForceAttemptHTTP2:     true,
 			MaxIdleConns:          256,
