@@ -60,6 +60,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := map[string]bool{}
+	var prev string
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		repeatable := name == "upstream_header" || name == "forward_header" || name == "key_prefixes"
@@ -168,9 +169,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.unmarshalCache(d); err != nil {
 				return err
 			}
+		case "{":
+			// The block of a one-line subdirective: blame that one.
+			return d.Errf("%s: takes no block", prev)
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
+		prev = name
 	}
 	// `caddy adapt` does not provision: report missing essentials here.
 	for _, req := range [...]struct{ name, value string }{{"upstream", h.Upstream}, {"bucket", h.Bucket}, {"object_key", h.ObjectKey}} {
@@ -197,6 +202,7 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 		return nil
 	}
 	seen := map[string]bool{}
+	var prev string
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		if seen[name] && name != "ttl" {
@@ -242,9 +248,12 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Cache.PresignReuse = &dur
+		case "{":
+			return d.Errf("%s: takes no block", prev)
 		default:
 			return d.Errf("cache: unrecognized subdirective %q", name)
 		}
+		prev = name
 	}
 	return nil
 }

@@ -345,7 +345,7 @@ func (h *Handler) validate(expanded bool) error {
 		// checked at provision
 	} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("upstream", "%q must be an http:// or https:// URL with a host", h.Upstream)
-	} else if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+	} else if strings.ContainsAny(h.Upstream, "?#") || u.User != nil {
 		bad("upstream", "%q must not hold a query, fragment or user info", h.Upstream)
 	}
 	if h.Bucket == "" {
@@ -450,12 +450,24 @@ func hasCaddyPlaceholder(s string) bool {
 		if end < 0 {
 			return false
 		}
-		name := s[open+1 : open+end]
-		if name != "id" && !strings.HasPrefix(name, "export.") {
+		if isGlobalPlaceholder(s[open+1 : open+end]) {
 			return true
 		}
 		s = s[open+end+1:]
 	}
+}
+
+// isGlobalPlaceholder reports whether name is one that caddy.NewReplacer()
+// knows without a request, so that Provision expands it. Anything else, a
+// typo like {exportid} or a request placeholder like {http.request.uri.path}
+// (what the Caddyfile shorthand {path} becomes), is rejected while adapting.
+func isGlobalPlaceholder(name string) bool {
+	for _, prefix := range [...]string{"env.", "file.", "system.", "time."} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func validHeaderName(name string) bool {

@@ -59,7 +59,7 @@ func New(cfg Config) (*Client, error) {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("upstream: %q must be an http:// or https:// URL with a host", cfg.BaseURL)
 	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+	if strings.ContainsAny(cfg.BaseURL, "?#") || u.User != nil {
 		return nil, fmt.Errorf("upstream: %q must not hold a query, fragment or user info", cfg.BaseURL)
 	}
 	if _, err := route.Parse(cfg.Path); err != nil {
@@ -156,13 +156,15 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 	if err != nil {
 		return nil, Result{}, &Failure{Reason: "building request", Err: err}
 	}
-	for name, v := range c.headers {
-		req.Header[name] = v
-	}
 	for _, name := range c.forward {
 		if v := from.Values(name); len(v) > 0 {
 			req.Header[http.CanonicalHeaderKey(name)] = v
 		}
+	}
+	// Configured headers win over forwarded ones: a client must not be able
+	// to replace a shared secret set with upstream_header.
+	for name, v := range c.headers {
+		req.Header[name] = v
 	}
 	req.Header.Set("X-Request-Id", requestID)
 
@@ -267,6 +269,11 @@ func parseExport(body []byte, id string) (*decision.Answer, error) {
 		t, err := time.Parse(time.RFC3339, a.Fields["expires_at"])
 		if err != nil {
 			return nil, errors.New("data.expires_at is not RFC 3339")
+		}
+		if t.IsZero() {
+			// 0001-01-01T00:00:00Z is a real, long past instant, but a zero
+			// time.Time means "no expiry" here: keep it in the past.
+			t = t.Add(time.Nanosecond)
 		}
 		a.Export.ExpiresAt = t
 	}
