@@ -217,7 +217,9 @@ func (h *Handler) loader(id string, from http.Header, reqID string) cache.Loader
 				zap.Int("upstream_status", res.Status), zap.Error(err))
 			return nil, 0, err
 		}
-		return h.newRecord(id, a), h.ttls.FreshFor(a, h.now()), nil
+		rec := h.newRecord(id, a)
+		a.Fields = nil // only newRecord reads them: the cache need not keep them
+		return rec, h.ttls.FreshFor(a, h.now()), nil
 	}
 }
 

@@ -145,7 +145,11 @@ func (c *Cache[V]) Load(ctx context.Context, key Key, load Loader[V]) (V, Outcom
 	detached := context.WithoutCancel(ctx)
 	ch := c.flights.DoChan(key.flightKey(), func() (any, error) {
 		leader = true
-		return c.fetch(detached, key, load)
+		// The shared call outlives any one caller, but not the cache.
+		ctx, cancel := context.WithCancel(detached)
+		defer cancel()
+		defer context.AfterFunc(c.base, cancel)()
+		return c.fetch(ctx, key, load)
 	})
 	select {
 	case r := <-ch:
@@ -174,8 +178,9 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 	if err != nil || ttl <= 0 {
 		return result[V]{v: v}, err
 	}
-	if c.gen.Load() != gen {
-		// An invalidation ran meanwhile: this answer may predate it.
+	if c.gen.Load() != gen || c.base.Err() != nil {
+		// An invalidation ran meanwhile (this answer may predate it), or
+		// the cache was closed.
 		return result[V]{v: v}, nil
 	}
 	now := c.now()

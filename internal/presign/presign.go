@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -204,7 +205,10 @@ func (s clockedSigner) PresignHTTP(ctx context.Context, creds aws.Credentials, r
 func ContentDisposition(name string) string {
 	name = strings.ToValidUTF8(name, "\uFFFD")
 	name = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
+		// Controls, line separators and format characters (bidi overrides
+		// such as U+202E could make "report\u202Evsc.exe" display as
+		// "reportexe.csv").
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r) {
 			return -1
 		}
 		return r

@@ -1,0 +1,221 @@
+package exportdownload
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/exportedge/caddy-export-download/internal/cache"
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
+)
+
+// benchWriter is a ResponseWriter that costs next to nothing, so that the
+// benchmarks measure the handler: its header map is cleared between
+// requests, not reallocated, as a server's would be reused.
+type benchWriter struct {
+	header http.Header
+	code   int
+}
+
+func newBenchWriter() *benchWriter { return &benchWriter{header: make(http.Header, 8)} }
+
+func (w *benchWriter) Header() http.Header         { return w.header }
+func (w *benchWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *benchWriter) WriteHeader(code int)        { w.code = code }
+func (w *benchWriter) reset()                      { clear(w.header); w.code = 0 }
+
+// noNext is the next handler of benchmarks; download requests never reach it.
+var noNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// benchRequest is a download request built once and served many times.
+// requestID, when set, is the client's X-Request-Id (else the handler
+// makes one per request, as for most API clients).
+func benchRequest(id, key, requestID string) *http.Request {
+	req := httptest.NewRequest(http.MethodGet, "/v1/exports/"+id+"/download", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	if requestID != "" {
+		req.Header.Set("X-Request-Id", requestID)
+	}
+	return req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+}
+
+// productionLogger logs at Caddy's default level, INFO. Outside a Caddy
+// config, ctx.Logger() is a development logger at DEBUG, which would put the
+// per-request debug line (and its console encoding) into the measurements.
+func productionLogger() *zap.Logger {
+	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
+}
+
+// warmHandler returns a handler on the real clock whose cache holds a
+// completed export for testKey, with its presigned URL.
+func warmHandler(tb testing.TB) *Handler {
+	tb.Helper()
+	up := testenv.NewUpstream(tb)
+	completed(up, testID, time.Now().Add(24*time.Hour))
+	h := newHandler(tb, up, nil)
+	h.logger = productionLogger()
+	checkReply(tb, download(tb, h, testID, testKey), http.StatusFound, wantStored)
+	checkReply(tb, download(tb, h, testID, testKey), http.StatusFound, wantHit)
+	return h
+}
+
+// checkBenchHit fails unless w holds a cache hit's redirect: a benchmark
+// that measured an error path would be worthless.
+func checkBenchHit(tb testing.TB, w *benchWriter) {
+	tb.Helper()
+	if w.code != http.StatusFound || w.header.Get("Cache-Status") != wantHit {
+		tb.Fatalf("got %d %q, want a 302 cache hit", w.code, w.header.Get("Cache-Status"))
+	}
+}
+
+func BenchmarkServeHTTPCacheHit(b *testing.B) {
+	h := warmHandler(b)
+	for _, bc := range []struct{ name, requestID string }{
+		{"new request id", ""},
+		{"client request id", "req_client_0123456789"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			req, w := benchRequest(testID, testKey, bc.requestID), newBenchWriter()
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				_ = h.ServeHTTP(w, req, noNext)
+			}
+			checkBenchHit(b, w)
+		})
+	}
+}
+
+func BenchmarkServeHTTPCacheHitParallel(b *testing.B) {
+	h := warmHandler(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req, w := benchRequest(testID, testKey, ""), newBenchWriter()
+		served := false // with a small b.N a goroutine may get no request
+		for pb.Next() {
+			w.reset()
+			_ = h.ServeHTTP(w, req, noNext)
+			served = true
+		}
+		if served && (w.code != http.StatusFound || w.header.Get("Cache-Status") != wantHit) {
+			b.Errorf("got %d %q, want a 302 cache hit", w.code, w.header.Get("Cache-Status"))
+		}
+	})
+}
+
+// BenchmarkServeHTTPMiss is the contrast: the cache off, every request asks
+// the (loopback) upstream and presigns.
+func BenchmarkServeHTTPMiss(b *testing.B) {
+	up := testenv.NewUpstream(b)
+	completed(up, testID, time.Now().Add(24*time.Hour))
+	h := newHandler(b, up, nil, func(h *Handler) { h.Cache = &CacheConfig{Disabled: true} })
+	h.logger = productionLogger()
+	req, w := benchRequest(testID, testKey, ""), newBenchWriter()
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		_ = h.ServeHTTP(w, req, noNext)
+	}
+	if w.code != http.StatusFound || w.header.Get("Cache-Status") != wantBypass {
+		b.Fatalf("got %d %q, want a 302 bypass", w.code, w.header.Get("Cache-Status"))
+	}
+}
+
+// TestCacheHitAllocs is SPEC §7's "at most 4 allocations per cache hit".
+// It counts allocations, not time, so it is stable on a busy machine.
+func TestCacheHitAllocs(t *testing.T) {
+	h := warmHandler(t)
+	for _, requestID := range []string{"", "req_client_0123456789"} {
+		req, w := benchRequest(testID, testKey, requestID), newBenchWriter()
+		allocs := testing.AllocsPerRun(1000, func() {
+			w.reset()
+			_ = h.ServeHTTP(w, req, noNext)
+		})
+		checkBenchHit(t, w)
+		t.Logf("cache hit (X-Request-Id %q): %v allocations", requestID, allocs)
+		if allocs > 4 {
+			t.Errorf("cache hit (X-Request-Id %q): %v allocations per request, want at most 4", requestID, allocs)
+		}
+	}
+}
+
+// TestHeap100kEntries is SPEC §7's "100,000 cached entries within 64 MiB of
+// heap". Entries go through the handler's own loader and the real upstream
+// client, which parses the "Get export" body, with an in-memory transport
+// instead of 100,000 loopback calls. Each has its own key and export id, as
+// in production, and a typical answer: a completed export with the usual
+// fields in data.
+func TestHeap100kEntries(t *testing.T) {
+	const n = 100_000
+	up := testenv.NewUpstream(t)
+	h := newHandler(t, up, nil)
+	h.logger = productionLogger()
+	expires := time.Now().Add(24 * time.Hour).UTC().Format(time.RFC3339)
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		// Concatenated: JSON encoding per call would only slow the fill.
+		id := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		body := `{"data":{"id":"` + id + `","project_id":"proj_` + id[:8] + `","status":"completed",` +
+			`"format":"csv","row_count":18234,"file_size_bytes":4718592,"created_at":"2025-01-01T10:00:00Z",` +
+			`"completed_at":"2025-01-01T10:02:11Z","expires_at":"` + expires + `"},"meta":{"request_id":"req_up"}}`
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+	})
+	client, err := upstream.New(upstream.Config{BaseURL: up.URL, Path: h.UpstreamPath, Timeout: time.Second,
+		Forward: h.forward, Transport: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.upstream = client
+	c := h.caches.decisions
+
+	fill := func(from, to int) {
+		hdr := http.Header{}
+		for i := from; i < to; i++ {
+			id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
+			hdr.Set("Authorization", fmt.Sprintf("Bearer hb_live_%024d", i))
+			_, how, err := c.Load(context.Background(), h.cacheKey(hdr, id), h.loader(id, hdr, "req_fill"))
+			if err != nil || how != cache.Stored {
+				t.Fatalf("entry %d: Load = %v, %v; want stored", i, how, err)
+			}
+		}
+	}
+	fill(0, 1000) // the first entries grow the store's fixed structures
+	before := heapAlloc()
+	fill(1000, n)
+	after := heapAlloc()
+	runtime.KeepAlive(h)
+
+	if got := c.Len(); got < n*99/100 {
+		t.Fatalf("the cache holds %d entries of %d: the measurement would be short", got, n)
+	}
+	grown := float64(after-before) * n / (n - 1000)
+	t.Logf("%d entries: heap %.1f MiB (%.0f B per entry)", n, grown/(1<<20), grown/n)
+	if grown > 64<<20 {
+		t.Errorf("%d cached entries take %.1f MiB of heap, over SPEC §7's 64 MiB", n, grown/(1<<20))
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// heapAlloc is the live heap after a full collection.
+func heapAlloc() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}

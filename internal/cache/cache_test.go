@@ -1,0 +1,487 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeClock is Config.Now for tests: freshness follows it, not the wall
+// clock, so TTL boundaries are exact.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// newTestCache returns a cache on clock (nil: time.Now) that is closed
+// when the test ends.
+func newTestCache(t testing.TB, clock *fakeClock, maxEntries int, staleIfError time.Duration) *Cache[string] {
+	t.Helper()
+	cfg := Config{MaxEntries: maxEntries, StaleIfError: staleIfError}
+	if clock != nil {
+		cfg.Now = clock.Now
+	}
+	c := New[string](cfg)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// testKey is the key of credential number cred for export id.
+func testKey(cred byte, id string) Key {
+	var k Key
+	k.Cred[0] = cred
+	k.ID = id
+	return k
+}
+
+// answer is a loader that always returns v with the given fresh lifetime.
+func answer(v string, ttl time.Duration) Loader[string] {
+	return func(context.Context) (string, time.Duration, error) { return v, ttl, nil }
+}
+
+// gate is a loader that counts its calls and holds each one until release
+// is closed, so that tests can pile callers up behind it.
+type gate struct {
+	calls   atomic.Int32
+	entered chan struct{} // receives once per call, when it starts
+	release chan struct{}
+	value   string
+	ttl     time.Duration
+	sawCtx  chan context.Context // the loader's context, once per call
+}
+
+func newGate(value string, ttl time.Duration) *gate {
+	return &gate{
+		entered: make(chan struct{}, 1024),
+		release: make(chan struct{}),
+		value:   value,
+		ttl:     ttl,
+		sawCtx:  make(chan context.Context, 1024),
+	}
+}
+
+func (g *gate) load(ctx context.Context) (string, time.Duration, error) {
+	g.calls.Add(1)
+	g.sawCtx <- ctx
+	g.entered <- struct{}{}
+	<-g.release
+	return g.value, g.ttl, nil
+}
+
+func TestPeekStates(t *testing.T) {
+	// ttl 10s: refresh-ahead from 8s (80%), stale from 10s, gone after
+	// 10s + stale_if_error 1m.
+	const ttl, staleIfError = 10 * time.Second, time.Minute
+	tests := []struct {
+		after time.Duration
+		want  State
+	}{
+		{0, Fresh},
+		{8*time.Second - time.Nanosecond, Fresh},
+		{8 * time.Second, Refresh},
+		{ttl - time.Nanosecond, Refresh},
+		{ttl, Stale},
+		{ttl + staleIfError - time.Nanosecond, Stale},
+		{ttl + staleIfError, Absent},
+		{time.Hour, Absent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.after.String(), func(t *testing.T) {
+			clock := newFakeClock()
+			c := newTestCache(t, clock, 100, staleIfError)
+			k := testKey(1, "a")
+			stored := clock.Now()
+			if _, how, err := c.Load(context.Background(), k, answer("v", ttl)); err != nil || how != Stored {
+				t.Fatalf("Load = %v, %v; want Stored", how, err)
+			}
+			clock.Advance(tt.after)
+			e, got := c.Peek(k)
+			if got != tt.want {
+				t.Fatalf("Peek after %v = %v, want %v", tt.after, got, tt.want)
+			}
+			if got == Absent {
+				if e != nil {
+					t.Fatalf("Absent came with an entry %+v", e)
+				}
+				return
+			}
+			if e.Value != "v" || !e.StoredAt.Equal(stored) || !e.FreshUntil.Equal(stored.Add(ttl)) ||
+				!e.StaleUntil.Equal(stored.Add(ttl+staleIfError)) {
+				t.Fatalf("entry = %+v, want v stored at %v, fresh for %v, stale for %v more", e, stored, ttl, staleIfError)
+			}
+		})
+	}
+	t.Run("missing key", func(t *testing.T) {
+		c := newTestCache(t, newFakeClock(), 100, staleIfError)
+		if e, got := c.Peek(testKey(1, "nothing")); got != Absent || e != nil {
+			t.Fatalf("Peek of a missing key = %v, %v; want nil, Absent", e, got)
+		}
+	})
+}
+
+func TestLoadOutcomes(t *testing.T) {
+	boom := errors.New("upstream down")
+	tests := []struct {
+		name      string
+		load      Loader[string]
+		wantHow   Outcome
+		wantErr   error
+		wantState State // Peek right after
+	}{
+		{"cacheable answer is stored", answer("v", time.Minute), Stored, nil, Fresh},
+		{"ttl 0 is not stored", answer("v", 0), NotStored, nil, Absent},
+		{"negative ttl is not stored", answer("v", -time.Second), NotStored, nil, Absent},
+		{"failure is not stored", func(context.Context) (string, time.Duration, error) { return "", time.Minute, boom }, NotStored, boom, Absent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCache(t, newFakeClock(), 100, time.Minute)
+			k := testKey(1, "a")
+			v, how, err := c.Load(context.Background(), k, tt.load)
+			if how != tt.wantHow || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Load = %q, %v, %v; want %v, %v", v, how, err, tt.wantHow, tt.wantErr)
+			}
+			if tt.wantErr == nil && v != "v" {
+				t.Fatalf("Load value = %q, want v", v)
+			}
+			if _, st := c.Peek(k); st != tt.wantState {
+				t.Fatalf("Peek after Load = %v, want %v", st, tt.wantState)
+			}
+		})
+	}
+
+	t.Run("failure keeps the stale entry", func(t *testing.T) {
+		clock := newFakeClock()
+		c := newTestCache(t, clock, 100, time.Minute)
+		k := testKey(1, "a")
+		if _, _, err := c.Load(context.Background(), k, answer("old", time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(2 * time.Second)
+		if _, _, err := c.Load(context.Background(), k, func(context.Context) (string, time.Duration, error) { return "", 0, boom }); !errors.Is(err, boom) {
+			t.Fatalf("Load error = %v, want %v", err, boom)
+		}
+		if e, st := c.Peek(k); st != Stale || e.Value != "old" {
+			t.Fatalf("Peek after a failed reload = %v, %v; want the old entry, Stale", e, st)
+		}
+	})
+}
+
+// TestLoadCollapsed piles callers behind one slow load: the loader runs once,
+// one caller gets Stored and every other one Collapsed with the same value.
+// synctest.Wait makes "every caller is waiting" certain instead of likely.
+func TestLoadCollapsed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute})
+		defer c.Close()
+		g := newGate("v", time.Minute)
+		k := testKey(1, "a")
+		const n = 100
+		type res struct {
+			v   string
+			how Outcome
+			err error
+		}
+		results := make(chan res, n)
+		for range n {
+			go func() {
+				v, how, err := c.Load(context.Background(), k, g.load)
+				results <- res{v, how, err}
+			}()
+		}
+		synctest.Wait() // every caller is blocked: one in the loader, the others on it
+		close(g.release)
+		count := map[Outcome]int{}
+		for range n {
+			r := <-results
+			if r.err != nil || r.v != "v" {
+				t.Fatalf("Load = %q, %v; want v", r.v, r.err)
+			}
+			count[r.how]++
+		}
+		if got := g.calls.Load(); got != 1 {
+			t.Fatalf("loader ran %d times for %d concurrent callers, want 1", got, n)
+		}
+		if count[Stored] != 1 || count[Collapsed] != n-1 {
+			t.Fatalf("outcomes = %v, want 1 Stored and %d Collapsed", count, n-1)
+		}
+	})
+}
+
+// TestLoadCallerGivesUp: a caller whose context ends gets ctx.Err() at once,
+// and the shared call goes on for the others and is stored, whether the
+// caller that gave up was the leader or a waiter.
+func TestLoadCallerGivesUp(t *testing.T) {
+	for _, leaderGivesUp := range []bool{true, false} {
+		t.Run(fmt.Sprintf("leader gives up %v", leaderGivesUp), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute})
+				defer c.Close()
+				g := newGate("v", time.Minute)
+				k := testKey(1, "a")
+
+				quitter, quit := context.WithCancel(context.Background())
+				first, second := context.Background(), quitter
+				if leaderGivesUp {
+					first, second = quitter, context.Background()
+				}
+				type res struct {
+					how Outcome
+					err error
+				}
+				firstRes, secondRes := make(chan res, 1), make(chan res, 1)
+				go func() {
+					_, how, err := c.Load(first, k, g.load)
+					firstRes <- res{how, err}
+				}()
+				<-g.entered // the first caller leads
+				go func() {
+					_, how, err := c.Load(second, k, g.load)
+					secondRes <- res{how, err}
+				}()
+				synctest.Wait()
+				quit()
+				synctest.Wait()
+
+				quitterRes, stayerRes := secondRes, firstRes
+				if leaderGivesUp {
+					quitterRes, stayerRes = firstRes, secondRes
+				}
+				select {
+				case r := <-quitterRes:
+					if !errors.Is(r.err, context.Canceled) {
+						t.Fatalf("the caller that gave up got %v, want context.Canceled", r.err)
+					}
+				default:
+					t.Fatal("the caller that gave up is still waiting on the shared call")
+				}
+				if ctx := <-g.sawCtx; ctx.Err() != nil {
+					t.Fatalf("the shared call's context ended with a caller's: %v", ctx.Err())
+				}
+				close(g.release)
+				r := <-stayerRes
+				if r.err != nil {
+					t.Fatalf("the caller that stayed got %v", r.err)
+				}
+				if g.calls.Load() != 1 {
+					t.Fatalf("loader ran %d times, want 1", g.calls.Load())
+				}
+				synctest.Wait() // the detached call has finished storing
+				if e, st := c.Peek(k); st != Fresh || e.Value != "v" {
+					t.Fatalf("Peek = %v, %v; want the shared call's answer stored", e, st)
+				}
+			})
+		})
+	}
+}
+
+// TestInvalidateID drops every credential's entry of one export and only
+// those, and an answer fetched across an invalidation is not stored (it may
+// predate the change that caused it).
+func TestInvalidateID(t *testing.T) {
+	t.Run("drops one id for every credential", func(t *testing.T) {
+		c := newTestCache(t, newFakeClock(), 100, time.Minute)
+		keep := testKey(1, "b")
+		drop := []Key{testKey(1, "a"), testKey(2, "a"), testKey(3, "a")}
+		for _, k := range append(drop, keep) {
+			if _, _, err := c.Load(context.Background(), k, answer("v", time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := c.InvalidateID("a"); n != len(drop) {
+			t.Fatalf("InvalidateID dropped %d entries, want %d", n, len(drop))
+		}
+		for _, k := range drop {
+			if _, st := c.Peek(k); st != Absent {
+				t.Fatalf("Peek(%x…, %s) = %v after InvalidateID, want Absent", k.Cred[:1], k.ID, st)
+			}
+		}
+		if _, st := c.Peek(keep); st != Fresh {
+			t.Fatalf("another export's entry is %v after InvalidateID, want Fresh", st)
+		}
+		if n := c.InvalidateID("nothing-cached"); n != 0 {
+			t.Fatalf("InvalidateID of an uncached id dropped %d", n)
+		}
+	})
+
+	t.Run("a load in flight is not stored", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute})
+			defer c.Close()
+			g := newGate("before-delete", time.Minute)
+			k := testKey(1, "a")
+			done := make(chan Outcome, 1)
+			go func() {
+				v, how, err := c.Load(context.Background(), k, g.load)
+				if err != nil || v != "before-delete" {
+					t.Errorf("Load = %q, %v", v, err)
+				}
+				done <- how
+			}()
+			<-g.entered
+			c.InvalidateID("a")
+			close(g.release)
+			if how := <-done; how != NotStored {
+				t.Fatalf("a load that spanned InvalidateID reports %v, want NotStored", how)
+			}
+			if _, st := c.Peek(k); st != Absent {
+				t.Fatalf("a load that spanned InvalidateID was stored (Peek = %v)", st)
+			}
+			// The next load, after the invalidation, is stored again.
+			if _, how, _ := c.Load(context.Background(), k, answer("after", time.Minute)); how != Stored {
+				t.Fatalf("the load after the invalidation = %v, want Stored", how)
+			}
+		})
+	})
+}
+
+// TestMaxEntries: the store holds about max_entries, however many keys pass.
+func TestMaxEntries(t *testing.T) {
+	const limit, inserted = 1000, 10_000
+	c := newTestCache(t, nil, limit, time.Minute)
+	for i := range inserted {
+		k := testKey(byte(i), fmt.Sprintf("id-%d", i))
+		if _, _, err := c.Load(context.Background(), k, answer("v", time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.store.CleanUp() // apply pending evictions; the bound is enforced asynchronously
+	n := c.Len()
+	t.Logf("%d entries kept of %d inserted with max_entries %d", n, inserted, limit)
+	if n > limit*11/10 || n < limit/2 {
+		t.Fatalf("Len = %d with max_entries %d, want about %d", n, limit, limit)
+	}
+}
+
+// TestRefreshAsync: one background refresh per entry at a time, and its
+// answer replaces the entry.
+func TestRefreshAsync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := newFakeClock()
+		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
+		defer c.Close()
+		k := testKey(1, "a")
+		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(9 * time.Second)
+		e, st := c.Peek(k)
+		if st != Refresh {
+			t.Fatalf("Peek at 90%% of the lifetime = %v, want Refresh", st)
+		}
+		g := newGate("new", 10*time.Second)
+		if !c.RefreshAsync(k, e, g.load) {
+			t.Fatal("the first RefreshAsync did not start a refresh")
+		}
+		<-g.entered
+		for range 5 {
+			if c.RefreshAsync(k, e, g.load) {
+				t.Fatal("a second refresh started while one is running")
+			}
+		}
+		close(g.release)
+		synctest.Wait()
+		if got := g.calls.Load(); got != 1 {
+			t.Fatalf("loader ran %d times, want 1", got)
+		}
+		if e, st := c.Peek(k); st != Fresh || e.Value != "new" {
+			t.Fatalf("after the refresh Peek = %+v, %v; want the new answer, Fresh", e, st)
+		}
+	})
+}
+
+func TestRefreshErrorReported(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := newFakeClock()
+		boom := errors.New("down")
+		var reported atomic.Int32
+		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now,
+			OnRefreshError: func(k Key, err error) {
+				if errors.Is(err, boom) && k.ID == "a" {
+					reported.Add(1)
+				}
+			}})
+		defer c.Close()
+		k := testKey(1, "a")
+		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(9 * time.Second)
+		e, _ := c.Peek(k)
+		var calls atomic.Int32
+		fail := func(context.Context) (string, time.Duration, error) { calls.Add(1); return "", 0, boom }
+		c.RefreshAsync(k, e, fail)
+		synctest.Wait()
+		// A failed refresh is not retried on every later hit of the entry.
+		e, st := c.Peek(k)
+		if st != Refresh || e.Value != "old" {
+			t.Fatalf("after a failed refresh Peek = %v, %v; want the old entry", e, st)
+		}
+		if c.RefreshAsync(k, e, fail) {
+			t.Fatal("a failed refresh is retried on the next hit")
+		}
+		synctest.Wait()
+		if calls.Load() != 1 || reported.Load() != 1 {
+			t.Fatalf("loader calls = %d, errors reported = %d; want 1 and 1", calls.Load(), reported.Load())
+		}
+	})
+}
+
+// TestCloseStopsRefreshes: Close ends a background refresh that is still
+// waiting on the upstream (its loader's context is cancelled) and nothing
+// of the cache keeps running. synctest.Test fails with "deadlock" if a
+// goroutine of the bubble is still blocked when the test function returns.
+func TestCloseStopsRefreshes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := newFakeClock()
+		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
+		k := testKey(1, "a")
+		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(9 * time.Second)
+		e, _ := c.Peek(k)
+		entered := make(chan struct{})
+		var cancelled atomic.Bool
+		// Like an HTTP call: it returns when its context ends, or after a
+		// long upstream delay otherwise.
+		slow := func(ctx context.Context) (string, time.Duration, error) {
+			close(entered)
+			select {
+			case <-ctx.Done():
+				cancelled.Store(true)
+				return "", 0, ctx.Err()
+			case <-time.After(time.Hour):
+				return "late", time.Minute, nil
+			}
+		}
+		c.RefreshAsync(k, e, slow)
+		<-entered
+		c.Close()
+		synctest.Wait()
+		if !cancelled.Load() {
+			t.Error("Close returned while a background refresh still waits on the upstream: its context was not cancelled")
+			// Let the stray loader finish so that the bubble can end.
+			time.Sleep(2 * time.Hour)
+		}
+	})
+}
