@@ -97,12 +97,12 @@ func TestContentDisposition(t *testing.T) {
 }
 
 // cleanName is the name ContentDisposition must encode, written
-// independently of it: control characters (Cc) and the Unicode line and
-// paragraph separators removed, "download" when nothing is left. Only for
-// valid UTF-8.
+// independently of it: control (Cc) and format (Cf, e.g. bidi overrides)
+// characters and the Unicode line and paragraph separators removed,
+// "download" when nothing is left. Only for valid UTF-8.
 func cleanName(s string) string {
 	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029' {
 			return -1
 		}
 		return r
