@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -25,6 +26,14 @@ type record struct {
 	answer *decision.Answer
 	obj    presign.Object
 	objErr error // a template named a field the answer lacks
+	url    atomic.Pointer[memoURL]
+}
+
+// memoURL is the last presigned URL a record handed out, valid until until.
+type memoURL struct {
+	urls   *cache.URLs // the URL cache it came from
+	signed *presign.Signed
+	until  time.Time
 }
 
 type caches struct {

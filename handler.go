@@ -56,7 +56,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.finish(w, r, decision.BadID, reqID, rawID, csBypass, lookupBypass, "", 0)
 	}
 
-	rec, cacheStatus, lookup, waited, err := h.lookupExport(r, id, reqID)
+	now := h.now() // read once: the clock is slow on some hosts
+	rec, cacheStatus, lookup, waited, err := h.lookupExport(r, id, reqID, now)
 	if err != nil {
 		if h.passthrough {
 			h.metrics.outcomes[decision.Passthrough].Inc()
@@ -66,7 +67,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.finish(w, r, decision.Down, reqID, id, cacheStatus, lookup, "1", waited)
 	}
 
-	now := h.now()
+	if waited > 0 {
+		now = h.now()
+	}
 	verdict := decision.Decide(rec.answer, now)
 	if verdict != decision.Found {
 		return h.finish(w, r, verdict, reqID, id, cacheStatus, lookup, rec.answer.RetryAfter, waited)
@@ -156,7 +159,7 @@ func (h *Handler) cacheKey(hdr http.Header, id string) cache.Key {
 // lookupExport returns the answer for (credentials, id): from the cache
 // when fresh, else from the upstream (one call per burst), else a stale
 // answer if the upstream failed. waited is the time spent on the upstream.
-func (h *Handler) lookupExport(r *http.Request, id, reqID string) (rec *record, cacheStatus string, lookup lookupResult, waited time.Duration, err error) {
+func (h *Handler) lookupExport(r *http.Request, id, reqID string, now time.Time) (rec *record, cacheStatus string, lookup lookupResult, waited time.Duration, err error) {
 	if h.caches == nil {
 		start := time.Now()
 		rec, _, err = h.loader(id, r.Header, reqID)(r.Context())
@@ -167,7 +170,7 @@ func (h *Handler) lookupExport(r *http.Request, id, reqID string) (rec *record, 
 	}
 	key := h.cacheKey(r.Header, id)
 	c := h.caches.decisions
-	e, state := c.Peek(key)
+	e, state := c.PeekAt(key, now)
 	switch state {
 	case cache.Fresh:
 		return e.Value, csHit, lookupHit, 0, nil
@@ -249,7 +252,17 @@ func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*presign.Signed, error) {
 	exp := rec.answer.Export.ExpiresAt
 	if h.caches != nil {
-		if s, ok := h.caches.urls.Lookup(rec.obj, exp); ok {
+		urls := h.caches.urls
+		// The record remembers the last URL it handed out: a hit then
+		// needs no second lookup. It is the shared cache's URL, with the
+		// shared window, and only from this config's URL cache (a reload
+		// with other S3 settings has another one).
+		if m := rec.url.Load(); m != nil && m.urls == urls && now.Before(m.until) {
+			h.metrics.presignReused.Inc()
+			return m.signed, nil
+		}
+		if s, until, ok := urls.LookupAt(rec.obj, exp, now); ok {
+			rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
 			h.metrics.presignReused.Inc()
 			return s, nil
 		}
@@ -261,11 +274,18 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 	if h.caches == nil {
 		return sign(ctx)
 	}
-	s, reused, err := h.caches.urls.Sign(ctx, rec.obj, exp, sign)
+	urls := h.caches.urls
+	s, reused, err := urls.Sign(ctx, rec.obj, exp, sign)
+	if err != nil {
+		return nil, err
+	}
 	if reused {
 		h.metrics.presignReused.Inc()
 	}
-	return s, err
+	if until := urls.ReuseUntil(s); now.Before(until) {
+		rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
+	}
+	return s, nil
 }
 
 // finish writes an error envelope (SPEC §2) directly: an error returned

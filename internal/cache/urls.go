@@ -35,9 +35,7 @@ func NewURLs(maxEntries int, reuse time.Duration, now func() time.Time) *URLs {
 	if reuse > 0 {
 		u.store = otter.Must(&otter.Options[presign.Object, *signed]{
 			MaximumSize: maxEntries,
-			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[presign.Object, *signed]) time.Duration {
-				return max(e.Value.until.Sub(e.Value.SignedAt), time.Millisecond)
-			}),
+			Clock:       noClock{}, // windows are checked against u.now
 		})
 	}
 	return u
@@ -79,7 +77,7 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 		if err != nil {
 			return nil, err
 		}
-		e := &signed{Signed: s, until: s.SignedAt.Add(ReuseFor(u.reuse, s.Lifetime))}
+		e := &signed{Signed: s, until: u.ReuseUntil(s)}
 		u.store.Set(obj, e)
 		return e, nil
 	})
@@ -90,7 +88,11 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 }
 
 func (u *URLs) usable(e *signed, exportExpires time.Time) bool {
-	if !u.now().Before(e.until) {
+	return e.usableAt(u.now(), exportExpires)
+}
+
+func (e *signed) usableAt(now, exportExpires time.Time) bool {
+	if !now.Before(e.until) {
 		return false
 	}
 	return exportExpires.IsZero() || !e.Expires().After(exportExpires)
@@ -99,11 +101,23 @@ func (u *URLs) usable(e *signed, exportExpires time.Time) bool {
 // Lookup returns a URL for obj that may be handed out now, without
 // signing: the hit path, which allocates nothing.
 func (u *URLs) Lookup(obj presign.Object, exportExpires time.Time) (*presign.Signed, bool) {
+	s, _, ok := u.LookupAt(obj, exportExpires, u.now())
+	return s, ok
+}
+
+// LookupAt is Lookup at time now, and also says until when the URL may be
+// handed out.
+func (u *URLs) LookupAt(obj presign.Object, exportExpires, now time.Time) (s *presign.Signed, until time.Time, ok bool) {
 	if u.store == nil {
-		return nil, false
+		return nil, time.Time{}, false
 	}
-	if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
-		return e.Signed, true
+	if e, ok := u.store.GetIfPresent(obj); ok && e.usableAt(now, exportExpires) {
+		return e.Signed, e.until, true
 	}
-	return nil, false
+	return nil, time.Time{}, false
+}
+
+// ReuseUntil is until when s may be handed out.
+func (u *URLs) ReuseUntil(s *presign.Signed) time.Time {
+	return s.SignedAt.Add(ReuseFor(u.reuse, s.Lifetime))
 }
