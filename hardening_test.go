@@ -254,3 +254,25 @@ func FuzzExportFields(f *testing.F) {
 		}
 	})
 }
+
+// TestReloadWithOtherS3Credentials: a reload that keeps the upstream
+// settings but rotates the S3 keys keeps the cached answers, and never
+// hands out a URL signed with the old keys.
+func TestReloadWithOtherS3Credentials(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	old := newHandler(t, up, nil)
+	first := download(t, old, testID, testKey)
+	if !strings.Contains(first.Header().Get("Location"), "X-Amz-Credential=AKIDEXAMPLE%2F") {
+		t.Fatalf("first URL %q", first.Header().Get("Location"))
+	}
+	rotated := newHandler(t, up, nil, func(h *Handler) { h.AccessKeyID = "AKIDROTATED" })
+	_ = old.Cleanup()
+	rec := download(t, rotated, testID, testKey)
+	if rec.Header().Get("Cache-Status") != "export_download; hit" || up.CallsFor(testID) != 1 {
+		t.Errorf("the answer cache was not kept: %q, %d calls", rec.Header().Get("Cache-Status"), up.CallsFor(testID))
+	}
+	if loc := rec.Header().Get("Location"); !strings.Contains(loc, "X-Amz-Credential=AKIDROTATED%2F") {
+		t.Errorf("URL after rotating keys: %q", loc)
+	}
+}
