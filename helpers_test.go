@@ -25,26 +25,9 @@ const (
 )
 
 // fakeClock is the handler's injectable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock = testenv.Clock
 
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Now().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *fakeClock { return testenv.NewClock(time.Now().Truncate(time.Second)) }
 
 // newHandler provisions a Handler against upstream up, as Caddy would,
 // with configure applied first; it is cleaned up when the test ends. A

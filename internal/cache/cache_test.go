@@ -4,33 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// fakeClock is Config.Now for tests: freshness follows it, not the wall
-// clock, so TTL boundaries are exact.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// fakeClock drives the entries' freshness, so TTL boundaries are exact.
+type fakeClock = testenv.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newFakeClock() *fakeClock { return testenv.NewClock(time.Unix(1_700_000_000, 0)) }
 
 // newTestCache returns a cache on clock (nil: time.Now) that is closed
 // when the test ends.
