@@ -59,9 +59,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	now := h.now() // read once: the clock is slow on some hosts
 	rec, cacheStatus, lookup, waited, err := h.lookupExport(r, id, reqID, now)
 	if err != nil {
+		if r.Context().Err() != nil {
+			// The client went away while waiting: not an outage, and
+			// nobody reads an answer.
+			h.logger.Debug("client gone while waiting for the upstream", zap.String("request_id", reqID), zap.String("export_id", id))
+			return nil
+		}
 		if h.passthrough {
 			h.metrics.outcomes[decision.Passthrough].Inc()
 			h.metrics.lookups[lookup].Inc()
+			h.logRequest(reqID, id, decision.Passthrough, lookup, waited)
 			return next.ServeHTTP(w, r)
 		}
 		return h.finish(w, r, decision.Down, reqID, id, cacheStatus, lookup, "1", waited)

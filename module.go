@@ -1,7 +1,7 @@
 // Package exportdownload is a Caddy HTTP handler that answers
 // GET /v1/exports/{id}/download at the edge: it checks the caller's API key
 // and the export's status through the application's metadata API (cached),
-// then redirects to a presigned S3 URL. See README.md and SPEC.
+// then redirects to a presigned S3 URL. See README.md.
 package exportdownload
 
 import (
@@ -52,11 +52,12 @@ type Handler struct {
 	Path string `json:"path,omitempty"`
 
 	// Upstream is the base URL of the application's metadata API, such as
-	// http://127.0.0.1:9080. Required.
+	// http://127.0.0.1:9080; it may carry a path prefix, but no query,
+	// fragment or user info. Required.
 	Upstream string `json:"upstream,omitempty"`
 
-	// UpstreamPath is the "Get export" path on the upstream.
-	// Default: /v1/exports/{id}
+	// UpstreamPath is the "Get export" path on the upstream; {id} must fill
+	// one whole path segment. Default: /v1/exports/{id}
 	UpstreamPath string `json:"upstream_path,omitempty"`
 
 	// UpstreamTimeout bounds each upstream call. Default: 2s
@@ -101,8 +102,9 @@ type Handler struct {
 	SecretAccessKey string `json:"secret_access_key,omitempty"`
 	SessionToken    string `json:"session_token,omitempty"`
 
-	// PresignExpiry is the longest lifetime of a presigned URL; shorter
-	// when the export or the credentials expire sooner. Default: 15m
+	// PresignExpiry is the longest lifetime of a presigned URL, from 1s to
+	// 7 days; shorter when the export or the credentials expire sooner.
+	// Default: 15m
 	PresignExpiry caddy.Duration `json:"presign_expiry,omitempty"`
 
 	// Filename is the download's file name template (Content-Disposition).
@@ -118,11 +120,12 @@ type Handler struct {
 	OnUpstreamError string `json:"on_upstream_error,omitempty"`
 
 	// InvalidatePath is where a DELETE that passes through and gets a 2xx
-	// drops every cached answer for that export on this node.
-	// Default: /v1/exports/{id}
+	// drops every cached answer for that export on this node; {id} must
+	// fill one whole path segment. Default: /v1/exports/{id}
 	InvalidatePath string `json:"invalidate_path,omitempty"`
 
-	// Cache configures the edge cache. Default: on, with SPEC §4's values
+	// Cache configures the edge cache. Default: on, with the defaults of
+	// each CacheConfig field
 	Cache *CacheConfig `json:"cache,omitempty"`
 
 	// Runtime state.
@@ -343,10 +346,13 @@ func (h *Handler) validate(expanded bool) error {
 		bad("upstream", "required")
 	} else if u, err := url.Parse(h.Upstream); !known(h.Upstream) {
 		// checked at provision
-	} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("upstream", "%q must be an http:// or https:// URL with a host", h.Upstream)
+	} else if err != nil {
+		bad("upstream", "must be an http:// or https:// URL with a host") // not quoted: it may hold a password
+	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("upstream", "%q must be an http:// or https:// URL with a host", u.Redacted())
 	} else if strings.ContainsAny(h.Upstream, "?#") || u.User != nil {
-		bad("upstream", "%q must not hold a query, fragment or user info", h.Upstream)
+		// The URL is not quoted back: user info would be a secret.
+		bad("upstream", "%q must not hold a query, fragment or user info", u.Redacted())
 	}
 	if h.Bucket == "" {
 		bad("bucket", "required")
@@ -381,8 +387,12 @@ func (h *Handler) validate(expanded bool) error {
 		bad("presign_expiry", "must be at least 1s")
 	}
 	if h.Endpoint != "" && known(h.Endpoint) {
-		if u, err := url.Parse(h.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("endpoint", "%q must be an http:// or https:// URL with a host", h.Endpoint)
+		if u, err := url.Parse(h.Endpoint); err != nil {
+			bad("endpoint", "must be an http:// or https:// URL with a host")
+		} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("endpoint", "%q must be an http:// or https:// URL with a host", u.Redacted())
+		} else if u.User != nil || strings.ContainsAny(h.Endpoint, "?#") {
+			bad("endpoint", "%q must not hold user info, a query or a fragment", u.Redacted())
 		}
 	}
 	if (h.AccessKeyID == "") != (h.SecretAccessKey == "") {

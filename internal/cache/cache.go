@@ -60,8 +60,10 @@ type Cache[V any] struct {
 	// gen counts invalidations: an answer fetched before one is not stored.
 	gen atomic.Uint64
 
-	base   context.Context // canceled by Close; parent of background refreshes
+	base   context.Context // canceled by Close; the context of background refreshes
 	cancel context.CancelFunc
+	mu     sync.Mutex // guards closed and wg.Add against Close
+	closed bool
 	wg     sync.WaitGroup
 }
 
@@ -88,13 +90,17 @@ func New[V any](cfg Config) *Cache[V] {
 	return c
 }
 
-// Close stops background refreshes, waits for them, and stops the store's
-// maintenance goroutine. Requests still draining may read it afterwards;
-// it starts no goroutine then.
+// Close stops background refreshes and waits for them. Requests still
+// draining may use the cache afterwards; it starts no goroutine then.
 func (c *Cache[V]) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
-	c.store.InvalidateAll()
+	// Entries stay: requests of the old config may still be draining
+	// (Caddy cleans a config up before its servers finish); the garbage
+	// collector takes the store with the last of them.
 	c.store.StopAllGoroutines()
 }
 
@@ -142,16 +148,20 @@ const (
 // Load calls load once for all concurrent callers of key and stores a
 // cacheable answer. The shared call runs detached from ctx: a caller that
 // gives up (ctx done) gets ctx.Err() while the others still get the answer.
+// The shared call is bounded by the loader's own timeout; closing the cache
+// does not cancel it, so requests still draining after a reload get their
+// answer.
 func (c *Cache[V]) Load(ctx context.Context, key Key, load Loader[V]) (V, Outcome, error) {
+	return c.load(ctx, key, load, context.WithoutCancel(ctx))
+}
+
+// load is Load with the context of the shared call: the caller's, detached,
+// for a request; the cache's own, ended by Close, for a background refresh.
+func (c *Cache[V]) load(ctx context.Context, key Key, load Loader[V], shared context.Context) (V, Outcome, error) {
 	leader := false
-	detached := context.WithoutCancel(ctx)
 	ch := c.flights.DoChan(key.flightKey(), func() (any, error) {
 		leader = true
-		// The shared call outlives any one caller, but not the cache.
-		ctx, cancel := context.WithCancel(detached)
-		defer cancel()
-		defer context.AfterFunc(c.base, cancel)()
-		return c.fetch(ctx, key, load)
+		return c.fetch(shared, key, load)
 	})
 	select {
 	case r := <-ch:
@@ -200,18 +210,20 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 // RefreshAsync refreshes e in the background unless a refresh of it is
 // already running. It returns whether it started one.
 func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
-	if c.base.Err() != nil {
-		return false // closed: a request still draining after a reload
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false // a request still draining after a reload
 	}
 	if !e.refreshing.CompareAndSwap(false, true) {
 		return false
 	}
-	c.wg.Add(1)
+	c.wg.Add(1) // under mu: never concurrent with Close's Wait
 	go func() {
 		defer c.wg.Done()
 		// e stays marked: a successful refresh replaces it, and a failed
 		// one leaves it to expire rather than retrying on every hit.
-		_, _, err := c.Load(c.base, key, load)
+		_, _, err := c.load(c.base, key, load, c.base)
 		if err != nil && c.onRefreshErr != nil {
 			c.onRefreshErr(key, err)
 		}

@@ -84,7 +84,13 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 	if err != nil {
 		return nil, false, err
 	}
-	return v.(*signed).Signed, !signedHere, nil
+	if e := v.(*signed); signedHere || e.usableAt(u.now(), exportExpires) {
+		return e.Signed, !signedHere, nil
+	}
+	// Joined another caller's presign made for an export that expires
+	// later than this one: this caller's URL must not outlive its export.
+	s, err = sign(ctx)
+	return s, false, err
 }
 
 func (u *URLs) usable(e *signed, exportExpires time.Time) bool {

@@ -52,15 +52,16 @@ type Client struct {
 
 // New checks cfg and returns a Client.
 func New(cfg Config) (*Client, error) {
+	// Errors never quote the URL back: it may hold a password.
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("upstream: %v", err)
+		return nil, errors.New("upstream: must be an http:// or https:// URL with a host")
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("upstream: %q must be an http:// or https:// URL with a host", cfg.BaseURL)
+		return nil, fmt.Errorf("upstream: %q must be an http:// or https:// URL with a host", u.Redacted())
 	}
 	if strings.ContainsAny(cfg.BaseURL, "?#") || u.User != nil {
-		return nil, fmt.Errorf("upstream: %q must not hold a query, fragment or user info", cfg.BaseURL)
+		return nil, fmt.Errorf("upstream: %q must not hold a query, fragment or user info", u.Redacted())
 	}
 	if _, err := route.Parse(cfg.Path); err != nil {
 		return nil, fmt.Errorf("upstream_path: %v", err)
