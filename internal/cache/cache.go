@@ -7,6 +7,7 @@ package cache
 import (
 	"context"
 	"encoding/hex"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,8 +58,12 @@ type Cache[V any] struct {
 	now          func() time.Time
 	onRefreshErr func(Key, error)
 
-	// gen counts invalidations: an answer fetched before one is not stored.
-	gen atomic.Uint64
+	// gens count invalidations, striped by export id: an answer fetched
+	// before an invalidation of its id (or of an id sharing its stripe) is
+	// not stored. Bounded memory, and a DELETE of one export does not keep
+	// the answers of (nearly) every other from being cached.
+	gens [genStripes]atomic.Uint64
+	seed maphash.Seed
 
 	base   context.Context // canceled by Close; the context of background refreshes
 	cancel context.CancelFunc
@@ -70,6 +75,7 @@ type Cache[V any] struct {
 // New returns an empty cache.
 func New[V any](cfg Config) *Cache[V] {
 	c := &Cache[V]{
+		seed:         maphash.MakeSeed(),
 		staleIfError: cfg.StaleIfError,
 		now:          cfg.Now,
 		onRefreshErr: cfg.OnRefreshError,
@@ -185,12 +191,13 @@ type result[V any] struct {
 }
 
 func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V], error) {
-	gen := c.gen.Load()
+	stripe := c.stripe(key.ID)
+	gen := stripe.Load()
 	v, ttl, err := load(ctx)
 	if err != nil || ttl <= 0 {
 		return result[V]{v: v}, err
 	}
-	if c.gen.Load() != gen || c.base.Err() != nil {
+	if stripe.Load() != gen || c.base.Err() != nil {
 		// An invalidation ran meanwhile (this answer may predate it), or
 		// the cache was closed.
 		return result[V]{v: v}, nil
@@ -234,7 +241,7 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 // InvalidateID drops every entry of export id, whatever the credentials,
 // and keeps answers fetched before now from being stored.
 func (c *Cache[V]) InvalidateID(id string) int {
-	c.gen.Add(1)
+	c.stripe(id).Add(1)
 	n := 0
 	for k := range c.store.Keys() {
 		if k.ID == id {
@@ -248,6 +255,12 @@ func (c *Cache[V]) InvalidateID(id string) int {
 
 // Len returns about how many entries are stored.
 func (c *Cache[V]) Len() int { return c.store.EstimatedSize() }
+
+const genStripes = 256
+
+func (c *Cache[V]) stripe(id string) *atomic.Uint64 {
+	return &c.gens[maphash.String(c.seed, id)%genStripes]
+}
 
 // noClock is the store's clock: with no expiry configured, otter never
 // needs the time, and nothing in it ticks.

@@ -337,6 +337,31 @@ func TestInvalidateID(t *testing.T) {
 			}
 		})
 	})
+
+	t.Run("a load in flight for another export is stored", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute})
+			defer c.Close()
+			// Generations are striped by id: pick an id in another stripe.
+			other := "b"
+			for i := 0; c.stripe(other) == c.stripe("a"); i++ {
+				other = fmt.Sprintf("b%d", i)
+			}
+			g := newGate("v", time.Minute)
+			k := testKey(1, other)
+			done := make(chan Outcome, 1)
+			go func() {
+				_, how, _ := c.Load(context.Background(), k, g.load)
+				done <- how
+			}()
+			<-g.entered
+			c.InvalidateID("a")
+			close(g.release)
+			if how := <-done; how != Stored {
+				t.Fatalf("a load of %q that spanned InvalidateID(a) = %v, want Stored", other, how)
+			}
+		})
+	})
 }
 
 // TestMaxEntries: the store holds about max_entries, however many keys pass.
