@@ -131,10 +131,13 @@ http://%s {
 }
 
 // noRedirects is a client that, like the official Go SDK, does not follow
-// redirects.
+// redirects. It opens a connection per request: a reload closes the old
+// server's idle keep-alive connections, and Go does not retry a DELETE
+// sent on one of those just as it closes.
 var noRedirects = &http.Client{
 	Timeout:       10 * time.Second,
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	Transport:     &http.Transport{DisableKeepAlives: true},
 }
 
 func (e *edge) get(t *testing.T, client *http.Client, method, path, key string) (*http.Response, []byte) {
