@@ -69,7 +69,6 @@ func loadCaches(h *Handler) (*caches, error) {
 			MaxEntries:   h.Cache.MaxEntries,
 			StaleIfError: time.Duration(*h.Cache.StaleIfError),
 			Now:          h.now,
-			// Refresh failures are logged by the loader itself.
 		})}, nil
 	})
 	if err != nil {

@@ -158,9 +158,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &h.OnUpstreamError); err != nil {
 				return err
 			}
-			if h.OnUpstreamError != "error" && h.OnUpstreamError != "passthrough" {
-				return d.Errf("on_upstream_error: %q is not error or passthrough", h.OnUpstreamError)
-			}
 		case "invalidate_path":
 			if err := oneArg(d, &h.InvalidatePath); err != nil {
 				return err

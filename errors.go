@@ -40,19 +40,19 @@ func appendEnvelope(b []byte, v *decision.Verdict, reqID string) []byte {
 // status and headers and no body.
 func writeAPIError(w http.ResponseWriter, head bool, v *decision.Verdict, reqID, cacheStatus, retryAfter string) {
 	body := appendEnvelope(make([]byte, 0, 160), v, reqID)
-	vals := &[7]string{"application/json", "no-store", reqID, cacheStatus, strconv.Itoa(len(body)), "Bearer", retryAfter}
+	vals := &[8]string{"application/json", "no-store", reqID, cacheStatus, strconv.Itoa(len(body)), "nosniff", "Bearer", retryAfter}
 	hdr := w.Header()
 	hdr["Content-Type"] = vals[0:1:1]
 	hdr["Cache-Control"] = vals[1:2:2]
 	hdr["X-Request-Id"] = vals[2:3:3]
 	hdr["Cache-Status"] = vals[3:4:4]
 	hdr["Content-Length"] = vals[4:5:5]
-	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+	hdr["X-Content-Type-Options"] = vals[5:6:6]
 	if v.Status == http.StatusUnauthorized {
-		hdr["Www-Authenticate"] = vals[5:6:6]
+		hdr["Www-Authenticate"] = vals[6:7:7]
 	}
 	if retryAfter != "" {
-		hdr["Retry-After"] = vals[6:7:7]
+		hdr["Retry-After"] = vals[7:8:8]
 	}
 	w.WriteHeader(v.Status)
 	if !head {

@@ -170,10 +170,7 @@ func (h *Handler) lookupExport(r *http.Request, id, reqID string, now time.Time)
 	if h.caches == nil {
 		start := time.Now()
 		rec, _, err = h.loader(id, r.Header, reqID)(r.Context())
-		if err != nil {
-			return nil, csBypass, lookupBypass, time.Since(start), err
-		}
-		return rec, csBypass, lookupBypass, time.Since(start), nil
+		return rec, csBypass, lookupBypass, time.Since(start), err
 	}
 	key := h.cacheKey(r.Header, id)
 	c := h.caches.decisions

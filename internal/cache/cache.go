@@ -46,8 +46,6 @@ type Config struct {
 	StaleIfError time.Duration
 	// Now is the clock; nil means time.Now. Tests pass a fake one.
 	Now func() time.Time
-	// OnRefreshError, if set, learns of failed background refreshes.
-	OnRefreshError func(Key, error)
 }
 
 // Cache is safe for concurrent use. Close stops its goroutines.
@@ -56,7 +54,6 @@ type Cache[V any] struct {
 	flights      singleflight.Group
 	staleIfError time.Duration
 	now          func() time.Time
-	onRefreshErr func(Key, error)
 
 	// gens count invalidations, striped by export id: an answer fetched
 	// before an invalidation of its id (or of an id sharing its stripe) is
@@ -78,7 +75,6 @@ func New[V any](cfg Config) *Cache[V] {
 		seed:         maphash.MakeSeed(),
 		staleIfError: cfg.StaleIfError,
 		now:          cfg.Now,
-		onRefreshErr: cfg.OnRefreshError,
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -230,10 +226,8 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 		defer c.wg.Done()
 		// e stays marked: a successful refresh replaces it, and a failed
 		// one leaves it to expire rather than retrying on every hit.
-		_, _, err := c.load(c.base, key, load, c.base)
-		if err != nil && c.onRefreshErr != nil {
-			c.onRefreshErr(key, err)
-		}
+		// A failure is the loader's to report (the handler's logs it).
+		_, _, _ = c.load(c.base, key, load, c.base)
 	}()
 	return true
 }
