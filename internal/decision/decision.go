@@ -35,6 +35,9 @@ type Answer struct {
 	Fields map[string]string
 	// RetryAfter is the upstream's Retry-After, with KindRateLimited.
 	RetryAfter string
+	// SurrogateKeys are the tags the upstream put on this answer
+	// (Surrogate-Key), by which an operator can purge it.
+	SurrogateKeys []string
 }
 
 // Outcome is the bounded label of what a request got (SPEC §6).

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,6 +37,9 @@ type Config struct {
 	Forward []string
 	// UserAgent names the module and its version.
 	UserAgent string
+	// SurrogateKeyHeader names the response header whose space-separated
+	// tags are kept with the answer (e.g. Surrogate-Key); empty: none.
+	SurrogateKeyHeader string
 	// Transport is the round tripper; nil uses a dedicated http.Transport.
 	Transport http.RoundTripper
 }
@@ -46,6 +50,7 @@ type Client struct {
 	timeout        time.Duration
 	headers        http.Header
 	forward        []string
+	surrogate      string // canonical header name, or ""
 	http           *http.Client
 	transport      *http.Transport // owned, closed by Close
 }
@@ -77,6 +82,9 @@ func New(cfg Config) (*Client, error) {
 		timeout: cfg.Timeout,
 		headers: cfg.Headers.Clone(),
 		forward: cfg.Forward,
+	}
+	if cfg.SurrogateKeyHeader != "" {
+		c.surrogate = http.CanonicalHeaderKey(cfg.SurrogateKeyHeader)
 	}
 	if c.headers == nil {
 		c.headers = http.Header{}
@@ -144,6 +152,9 @@ func (f *Failure) Unwrap() error { return f.Err }
 type Result struct {
 	Status   int // 0 when no response arrived
 	Duration time.Duration
+	// BadSurrogateKeys counts the tags of the reply that were ignored
+	// (too many, too long, or not visible ASCII).
+	BadSurrogateKeys int
 }
 
 // Fetch asks about export id (already validated and lowercased) with the
@@ -189,21 +200,66 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 	if len(body) > MaxBody {
 		return nil, res, &Failure{Reason: "body over 1 MiB", Status: resp.StatusCode}
 	}
+	var a *decision.Answer
 	switch resp.StatusCode {
 	case http.StatusOK:
-		a, err := parseExport(body, id)
-		if err != nil {
+		if a, err = parseExport(body, id); err != nil {
 			return nil, res, &Failure{Reason: "unusable body", Status: resp.StatusCode, Err: err}
 		}
-		return a, res, nil
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return &decision.Answer{Kind: decision.KindUnauthorized}, res, nil
+		a = &decision.Answer{Kind: decision.KindUnauthorized}
 	case http.StatusNotFound:
-		return &decision.Answer{Kind: decision.KindNotFound}, res, nil
+		a = &decision.Answer{Kind: decision.KindNotFound}
 	case http.StatusTooManyRequests:
 		return &decision.Answer{Kind: decision.KindRateLimited, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}, res, nil
+	default:
+		return nil, res, &Failure{Reason: "unexpected status", Status: resp.StatusCode}
 	}
-	return nil, res, &Failure{Reason: "unexpected status", Status: resp.StatusCode}
+	if c.surrogate != "" {
+		a.SurrogateKeys, res.BadSurrogateKeys = SurrogateKeys(resp.Header.Values(c.surrogate))
+	}
+	return a, res, nil
+}
+
+// Bounds on the surrogate keys kept per answer.
+const (
+	MaxSurrogateKeys   = 16
+	MaxSurrogateKeyLen = 128
+)
+
+// SurrogateKeys splits Surrogate-Key header values (space-separated tags,
+// the Fastly/Varnish convention) into at most MaxSurrogateKeys distinct
+// tags of visible ASCII, each at most MaxSurrogateKeyLen bytes. It returns
+// how many tags it ignored.
+func SurrogateKeys(values []string) (keys []string, ignored int) {
+	for _, v := range values {
+		for _, k := range strings.Fields(v) {
+			switch {
+			case len(k) > MaxSurrogateKeyLen || !visibleASCII(k):
+				ignored++
+			case slices.Contains(keys, k):
+			case len(keys) == MaxSurrogateKeys:
+				ignored++
+			default:
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys, ignored
+}
+
+// ValidSurrogateKey reports whether k could be kept as a surrogate key.
+func ValidSurrogateKey(k string) bool {
+	return k != "" && len(k) <= MaxSurrogateKeyLen && visibleASCII(k)
+}
+
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // scrub drops the URL from a *url.Error: it holds nothing secret here, but
