@@ -1,0 +1,161 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var testSecret = []byte("0123456789abcdef0123456789abcdef-fleet-test")
+
+// node starts a Client (one Caddy node of the fleet) and closes it when the
+// test ends. mod changes the config before New.
+func node(t testing.TB, addr string, mod ...func(*Config)) *Client {
+	t.Helper()
+	cfg := Config{Addrs: []string{addr}, Secret: testSecret, Logger: zap.NewNop()}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// logged returns a config change that sends the node's log to an observer,
+// and the observer.
+func logged() (func(*Config), *observer.ObservedLogs) {
+	core, logs := observer.New(zap.DebugLevel)
+	return func(c *Config) { c.Logger = zap.New(core) }, logs
+}
+
+// cred is the digest of a test credential, as the handler computes it.
+func cred(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }
+
+// fetcher is a FetchFunc that counts its calls.
+type fetcher struct {
+	calls   atomic.Int32
+	payload []byte
+	ttl     time.Duration
+	err     error
+	delay   time.Duration
+	gate    chan struct{} // when set, each call waits for it to close
+}
+
+func (f *fetcher) fetch(ctx context.Context) ([]byte, time.Duration, error) {
+	f.calls.Add(1)
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+	if f.delay > 0 {
+		time.Sleep(f.delay)
+	}
+	return f.payload, f.ttl, f.err
+}
+
+func newFetcher(payload string) *fetcher {
+	return &fetcher{payload: []byte(payload), ttl: time.Minute}
+}
+
+// waitFor polls cond until it holds or limit passes.
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitUp waits until the node's stream reader has started, so that events
+// published from now on reach it.
+func waitUp(t testing.TB, cs ...*Client) {
+	t.Helper()
+	for _, c := range cs {
+		waitFor(t, 10*time.Second, "the fleet client to be up", c.Up)
+	}
+}
+
+// recorder collects the events delivered to a subscriber.
+type recorder struct {
+	mu     sync.Mutex
+	events []Event
+	at     []time.Time
+}
+
+func subscribe(t testing.TB, c *Client) *recorder {
+	r := &recorder{}
+	unsub := c.Subscribe(func(ev Event) {
+		r.mu.Lock()
+		r.events = append(r.events, ev)
+		r.at = append(r.at, time.Now())
+		r.mu.Unlock()
+	})
+	t.Cleanup(unsub)
+	return r
+}
+
+func (r *recorder) all() []Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events)
+}
+
+func (r *recorder) has(pred func(Event) bool) bool {
+	for _, ev := range r.all() {
+		if pred(ev) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasID(id string) func(Event) bool {
+	return func(ev Event) bool { return slices.Contains(ev.IDs, id) }
+}
+
+func isDemote(ev Event) bool { return ev.Demote }
+
+// load calls Load with a generous deadline and fails the test on an error
+// the fetcher did not cause.
+func load(t testing.TB, c *Client, id string, cr [32]byte, f *fetcher) ([]byte, Source) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, _, src, err := c.Load(ctx, id, cr, time.Now(), f.fetch)
+	if err != nil && err != f.err {
+		t.Fatalf("Load(%s): unexpected error %v", id, err)
+	}
+	return p, src
+}
+
+// percentile of sorted durations.
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}

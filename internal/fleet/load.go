@@ -1,0 +1,379 @@
+package fleet
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/binary"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+)
+
+// Source tells where a Load's answer came from.
+type Source uint8
+
+const (
+	// Hit: a valid shared decision of the current generation, fresh enough.
+	Hit Source = iota + 1
+	// Stored: this node asked the upstream and shared the answer.
+	Stored
+	// Collapsed: this node waited and used another node's answer.
+	Collapsed
+	// Fetched: this node asked the upstream and did not share the answer
+	// (TTL 0, a failure, or the generation changed meanwhile).
+	Fetched
+	// Unavailable: Redis failed or the breaker is open; this node asked the
+	// upstream directly.
+	Unavailable
+)
+
+func (s Source) String() string {
+	switch s {
+	case Hit:
+		return "hit"
+	case Stored:
+		return "stored"
+	case Collapsed:
+		return "collapsed"
+	case Fetched:
+		return "fetched"
+	case Unavailable:
+		return "unavailable"
+	}
+	return "unknown"
+}
+
+// FetchFunc asks the upstream. payload is what to share (opaque bytes in
+// the caller's encoding: the outcome and the fields the templates name,
+// never a credential), ttl how long it stays fresh; ttl <= 0 or an error
+// means "do not share".
+type FetchFunc func(ctx context.Context) (payload []byte, ttl time.Duration, err error)
+
+// decisionVersion is the first byte of a stored decision's content.
+const decisionVersion = 1
+
+// Layout of a stored decision: version, generation, purge epoch, fresh
+// until (Unix nanoseconds), payload, HMAC-SHA256 over the key name and all
+// of the former.
+const (
+	decisionHeader = 1 + 8 + 8 + 8
+	macLen         = 32
+)
+
+// keys of one (export, credential) pair.
+type keys struct {
+	decision, gen, lease, epoch string
+}
+
+func (c *Client) keysFor(id, mac string) keys {
+	return keys{
+		decision: c.prefix + "d:{" + id + "}:" + mac,
+		gen:      c.prefix + "g:{" + id + "}",
+		lease:    c.prefix + "l:{" + id + "}:" + mac,
+		epoch:    c.prefix + "e",
+	}
+}
+
+// shared is what one read of the shared state found.
+type shared struct {
+	gen, epoch int64
+	// decision, when found and authentic.
+	found      bool
+	invalid    bool // a value was there but failed authentication
+	dGen       int64
+	dEpoch     int64
+	freshUntil time.Time
+	payload    []byte
+	leaseHeld  bool
+}
+
+// usable reports whether the decision may answer now: authentic, filled
+// under the current generation and purge epoch, and fresh past minFresh.
+func (s *shared) usable(now, minFresh time.Time) bool {
+	return s.found && s.dGen == s.gen && s.dEpoch == s.epoch &&
+		s.freshUntil.After(now) && s.freshUntil.After(minFresh)
+}
+
+// Load is the fleet tier of one lookup. It answers with the shared decision
+// of (id, cred) when there is a usable one; otherwise it takes a fleet-wide
+// lease so that one node asks the upstream (fetch) while the others wait up
+// to LockWait for its answer, then ask the upstream themselves. It is never
+// worse than calling fetch directly: Redis errors never surface (they turn
+// into Unavailable and a direct fetch), and no wait lasts past LockWait +
+// Timeout before this node fetches itself.
+//
+// cred is the credential digest (never the raw credential); minFresh is the
+// time past which a shared decision must stay fresh to be used: now for a
+// miss, the local entry's freshness end for a refresh-ahead (so only a newer
+// decision is taken). The returned err is fetch's error, or ctx's when the
+// caller gave up while waiting.
+func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh time.Time, fetch FetchFunc) (payload []byte, freshUntil time.Time, src Source, err error) {
+	cl := c.usable()
+	if cl == nil {
+		c.countLookup(ResultUnavailable)
+		return c.fetchDirect(ctx, fetch, Unavailable)
+	}
+	k := c.keysFor(id, c.MAC(cred))
+	st, err := c.read(ctx, cl, k, false)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, time.Time{}, Fetched, ctx.Err()
+		}
+		c.countLookup(ResultUnavailable)
+		return c.fetchDirect(ctx, fetch, Unavailable)
+	}
+	if st.usable(c.now(), minFresh) {
+		c.countLookup(ResultHit)
+		return st.payload, st.freshUntil, Hit, nil
+	}
+	result := ResultMiss
+	if st.invalid {
+		result = ResultInvalid
+	}
+
+	token := randomHex(16)
+	holder := false
+	err = c.call(ctx, func(ctx context.Context) error {
+		e := cl.Do(ctx, cl.B().Set().Key(k.lease).Value(token).Nx().PxMilliseconds(ms(c.cfg.LeaseTTL)).Build()).Error()
+		if e == nil {
+			holder = true
+			return nil
+		}
+		if isNil(e) {
+			return nil // someone else holds it
+		}
+		return e
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, time.Time{}, Fetched, ctx.Err()
+		}
+		c.countLookup(ResultUnavailable)
+		return c.fetchDirect(ctx, fetch, Unavailable)
+	}
+	if holder {
+		c.countLookup(result)
+		return c.fill(ctx, cl, k, st, token, fetch)
+	}
+
+	// Another node is filling: wait for its answer, bounded by LockWait.
+	deadline := time.Now().Add(c.cfg.LockWait)
+	timer := time.NewTimer(pollEvery)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, time.Time{}, Fetched, ctx.Err()
+		case <-timer.C:
+		}
+		if !c.breaker.allow() {
+			c.countLookup(ResultUnavailable)
+			return c.fetchDirect(ctx, fetch, Unavailable)
+		}
+		next, err := c.read(ctx, cl, k, true)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, time.Time{}, Fetched, ctx.Err()
+			}
+			c.countLookup(ResultUnavailable)
+			return c.fetchDirect(ctx, fetch, Unavailable)
+		}
+		if next.invalid {
+			result = ResultInvalid
+		}
+		if next.usable(c.now(), minFresh) {
+			c.countLookup(ResultCollapsed)
+			return next.payload, next.freshUntil, Collapsed, nil
+		}
+		st = next
+		if !next.leaseHeld || !time.Now().Before(deadline) {
+			// The holder gave up (failure or an answer not to share), or
+			// took too long: ask the upstream ourselves, and share the
+			// answer if the generation still allows it.
+			if next.leaseHeld {
+				c.log.Debug("fleet: lease wait timed out", zap.String("export_id", id))
+			}
+			c.countLookup(result)
+			return c.fill(ctx, cl, k, st, "", fetch)
+		}
+		timer.Reset(min(pollEvery, time.Until(deadline)+time.Millisecond))
+	}
+}
+
+func (c *Client) fetchDirect(ctx context.Context, fetch FetchFunc, src Source) ([]byte, time.Time, Source, error) {
+	payload, ttl, err := fetch(ctx)
+	if err != nil {
+		return payload, time.Time{}, src, err
+	}
+	var fresh time.Time
+	if ttl > 0 {
+		fresh = c.now().Add(ttl)
+	}
+	return payload, fresh, src, nil
+}
+
+// fill asks the upstream and shares a cacheable answer if the export's
+// generation is still the one read before the fetch (atomically, in a
+// script), then releases the lease if token still holds it.
+func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared, token string, fetch FetchFunc) ([]byte, time.Time, Source, error) {
+	payload, ttl, ferr := fetch(ctx)
+	// The store and the release must happen even when the caller has gone:
+	// they are bounded by Timeout on their own.
+	bg := context.WithoutCancel(ctx)
+	if ferr != nil || ttl <= 0 {
+		if token != "" && c.breaker.allow() {
+			_ = c.call(bg, func(ctx context.Context) error {
+				return releaseScript.Exec(ctx, cl, []string{k.lease}, []string{token}).Error()
+			})
+		}
+		if ferr != nil {
+			return payload, time.Time{}, Fetched, ferr
+		}
+		return payload, time.Time{}, Fetched, nil
+	}
+	now := c.now()
+	fresh := now.Add(ttl)
+	if !c.breaker.allow() {
+		return payload, fresh, Fetched, nil
+	}
+	value := c.encodeDecision(k.decision, st.gen, st.epoch, fresh, payload)
+	stored := false
+	_ = c.call(bg, func(ctx context.Context) error {
+		n, err := storeScript.Exec(ctx, cl,
+			[]string{k.decision, k.gen, k.lease},
+			[]string{strconv.FormatInt(st.gen, 10), string(value), strconv.FormatInt(ms(ttl), 10), token}).AsInt64()
+		stored = err == nil && n == 1
+		return err
+	})
+	if stored {
+		return payload, fresh, Stored, nil
+	}
+	return payload, fresh, Fetched, nil
+}
+
+// storeScript writes the decision only if the generation is unchanged, and
+// releases the lease only if it still holds the caller's token. All keys
+// share the export's hash tag, so it also runs on a Cluster.
+var storeScript = rueidis.NewLuaScript(`
+local stored = 0
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  stored = 1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+end
+return stored`)
+
+// releaseScript deletes a lease only if it still holds the caller's token.
+var releaseScript = rueidis.NewLuaScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// read fetches the decision, the generation and the purge epoch (and
+// whether the lease is held) in one round trip.
+func (c *Client) read(ctx context.Context, cl rueidis.Client, k keys, withLease bool) (shared, error) {
+	var st shared
+	err := c.call(ctx, func(ctx context.Context) error {
+		cmds := make(rueidis.Commands, 0, 4)
+		cmds = append(cmds,
+			cl.B().Get().Key(k.decision).Build(),
+			cl.B().Get().Key(k.gen).Build(),
+			cl.B().Get().Key(k.epoch).Build())
+		if withLease {
+			cmds = append(cmds, cl.B().Exists().Key(k.lease).Build())
+		}
+		res := cl.DoMulti(ctx, cmds...)
+		raw, err := res[0].ToString()
+		if err != nil && !isNil(err) {
+			return err
+		}
+		hasDecision := err == nil
+		if st.gen, err = intOrZero(res[1]); err != nil {
+			return err
+		}
+		if st.epoch, err = intOrZero(res[2]); err != nil {
+			return err
+		}
+		if withLease {
+			n, err := res[3].AsInt64()
+			if err != nil {
+				return err
+			}
+			st.leaseHeld = n > 0
+		}
+		if hasDecision {
+			c.decodeDecision(k.decision, raw, &st)
+		}
+		return nil
+	})
+	return st, err
+}
+
+// intOrZero reads a counter: a missing key is 0. A value that is not an
+// integer (tampering) is an error, which makes the caller fetch directly.
+func intOrZero(r rueidis.RedisResult) (int64, error) {
+	s, err := r.ToString()
+	if isNil(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func (c *Client) encodeDecision(key string, gen, epoch int64, fresh time.Time, payload []byte) []byte {
+	b := make([]byte, decisionHeader, decisionHeader+len(payload)+macLen)
+	b[0] = decisionVersion
+	binary.BigEndian.PutUint64(b[1:], uint64(gen))
+	binary.BigEndian.PutUint64(b[9:], uint64(epoch))
+	binary.BigEndian.PutUint64(b[17:], uint64(fresh.UnixNano()))
+	b = append(b, payload...)
+	return append(b, c.sign(key, b)...)
+}
+
+// decodeDecision checks and decodes a stored decision into st. A value
+// that fails the check is counted by the caller's lookup result and logged
+// at warn, without its content.
+func (c *Client) decodeDecision(key, raw string, st *shared) {
+	if len(raw) < decisionHeader+macLen {
+		c.rejectValue(key, "too short")
+		st.invalid = true
+		return
+	}
+	content := []byte(raw[:len(raw)-macLen])
+	if !hmac.Equal(c.sign(key, content), []byte(raw[len(raw)-macLen:])) {
+		c.rejectValue(key, "authentication failed")
+		st.invalid = true
+		return
+	}
+	if content[0] != decisionVersion {
+		c.rejectValue(key, "unknown version")
+		st.invalid = true
+		return
+	}
+	st.found = true
+	st.dGen = int64(binary.BigEndian.Uint64(content[1:]))
+	st.dEpoch = int64(binary.BigEndian.Uint64(content[9:]))
+	st.freshUntil = time.Unix(0, int64(binary.BigEndian.Uint64(content[17:])))
+	st.payload = content[decisionHeader:]
+}
+
+// rejectValue logs a value that failed authentication: the key names the
+// export and an HMAC, never the credential; the content is not logged.
+func (c *Client) rejectValue(key, why string) {
+	c.log.Warn("fleet: ignoring a shared value that failed authentication",
+		zap.String("key", key), zap.String("reason", why))
+}
+
+func ms(d time.Duration) int64 {
+	if m := d.Milliseconds(); m > 0 {
+		return m
+	}
+	return 1
+}

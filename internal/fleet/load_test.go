@@ -1,0 +1,407 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	good := func() Config { return Config{Addrs: []string{"127.0.0.1:1"}, Secret: testSecret} }
+	cases := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"no address", func(c *Config) { c.Addrs = nil }, "at least one redis address"},
+		{"address without port", func(c *Config) { c.Addrs = []string{"localhost"} }, "host:port"},
+		{"short secret", func(c *Config) { c.Secret = []byte("short") }, "at least 32 bytes"},
+		{"prefix with brace", func(c *Config) { c.Prefix = "a{b" }, "prefix"},
+		{"negative timeout", func(c *Config) { c.Timeout = -1 }, "negative"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good()
+			cfg.Password = "hunter2-password"
+			tc.mod(&cfg)
+			c, err := New(cfg)
+			if err == nil {
+				c.Close()
+				t.Fatal("New accepted a bad config")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), string(testSecret)) {
+				t.Errorf("error leaks a secret: %q", err)
+			}
+		})
+	}
+}
+
+func TestMACIsHMACOfDigest(t *testing.T) {
+	c := node(t, "127.0.0.1:1")
+	d := cred("sk_live_abc")
+	m := c.MAC(d)
+	if len(m) != 64 || strings.ToLower(m) != m {
+		t.Fatalf("MAC %q is not lowercase hex SHA-256", m)
+	}
+	if _, err := hex.DecodeString(m); err != nil {
+		t.Fatal(err)
+	}
+	if m == hex.EncodeToString(d[:]) {
+		t.Fatal("MAC is the digest itself")
+	}
+	other := node(t, "127.0.0.1:1", func(c *Config) { c.Secret = bytes.Repeat([]byte("x"), 32) })
+	if other.MAC(d) == m {
+		t.Fatal("MAC does not depend on the secret")
+	}
+}
+
+func TestSharedHitAcrossNodes(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	key := cred("sk_live_key_one")
+
+	fa := newFetcher(`{"outcome":"completed"}`)
+	p, src := load(t, a, "exp_1", key, fa)
+	if src != Stored || string(p) != `{"outcome":"completed"}` || fa.calls.Load() != 1 {
+		t.Fatalf("first node: src %v payload %q calls %d, want stored after one fetch", src, p, fa.calls.Load())
+	}
+
+	fb := newFetcher("must not be asked")
+	ctx := context.Background()
+	p, fresh, src, err := b.Load(ctx, "exp_1", key, time.Now(), fb.fetch)
+	if err != nil || src != Hit || string(p) != `{"outcome":"completed"}` || fb.calls.Load() != 0 {
+		t.Fatalf("second node: src %v payload %q err %v calls %d, want a shared hit", src, p, err, fb.calls.Load())
+	}
+	if d := time.Until(fresh); d < 50*time.Second || d > time.Minute {
+		t.Errorf("freshUntil is %v away, want about the fetch's TTL (1m)", d)
+	}
+	if b.Stats().Lookups.Hit != 1 || a.Stats().Lookups.Miss != 1 {
+		t.Errorf("stats: a %+v b %+v", a.Stats().Lookups, b.Stats().Lookups)
+	}
+
+	// Refresh-ahead: a shared decision that is not fresh past minFresh is
+	// not taken; the node fetches a newer one.
+	_, _, src, _ = b.Load(ctx, "exp_1", key, fresh.Add(time.Second), fb.fetch)
+	if src != Stored || fb.calls.Load() != 1 {
+		t.Errorf("refresh-ahead past the shared freshness: src %v calls %d, want a new fetch", src, fb.calls.Load())
+	}
+
+	// Key isolation: another credential's MAC names another key.
+	fo := newFetcher("other")
+	if p, src := load(t, b, "exp_1", cred("sk_live_key_two"), fo); src == Hit || string(p) != "other" || fo.calls.Load() != 1 {
+		t.Fatalf("another credential: src %v payload %q, want a miss and its own fetch", src, p)
+	}
+	// Another secret (another fleet) does not read this fleet's decisions.
+	c := node(t, r.Addr, func(c *Config) { c.Secret = bytes.Repeat([]byte("s"), 40) })
+	fc := newFetcher("fleet two")
+	if _, src := load(t, c, "exp_1", key, fc); src == Hit {
+		t.Fatal("a node with another secret used this fleet's decision")
+	}
+}
+
+func TestNothingSecretReachesRedis(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	raw := "sk_live_TOPSECRET_credential_value"
+	d := cred(raw)
+	load(t, a, "exp_secret", d, newFetcher(`{"outcome":"completed","filename":"report.csv"}`))
+	load(t, b, "exp_secret", d, newFetcher("x"))
+	a.Publish(context.Background(), Event{IDs: []string{"exp_secret"}, Tags: []string{"key_8f2a"}})
+
+	keys := strings.Split(r.MustDo(t, "KEYS", "*"), "\n")
+	if len(keys) < 4 {
+		t.Fatalf("expected decision, generation, epoch, stream and boot keys, got %q", keys)
+	}
+	forbidden := [][]byte{[]byte(raw), d[:], []byte(hex.EncodeToString(d[:])), testSecret}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, DefaultPrefix+":") {
+			t.Errorf("key %q is outside the prefix", k)
+		}
+		dump := r.MustDo(t, "DUMP", k)
+		for _, f := range forbidden {
+			if bytes.Contains([]byte(k), f) || bytes.Contains([]byte(dump), f) {
+				t.Errorf("key %q or its value holds a secret (%q)", k, f)
+			}
+		}
+	}
+	want := DefaultPrefix + ":d:{exp_secret}:" + a.MAC(d)
+	if !strings.Contains("\n"+strings.Join(keys, "\n")+"\n", "\n"+want+"\n") {
+		t.Errorf("decision key %q not found among %q", want, keys)
+	}
+}
+
+func TestTamperedValuesAreMisses(t *testing.T) {
+	r := testenv.StartRedis(t)
+	withLog, logs := logged()
+	a := node(t, r.Addr, withLog)
+	waitUp(t, a)
+	victim, attacker := cred("victim"), cred("attacker")
+	vkey := DefaultPrefix + ":d:{exp_t}:" + a.MAC(victim)
+	akey := DefaultPrefix + ":d:{exp_t}:" + a.MAC(attacker)
+	load(t, a, "exp_t", attacker, newFetcher(`{"outcome":"completed","attacker":true}`))
+	attackerValue := r.MustDo(t, "GET", akey)
+
+	cases := []struct {
+		name  string
+		value func(good string) string
+	}{
+		{"copied from another credential's key", func(string) string { return attackerValue }},
+		{"one byte edited", func(good string) string {
+			b := []byte(good)
+			b[decisionHeader] ^= 1 // inside the payload
+			return string(b)
+		}},
+		{"freshness edited", func(good string) string {
+			b := []byte(good)
+			b[20] ^= 0x40
+			return string(b)
+		}},
+		{"truncated", func(good string) string { return good[:len(good)-5] }},
+		{"garbage", func(string) string { return "completed" }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			load(t, a, "exp_t", victim, newFetcher(`{"outcome":"failed"}`)) // a genuine decision
+			good := r.MustDo(t, "GET", vkey)
+			r.MustDo(t, "SET", vkey, tc.value(good), "PX", "60000")
+			before := a.Stats().Lookups.Invalid
+			warns := logs.FilterMessageSnippet("failed authentication").Len()
+			f := newFetcher(`{"outcome":"failed"}`)
+			p, src := load(t, a, "exp_t", victim, f)
+			if src == Hit || f.calls.Load() != 1 || string(p) != `{"outcome":"failed"}` {
+				t.Fatalf("tampered value used: src %v payload %q calls %d", src, p, f.calls.Load())
+			}
+			if a.Stats().Lookups.Invalid != before+1 {
+				t.Errorf("invalid lookups %d, want %d", a.Stats().Lookups.Invalid, before+1)
+			}
+			if logs.FilterMessageSnippet("failed authentication").Len() != warns+1 {
+				t.Errorf("no warn line for the tampered value")
+			}
+			for _, e := range logs.All() {
+				for _, f := range e.Context {
+					if strings.Contains(f.String, "completed") || strings.Contains(f.String, "attacker") {
+						t.Errorf("log line carries the value's content: %v", e.Context)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestColdBurstOneFetch(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := []*Client{node(t, r.Addr), node(t, r.Addr), node(t, r.Addr)}
+	waitUp(t, nodes...)
+	key := cred("burst")
+	f := newFetcher(`{"outcome":"completed"}`)
+	f.delay = 50 * time.Millisecond // an upstream call
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bySource := map[Source]int{}
+	start := make(chan struct{})
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			p, _, src, err := nodes[i%3].Load(context.Background(), "exp_burst", key, time.Now(), f.fetch)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || string(p) != `{"outcome":"completed"}` {
+				t.Errorf("Load: %q %v", p, err)
+			}
+			bySource[src]++
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("a cold burst of 50 over 3 nodes made %d upstream calls, want 1 (sources %v)", n, bySource)
+	}
+	if bySource[Stored] != 1 {
+		t.Errorf("sources %v, want exactly one stored", bySource)
+	}
+	t.Logf("sources of 50 concurrent loads over 3 nodes: %v", bySource)
+	if n := r.MustDo(t, "EXISTS", DefaultPrefix+":l:{exp_burst}:"+nodes[0].MAC(key)); n != "0" {
+		t.Errorf("lease still held after the fill (EXISTS = %s)", n)
+	}
+
+	// After an invalidation the next miss takes the lease at once: it is the
+	// holder and stores, rather than waiting on a lease left behind.
+	if !nodes[0].Publish(context.Background(), Event{IDs: []string{"exp_burst"}}) {
+		t.Fatal("Publish queued with Redis up")
+	}
+	f2 := newFetcher(`{"outcome":"failed"}`)
+	start2 := time.Now()
+	if _, src := load(t, nodes[1], "exp_burst", key, f2); src != Stored || f2.calls.Load() != 1 {
+		t.Fatalf("miss after an invalidation: src %v calls %d, want this node to hold the lease and store", src, f2.calls.Load())
+	}
+	t.Logf("miss after an invalidation took %v", time.Since(start2))
+}
+
+func TestHolderFailureReleasesWaiters(t *testing.T) {
+	r := testenv.StartRedis(t)
+	long := func(c *Config) { c.LockWait = time.Minute } // a waiter that waited it out would time out below
+	a, b := node(t, r.Addr, long), node(t, r.Addr, long)
+	waitUp(t, a, b)
+	key := cred("failing")
+	fa := newFetcher("")
+	fa.gate = make(chan struct{})
+	fa.err = errors.New("upstream 503")
+	resA := make(chan error, 1)
+	go func() {
+		_, _, _, err := a.Load(context.Background(), "exp_f", key, time.Now(), fa.fetch)
+		resA <- err
+	}()
+	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
+
+	fb := newFetcher(`{"outcome":"completed"}`)
+	resB := make(chan Source, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _, src, err := b.Load(ctx, "exp_f", key, time.Now(), fb.fetch)
+		if err != nil {
+			t.Errorf("waiter: %v", err)
+		}
+		resB <- src
+	}()
+	time.Sleep(50 * time.Millisecond) // b is now polling
+	if fb.calls.Load() != 0 {
+		t.Fatal("the waiter fetched while the holder was still working")
+	}
+	released := time.Now()
+	close(fa.gate)
+	if err := <-resA; err == nil || err.Error() != "upstream 503" {
+		t.Fatalf("holder error %v, want the fetch's own", err)
+	}
+	src := <-resB
+	if fb.calls.Load() != 1 || (src != Stored && src != Fetched) {
+		t.Fatalf("waiter: src %v calls %d, want its own fetch", src, fb.calls.Load())
+	}
+	t.Logf("waiter fetched %v after the holder failed", time.Since(released))
+}
+
+func TestLockWaitBoundsTheWait(t *testing.T) {
+	r := testenv.StartRedis(t)
+	short := func(c *Config) { c.LockWait = 100 * time.Millisecond }
+	a, b := node(t, r.Addr), node(t, r.Addr, short)
+	waitUp(t, a, b)
+	key := cred("slow")
+	fa := newFetcher("slow")
+	fa.gate = make(chan struct{})
+	defer close(fa.gate)
+	go a.Load(context.Background(), "exp_slow", key, time.Now(), fa.fetch)
+	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
+	fb := newFetcher("own")
+	start := time.Now()
+	p, src := load(t, b, "exp_slow", key, fb)
+	took := time.Since(start)
+	if string(p) != "own" || fb.calls.Load() != 1 || src == Collapsed {
+		t.Fatalf("src %v payload %q: want the waiter's own fetch after lock_wait", src, p)
+	}
+	t.Logf("waiter gave up on a slow holder after %v (lock_wait 100ms)", took)
+}
+
+func TestGenerationFencesAFill(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b, c := node(t, r.Addr), node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b, c)
+	key := cred("gen")
+
+	// A fill that started before an invalidation is not shared.
+	fa := newFetcher("before the delete")
+	fa.gate = make(chan struct{})
+	res := make(chan Source, 1)
+	go func() {
+		_, _, src, _ := a.Load(context.Background(), "exp_g", key, time.Now(), fa.fetch)
+		res <- src
+	}()
+	waitFor(t, 5*time.Second, "the fill to start", func() bool { return fa.calls.Load() == 1 })
+	if !b.Publish(context.Background(), Event{IDs: []string{"exp_g"}}) {
+		t.Fatal("Publish queued with Redis up")
+	}
+	close(fa.gate)
+	if src := <-res; src != Fetched {
+		t.Fatalf("fill across an invalidation: src %v, want fetched (not shared)", src)
+	}
+	fc := newFetcher("after")
+	if _, src := load(t, c, "exp_g", key, fc); src == Hit || fc.calls.Load() != 1 {
+		t.Fatalf("the answer fetched before the invalidation was shared after it (src %v)", src)
+	}
+
+	// A stored decision is not used after an invalidation.
+	if _, src := load(t, a, "exp_g", key, newFetcher("x")); src != Hit {
+		t.Fatalf("src %v, want the decision just stored", src)
+	}
+	b.Publish(context.Background(), Event{IDs: []string{"exp_g"}})
+	fa2 := newFetcher("new")
+	if _, src := load(t, a, "exp_g", key, fa2); src == Hit || fa2.calls.Load() != 1 {
+		t.Fatalf("decision used after Publish: src %v", src)
+	}
+}
+
+func TestPurgeByTagOrAllRetiresSharedDecisions(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	key := cred("tagged")
+	for _, ev := range []Event{{Tags: []string{"key_8f2a"}}, {All: true}} {
+		load(t, a, "exp_tag", key, newFetcher("v"))
+		if _, src := load(t, b, "exp_tag", key, newFetcher("x")); src != Hit {
+			t.Fatalf("src %v, want a shared hit before the purge", src)
+		}
+		if !a.Publish(context.Background(), ev) {
+			t.Fatal("Publish queued with Redis up")
+		}
+		f := newFetcher("after purge")
+		if _, src := load(t, b, "exp_tag", key, f); src == Hit || f.calls.Load() != 1 {
+			t.Fatalf("purge %+v: shared decision still used (src %v)", ev, src)
+		}
+	}
+}
+
+func TestTTLZeroAndFailuresAreNotShared(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	key := cred("pending")
+	f := newFetcher(`{"outcome":"pending"}`)
+	f.ttl = 0
+	if _, src := load(t, a, "exp_p", key, f); src != Fetched {
+		t.Fatalf("TTL 0: src %v, want fetched", src)
+	}
+	fb := newFetcher(`{"outcome":"pending"}`)
+	if _, src := load(t, b, "exp_p", key, fb); src == Hit || fb.calls.Load() != 1 {
+		t.Fatalf("TTL 0 answer was shared (src %v)", src)
+	}
+	if n := r.MustDo(t, "EXISTS", DefaultPrefix+":l:{exp_p}:"+a.MAC(key)); n != "0" {
+		t.Errorf("lease left after a TTL-0 answer")
+	}
+}
+
+func TestDecisionExpiresInRedisAtFreshness(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	key := cred("pttl")
+	f := newFetcher("v")
+	f.ttl = 30 * time.Second
+	load(t, a, "exp_x", key, f)
+	pttl := r.MustDo(t, "PTTL", DefaultPrefix+":d:{exp_x}:"+a.MAC(key))
+	if pttl == "-1" || pttl == "-2" || len(pttl) != 5 || pttl > "30000" {
+		t.Fatalf("PTTL %s, want about 30000 ms", pttl)
+	}
+}
