@@ -1,6 +1,10 @@
-// Package presign makes presigned S3 GetObject URLs (SPEC §2, "Presigned
-// URL"): SigV4 query authentication signing only the host header, with a
-// lifetime that never outlives the export or the signing credentials.
+// Package presign makes presigned S3 GetObject URLs (the README's
+// "Presigned URL"): SigV4 query authentication signing only the host
+// header, with a lifetime that never outlives the export or the signing
+// credentials.
+//
+// A URL is the one the SDK's PresignGetObject would return, computed
+// without the SDK's per-call middleware stack: see endpoint.go.
 package presign
 
 import (
@@ -34,6 +38,11 @@ type Config struct {
 	Credentials aws.CredentialsProvider
 	// Expiry is the longest lifetime to give a URL (presign_expiry).
 	Expiry time.Duration
+	// Timeout is the longest a Presign waits for credentials, fetched or
+	// refreshed; it then fails. A provider that is not an
+	// aws.CredentialsCache also gets it as the deadline of each
+	// retrieval. Default: DefaultTimeout (5s).
+	Timeout time.Duration
 }
 
 // Object is what a URL grants: one object, downloaded under a file name
@@ -44,9 +53,12 @@ type Object struct {
 
 // Presigner signs GetObject URLs. It is safe for concurrent use.
 type Presigner struct {
-	client *s3.PresignClient
-	creds  *aws.CredentialsCache
-	expiry time.Duration
+	creds     *credentialSource
+	endpoints *endpoints
+	signer    *v4.Signer
+	sdk       *s3.PresignClient // for what the lean path does not cover
+	expiry    time.Duration
+	timeout   time.Duration
 }
 
 // ErrExportExpired means less than one second of URL lifetime would remain
@@ -58,6 +70,12 @@ var ErrExportExpired = errors.New("less than one second left before the export e
 func New(ctx context.Context, cfg Config) (*Presigner, error) {
 	if cfg.Expiry <= 0 {
 		return nil, errors.New("presign_expiry: must be positive")
+	}
+	if cfg.Timeout < 0 {
+		return nil, errors.New("presign timeout: must not be negative")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
 	}
 	var provider aws.CredentialsProvider
 	switch {
@@ -75,13 +93,12 @@ func New(ctx context.Context, cfg Config) (*Presigner, error) {
 	if provider == nil {
 		return nil, errors.New("no AWS credentials: set access_key_id/secret_access_key or configure the AWS default credential chain")
 	}
-	cache, ok := provider.(*aws.CredentialsCache)
-	if !ok {
-		cache = aws.NewCredentialsCache(provider)
-	}
+	creds := newCredentialSource(provider, cfg.Timeout)
+	// The S3 client's presigner options: S3 keys are signed as sent.
+	signer := v4.NewSigner(func(so *v4.SignerOptions) { so.DisableURIPathEscaping = true })
 	client := s3.New(s3.Options{
 		Region:       cfg.Region,
-		Credentials:  cache,
+		Credentials:  creds.cache,
 		UsePathStyle: cfg.PathStyle,
 		// Checksum validation "when supported" would add an
 		// x-amz-checksum-mode header to the signature, and a plain browser
@@ -94,11 +111,16 @@ func New(ctx context.Context, cfg Config) (*Presigner, error) {
 		}
 	})
 	pc := s3.NewPresignClient(client, func(o *s3.PresignOptions) {
-		o.Presigner = clockedSigner{v4.NewSigner(func(so *v4.SignerOptions) {
-			so.DisableURIPathEscaping = true // S3 keys are signed as sent
-		})}
+		o.Presigner = clockedSigner{signer}
 	})
-	return &Presigner{client: pc, creds: cache, expiry: cfg.Expiry}, nil
+	return &Presigner{
+		creds:     creds,
+		endpoints: newEndpoints(cfg),
+		signer:    signer,
+		sdk:       pc,
+		expiry:    cfg.Expiry,
+		timeout:   cfg.Timeout,
+	}, nil
 }
 
 // Signed is a presigned URL and its validity.
@@ -113,20 +135,22 @@ func (s *Signed) Expires() time.Time { return s.SignedAt.Add(s.Lifetime) }
 
 // Presign signs obj at time now. exportExpires (zero: none) bounds the URL's
 // lifetime, as do the Presigner's expiry, the credentials' expiry (temporary
-// credentials that would expire sooner are refreshed first) and 7 days.
+// credentials that would expire sooner are refreshed first, at most once
+// per set: see credentialSource) and 7 days. It waits for credentials until
+// ctx ends or the Presigner's timeout passes, whichever comes first.
 func (p *Presigner) Presign(ctx context.Context, obj Object, now, exportExpires time.Time) (*Signed, error) {
-	creds, err := p.creds.Retrieve(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("retrieving S3 credentials: %w", err)
-	}
 	// The URL is valid from X-Amz-Date, now rounded down to the second.
 	signAt := now.Truncate(time.Second)
 	want := Lifetime(signAt, p.expiry, exportExpires, time.Time{})
-	if creds.CanExpire && creds.Expires.Before(signAt.Add(want)) {
-		p.creds.Invalidate()
-		if creds, err = p.creds.Retrieve(ctx); err != nil {
-			return nil, fmt.Errorf("refreshing S3 credentials: %w", err)
-		}
+	if !exportExpires.IsZero() && Lifetime(now, p.expiry, exportExpires, time.Time{}) < time.Second {
+		return nil, ErrExportExpired
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("presigning: %w", context.Cause(ctx))
+	}
+	creds, err := p.creds.forURL(ctx, now, signAt.Add(want))
+	if err != nil {
+		return nil, err
 	}
 	var credsExpire time.Time
 	if creds.CanExpire {
@@ -134,12 +158,40 @@ func (p *Presigner) Presign(ctx context.Context, obj Object, now, exportExpires 
 	}
 	life := Lifetime(now, p.expiry, exportExpires, credsExpire)
 	if life < time.Second {
-		if !exportExpires.IsZero() && Lifetime(now, p.expiry, exportExpires, time.Time{}) < time.Second {
-			return nil, ErrExportExpired
-		}
 		return nil, fmt.Errorf("S3 credentials expire in under a second, even after a refresh")
 	}
-	req, err := p.client.PresignGetObject(context.WithValue(ctx, signAtKey{}, signAt), &s3.GetObjectInput{
+	var signedURL string
+	if ep := p.endpoints.get(ctx, obj.Bucket); !ep.viaSDK && obj.Key != "" {
+		signedURL, err = p.presignLean(ctx, ep, obj, creds, signAt, life)
+	} else {
+		signedURL, err = p.presignSDK(ctx, obj, creds, signAt, life)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Signed{URL: signedURL, SignedAt: signAt, Lifetime: life}, nil
+}
+
+// presignLean signs the GET that PresignGetObject would build, with the
+// same signer settings and an unsigned payload, as PresignGetObject does.
+func (p *Presigner) presignLean(ctx context.Context, ep *endpoint, obj Object, creds aws.Credentials, signAt time.Time, life time.Duration) (string, error) {
+	url, signed, err := p.signer.PresignHTTP(ctx, creds, ep.request(obj, life), unsignedPayload, ep.signingName, ep.signingRegion, signAt)
+	if err != nil {
+		return "", fmt.Errorf("presigning: %w", err)
+	}
+	if len(signed) > 1 {
+		return "", fmt.Errorf("presigning: the signer signed headers beyond host: %v", headerNames(signed))
+	}
+	return url, nil
+}
+
+// unsignedPayload is the payload hash of a presigned S3 GET.
+const unsignedPayload = "UNSIGNED-PAYLOAD"
+
+// presignSDK is PresignGetObject itself, for the endpoints the lean path
+// leaves to the SDK (and the benchmark that compares both).
+func (p *Presigner) presignSDK(ctx context.Context, obj Object, creds aws.Credentials, signAt time.Time, life time.Duration) (string, error) {
+	req, err := p.sdk.PresignGetObject(context.WithValue(ctx, signAtKey{}, signAt), &s3.GetObjectInput{
 		Bucket:                     aws.String(obj.Bucket),
 		Key:                        aws.String(obj.Key),
 		ResponseContentDisposition: aws.String(ContentDisposition(obj.Filename)),
@@ -152,13 +204,13 @@ func (p *Presigner) Presign(ctx context.Context, obj Object, now, exportExpires 
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("presigning: %w", err)
+		return "", fmt.Errorf("presigning: %w", err)
 	}
 	if req.Method != http.MethodGet || len(req.SignedHeader) > 1 {
 		// Anything but host would make a plain GET fail at S3.
-		return nil, fmt.Errorf("presigning: the SDK signed headers beyond host: %v", headerNames(req.SignedHeader))
+		return "", fmt.Errorf("presigning: the SDK signed headers beyond host: %v", headerNames(req.SignedHeader))
 	}
-	return &Signed{URL: req.URL, SignedAt: signAt, Lifetime: life}, nil
+	return req.URL, nil
 }
 
 func headerNames(h http.Header) []string {
@@ -217,6 +269,7 @@ func ContentDisposition(name string) string {
 		name = "download"
 	}
 	var b strings.Builder
+	b.Grow(len(`attachment; filename=""; filename*=UTF-8''`) + 4*len(name))
 	b.WriteString(`attachment; filename="`)
 	for _, r := range name {
 		switch {
