@@ -97,7 +97,7 @@ func findVersityGW(t testing.TB) string {
 			return p
 		}
 	}
-	t.Fatalf("testenv: versitygw not found in PATH nor in %s; install it with:\n\tgo install %s",
+	t.Fatalf("testenv: versitygw not found in PATH nor in %s; the README's ./test.sh installs it, or: go install %s",
 		strings.Join(dirs, ", "), versityGWModule)
 	return ""
 }
