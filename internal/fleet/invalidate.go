@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -65,14 +66,17 @@ func (c *Client) Publish(ctx context.Context, ev Event) (published bool) {
 	queued := len(c.outbox) > 0
 	c.outMu.Unlock()
 	// Behind a non-empty outbox, go through it: it is retried in order.
-	if !queued && c.publishNow(context.WithoutCancel(ctx), ev) == nil {
-		return true
+	var err error
+	if !queued {
+		if err = c.publishNow(context.WithoutCancel(ctx), ev); err == nil {
+			return true
+		}
 	}
-	c.enqueue(ev)
+	c.enqueue(ev, err)
 	return false
 }
 
-func (c *Client) enqueue(ev Event) {
+func (c *Client) enqueue(ev Event, cause error) {
 	c.st.queued.Add(1)
 	c.outMu.Lock()
 	if len(c.outbox) >= outboxMax {
@@ -86,7 +90,7 @@ func (c *Client) enqueue(ev Event) {
 	c.outbox = append(c.outbox, ev)
 	n := len(c.outbox)
 	c.outMu.Unlock()
-	c.log.Debug("fleet: invalidation queued until redis answers", zap.Int("outbox_len", n))
+	c.log.Debug("fleet: invalidation queued until redis answers", zap.Int("outbox_len", n), zap.NamedError("cause", cause))
 }
 
 // publishNow writes one event. The generations and epoch are bumped before
@@ -234,11 +238,19 @@ func (c *Client) deliver(ev Event) {
 	}
 }
 
-// reader state: the last stream id applied and the incarnation seen.
+// reader state: where it is in the stream and what it has seen.
+//
+// Trims are detected by counting: Redis keeps, per stream, the number of
+// entries ever added (XINFO STREAM entries-added). When a read returns every
+// entry after the reader's position, the entries added since the previous
+// such read must all have been read; fewer means some were trimmed (or the
+// stream was deleted) before this node saw them.
 type reader struct {
 	c        *Client
 	cl       rueidis.Client
 	last     string // "" until the first read; "0-0" reads from the start
+	added    int64  // entries-added at the last complete read
+	applied  int64  // entries read since then
 	boot     string
 	bootAt   time.Time
 	needSync bool
@@ -289,27 +301,35 @@ func (r *reader) step() error {
 	if err != nil {
 		return err
 	}
+	c.setUp(true)
 	if r.last == "" {
 		// First read: start after what is already there.
-		r.last = info.lastGenerated
-		c.setUp(true)
+		r.last, r.added, r.applied = info.lastGenerated, info.added, 0
 		return nil
 	}
-	if !info.exists && r.last != "0-0" {
-		// The stream is gone while the incarnation stayed: deleted or
-		// evicted. Events after ours may be lost with it.
-		r.demote("stream missing")
-		r.last = "0-0"
-	} else if info.exists && compareID(info.maxDeleted, r.last) > 0 {
-		// Events after the last one applied were trimmed before we read them.
-		r.demote("stream trimmed past the last applied event")
-		r.last = info.maxDeleted
+	if !info.exists {
+		if r.added > 0 || r.applied > 0 {
+			// The stream is gone while the incarnation stayed (deleted or
+			// evicted): events after ours may be lost with it.
+			r.demote("stream missing")
+		}
+		r.last, r.added, r.applied = "0-0", 0, 0
 	}
-	c.setUp(true)
 	for _, e := range entries {
 		r.apply(e)
 		if compareID(e.ID, r.last) > 0 {
 			r.last = e.ID
+		}
+	}
+	r.applied += int64(len(entries))
+	if info.exists && len(entries) < readCount {
+		// Complete read: everything added since the last one is accounted for.
+		if info.added < r.added || r.added+r.applied < info.added {
+			r.demote("stream trimmed past the last applied event")
+		}
+		r.added, r.applied = info.added, 0
+		if compareID(info.lastGenerated, r.last) > 0 {
+			r.last = info.lastGenerated // the tail was trimmed away
 		}
 	}
 	if len(entries) > 0 {
@@ -348,7 +368,7 @@ func (r *reader) checkBoot() error {
 	}
 	if r.boot != "" && got != r.boot {
 		r.demote("redis restarted or flushed")
-		r.last = "0-0"
+		r.last, r.added, r.applied = "0-0", 0, 0
 	}
 	r.boot = got
 	r.bootAt = time.Now()
@@ -358,7 +378,7 @@ func (r *reader) checkBoot() error {
 type streamInfo struct {
 	exists        bool
 	lastGenerated string
-	maxDeleted    string
+	added         int64 // entries ever added to this stream
 }
 
 // readAtomic reads the stream's trim state and the events after r.last in
@@ -389,9 +409,14 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	switch {
 	case err == nil:
 		info.exists = true
-		lg, md := m["last-generated-id"], m["max-deleted-entry-id"]
-		info.lastGenerated, _ = lg.ToString()
-		info.maxDeleted, _ = md.ToString()
+		lg, ea := m["last-generated-id"], m["entries-added"]
+		if info.lastGenerated, err = lg.ToString(); err != nil {
+			return nil, info, err
+		}
+		if info.added, err = ea.AsInt64(); err != nil {
+			// Redis before 7.0 has no entries-added.
+			return nil, info, fmt.Errorf("fleet: XINFO STREAM without entries-added (Redis 7+ or Valkey 7.2+ is required): %w", err)
+		}
 	case strings.Contains(err.Error(), "no such key"):
 		info.lastGenerated = "0-0"
 	default:
