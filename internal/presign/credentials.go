@@ -31,9 +31,9 @@ const DefaultTimeout = 5 * time.Second
 type credentialSource struct {
 	cache   *aws.CredentialsCache
 	timeout time.Duration
-	// last is the set the cache last gave: while it is valid it is what
-	// the cache would return at once, so a Presign takes it without
-	// setting up a deadline.
+	// last is the set the cache last gave (or the set a failed refresh
+	// keeps): while it is valid it is what the cache would return at
+	// once, so a Presign takes it without setting up a deadline.
 	last atomic.Pointer[aws.Credentials]
 
 	refreshes singleflight.Group // keyed by the set being replaced

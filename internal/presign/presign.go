@@ -38,10 +38,12 @@ type Config struct {
 	Credentials aws.CredentialsProvider
 	// Expiry is the longest lifetime to give a URL (presign_expiry).
 	Expiry time.Duration
-	// Timeout is the longest a Presign waits for credentials, fetched or
-	// refreshed; it then fails. A provider that is not an
-	// aws.CredentialsCache also gets it as the deadline of each
-	// retrieval. Default: DefaultTimeout (5s).
+	// Timeout is the longest a Presign waits for credentials. A first
+	// fetch that takes longer fails the Presign; a refresh that takes
+	// longer leaves the URL to the credentials in hand (still valid: the
+	// URL ends with them). A provider that is not an aws.CredentialsCache
+	// also gets it as the deadline of each retrieval; the default chain's
+	// providers have their own HTTP timeouts. Default: DefaultTimeout (5s).
 	Timeout time.Duration
 }
 
@@ -58,7 +60,6 @@ type Presigner struct {
 	signer    *v4.Signer
 	sdk       *s3.PresignClient // for what the lean path does not cover
 	expiry    time.Duration
-	timeout   time.Duration
 }
 
 // ErrExportExpired means less than one second of URL lifetime would remain
@@ -119,7 +120,6 @@ func New(ctx context.Context, cfg Config) (*Presigner, error) {
 		signer:    signer,
 		sdk:       pc,
 		expiry:    cfg.Expiry,
-		timeout:   cfg.Timeout,
 	}, nil
 }
 
@@ -158,7 +158,7 @@ func (p *Presigner) Presign(ctx context.Context, obj Object, now, exportExpires 
 	}
 	life := Lifetime(now, p.expiry, exportExpires, credsExpire)
 	if life < time.Second {
-		return nil, fmt.Errorf("S3 credentials expire in under a second, even after a refresh")
+		return nil, errors.New("S3 credentials expire in under a second, even after a refresh")
 	}
 	var signedURL string
 	if ep := p.endpoints.get(ctx, obj.Bucket); !ep.viaSDK && obj.Key != "" {

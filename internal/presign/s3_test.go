@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
@@ -66,6 +67,10 @@ func TestPresignedGetAgainstS3(t *testing.T) {
 	srv := testenv.StartS3(t)
 	srv.CreateBucket(t, s3Bucket)
 	p := newS3Presigner(t, srv, 15*time.Minute, srv.SecretKey)
+	if p.endpoints.get(context.Background(), s3Bucket).viaSDK {
+		t.Fatal("the bucket is left to the SDK: this test would not exercise the lean presign")
+	}
+	creds := aws.Credentials{AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey}
 
 	// Keys that are hard to escape: each character class that SigV4's
 	// canonical URI, Go's URL handling or the S3 server might get wrong.
@@ -81,6 +86,8 @@ func TestPresignedGetAgainstS3(t *testing.T) {
 		{"an encoded slash in the key", "exports/one%2Ftwo.csv", "100%.csv"},
 		{"more reserved characters", "odd/!$'()*@:[]^`{|}.csv", ""},
 		{"leading and trailing spaces", "exports/ spaced .csv", " spaced .csv"},
+		{"plus and percent", "exports/100% + 1.csv", "100% + 1.csv"},
+		{"a leading slash", "/leading.csv", "leading.csv"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := []byte("id,key\n1," + tc.key + "\n\x00\xff binary-safe\r\n")
@@ -91,6 +98,11 @@ func TestPresignedGetAgainstS3(t *testing.T) {
 			}
 			if got := mustQuery(t, s.URL).Get("X-Amz-SignedHeaders"); got != "host" {
 				t.Errorf("X-Amz-SignedHeaders = %q, want host", got)
+			}
+			// The URL fetched below is PresignGetObject's, to the byte.
+			obj := Object{Bucket: s3Bucket, Key: tc.key, Filename: tc.filename, ContentType: contentType}
+			if sdk, err := p.presignSDK(context.Background(), obj, creds, s.SignedAt, s.Lifetime); err != nil || sdk != s.URL {
+				t.Errorf("lean URL %s\nSDK URL  %s (err %v)", s.URL, sdk, err)
 			}
 			status, h, body := fetch(t, plainClient(t), s.URL)
 			if status != http.StatusOK {
