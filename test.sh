@@ -55,7 +55,8 @@ done
 
 if ((${#missing_tools[@]} > 0)); then
 	if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-		die "missing ${missing_tools[*]}; install with: sudo apt-get install -y --no-install-recommends ${missing_pkgs[*]} (or run ./test.sh as root on Debian)"
+		names=$(IFS=,; echo "${missing_tools[*]}")
+		die "missing ${names//,/, }; install with: sudo apt-get install -y --no-install-recommends ${missing_pkgs[*]} (or run ./test.sh as root on Debian)"
 	fi
 	say "Installing ${missing_pkgs[*]} (for ${missing_tools[*]})"
 	# The redis-server and prometheus packages would start their services;
