@@ -1,0 +1,1608 @@
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+// fleetEnabled turns on the checks that need the fleet tier's metrics and
+// its `fleet` subdirective: fleet-alerts.yml and the dashboard's fleet
+// panels against a running Caddy's /metrics, and the Caddyfiles' commented
+// fleet block adapted uncommented. Flip it when the fleet tier lands.
+const fleetEnabled = false
+
+// repoRoot is the module's root directory, the parent of deploy/.
+var repoRoot string
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	caddyPath string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	repoRoot = root
+	code := m.Run()
+	if buildDir != "" {
+		_ = os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// caddyBinary builds ./cmd/caddy once per test binary and returns its path.
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "deploy-test-")
+		if buildErr != nil {
+			return
+		}
+		caddyPath = filepath.Join(buildDir, "caddy")
+		cmd := exec.Command("go", "build", "-o", caddyPath, "./cmd/caddy")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return caddyPath
+}
+
+// requireTool returns the path of a tool or fails the test with a hint.
+func requireTool(t *testing.T, name, hint string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found on PATH: %s", name, hint)
+	}
+	return p
+}
+
+func readFile(t *testing.T, rel string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyEnv is a clean environment for a Caddy process: its own home and
+// storage, static AWS keys for the default credential chain (presigning
+// needs no network), no instance metadata lookups, plus extra.
+func caddyEnv(t *testing.T, extra map[string]string) []string {
+	t.Helper()
+	home := t.TempDir()
+	env := map[string]string{
+		"PATH":                        os.Getenv("PATH"),
+		"HOME":                        home,
+		"XDG_DATA_HOME":               filepath.Join(home, "data"),
+		"XDG_CONFIG_HOME":             filepath.Join(home, "config"),
+		"AWS_ACCESS_KEY_ID":           "AKIAIOSFODNN7EXAMPLE",
+		"AWS_SECRET_ACCESS_KEY":       "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+		"AWS_EC2_METADATA_DISABLED":   "true",
+		"AWS_CONFIG_FILE":             filepath.Join(home, "no-aws-config"),
+		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(home, "no-aws-credentials"),
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// adapt runs `caddy adapt` on a Caddyfile and returns the JSON config; any
+// warning (e.g. an unformatted Caddyfile) fails the test.
+func adapt(t *testing.T, bin, caddyfile string, env map[string]string) map[string]any {
+	t.Helper()
+	cmd := exec.Command(bin, "adapt", "--config", caddyfile, "--adapter", "caddyfile")
+	cmd.Env = caddyEnv(t, env)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("caddy adapt %s: %v\n%s", caddyfile, err, stderr.String())
+	}
+	if s := strings.TrimSpace(stderr.String()); s != "" {
+		t.Fatalf("caddy adapt %s reported:\n%s", caddyfile, s)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &cfg); err != nil {
+		t.Fatalf("caddy adapt %s: %v", caddyfile, err)
+	}
+	return cfg
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startCaddy runs `caddy <args>` until the test ends and waits until
+// readyURL answers 200.
+func startCaddy(t *testing.T, env []string, readyURL string, bin string, args ...string) *syncBuffer {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	out := new(syncBuffer)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-exited:
+			t.Fatalf("caddy exited before it was ready:\n%s", out.String())
+		default:
+		}
+		resp, err := http.Get(readyURL)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return out
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy not ready at %s after 30s (last error %v):\n%s", readyURL, err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// noRedirects is a client that returns the 302 itself.
+var noRedirects = &http.Client{
+	Timeout:       10 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+func download(t *testing.T, base, key, id string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, base+"/v1/exports/"+id+"/download", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := noRedirects.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+const (
+	completedID = "01938f2a-5c10-7a3e-9b41-2c6d8e0f1a01"
+	pendingID   = "01938f2a-5c10-7a3e-9b41-2c6d8e0f1a02"
+	brokenID    = "01938f2a-5c10-7a3e-9b41-2c6d8e0f1a03"
+	apiKey      = "hb_test_deploy"
+)
+
+// exportsUpstream is a fake app with a completed, a pending and a failing
+// export.
+func exportsUpstream(t *testing.T) *testenv.Upstream {
+	t.Helper()
+	up := testenv.NewUpstream(t)
+	exp := time.Now().Add(24 * time.Hour)
+	up.Set(completedID, testenv.Response{Body: testenv.ExportBody(completedID, "completed", &exp, nil)})
+	up.Set(pendingID, testenv.Response{Body: testenv.ExportBody(pendingID, "pending", nil, nil)})
+	up.Set(brokenID, testenv.Response{Status: http.StatusInternalServerError, Body: `{}`})
+	return up
+}
+
+// ---------------------------------------------------------------- Caddyfiles
+
+var (
+	envPlaceholder   = regexp.MustCompile(`\{env\.([A-Za-z_][A-Za-z0-9_]*)\}`)
+	adaptPlaceholder = regexp.MustCompile(`\{\$([A-Za-z_][A-Za-z0-9_]*)(:[^}]*)?\}`)
+)
+
+// placeholders returns the {env.NAME} names of a Caddyfile, and the {$NAME}
+// names that have no default.
+func placeholders(caddyfile string) (provision, adaptRequired []string) {
+	for _, line := range strings.Split(caddyfile, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") && !fleetEnabled {
+			continue
+		}
+		for _, m := range envPlaceholder.FindAllStringSubmatch(line, -1) {
+			provision = append(provision, m[1])
+		}
+		for _, m := range adaptPlaceholder.FindAllStringSubmatch(line, -1) {
+			if m[2] == "" && m[1] != "CREDENTIALS_DIRECTORY" {
+				adaptRequired = append(adaptRequired, m[1])
+			}
+		}
+	}
+	slices.Sort(provision)
+	slices.Sort(adaptRequired)
+	return slices.Compact(provision), slices.Compact(adaptRequired)
+}
+
+// uncommentFleet returns the Caddyfile with its commented `fleet { … }`
+// block uncommented.
+func uncommentFleet(t *testing.T, caddyfile string) string {
+	t.Helper()
+	lines := strings.Split(caddyfile, "\n")
+	in, found := false, false
+	for i, line := range lines {
+		trimmed := strings.TrimLeft(line, "\t ")
+		indent := line[:len(line)-len(trimmed)]
+		switch {
+		case trimmed == "# fleet {":
+			in, found = true, true
+		case !in:
+			continue
+		}
+		lines[i] = indent + strings.TrimPrefix(trimmed, "# ")
+		if trimmed == "# }" {
+			in = false
+		}
+	}
+	if !found {
+		t.Fatal("no commented `# fleet {` block")
+	}
+	return strings.Join(lines, "\n")
+}
+
+// listenPorts returns the ports each server of an adapted config listens on.
+func listenPorts(t *testing.T, cfg map[string]any) map[int]map[string]any {
+	t.Helper()
+	servers, _ := dig(cfg, "apps", "http", "servers").(map[string]any)
+	ports := make(map[int]map[string]any)
+	for name, s := range servers {
+		srv := s.(map[string]any)
+		for _, l := range srv["listen"].([]any) {
+			addr := l.(string)
+			p, err := strconv.Atoi(addr[strings.LastIndex(addr, ":")+1:])
+			if err != nil {
+				t.Fatalf("server %s: listen %q", name, addr)
+			}
+			ports[p] = srv
+		}
+	}
+	return ports
+}
+
+func dig(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+// TestCaddyfilesAdapt adapts every Caddyfile of the kit with the built
+// Caddy, with the defaults and with the fleet block when it exists.
+func TestCaddyfilesAdapt(t *testing.T) {
+	t.Parallel()
+	bin := caddyBinary(t)
+	for _, rel := range []string{"deploy/docker/Caddyfile", "deploy/systemd/Caddyfile"} {
+		t.Run(rel, func(t *testing.T) {
+			path := filepath.Join(repoRoot, rel)
+			cfg := adapt(t, bin, path, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/caddy-export-download.service"})
+			ports := listenPorts(t, cfg)
+			if _, ok := ports[9180]; !ok {
+				t.Errorf("no server on the metrics port 9180: %v", ports)
+			}
+			body, _ := json.Marshal(cfg)
+			if !bytes.Contains(body, []byte(`"handler":"export_download"`)) {
+				t.Error("no export_download handler in the adapted config")
+			}
+			if bytes.Contains(body, []byte("REPLACE-ME")) {
+				t.Error("a secret value reached the adapted config")
+			}
+			fleet := filepath.Join(t.TempDir(), "Caddyfile")
+			if err := os.WriteFile(fleet, []byte(uncommentFleet(t, readFile(t, rel))), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if fleetEnabled {
+				adapt(t, bin, fleet, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/x"})
+			}
+		})
+	}
+}
+
+// ------------------------------------------------------------------- Docker
+
+// TestDockerfile checks that the Dockerfile builds the Caddy version of
+// go.mod with the xcaddy command that xcaddy.md documents for a checkout.
+func TestDockerfile(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/caddyserver/caddy/v2").Output()
+	if err != nil {
+		t.Fatalf("go list -m caddy: %v", err)
+	}
+	version := strings.TrimSpace(string(out)) // v2.11.9
+	if !strings.HasPrefix(version, "v2.") {
+		t.Fatalf("caddy version %q", version)
+	}
+	tag := strings.TrimPrefix(version, "v")
+
+	instructions := dockerInstructions(readFile(t, "deploy/docker/Dockerfile"))
+	var froms, runs, copies []string
+	for _, in := range instructions {
+		word, rest, _ := strings.Cut(in, " ")
+		switch strings.ToUpper(word) {
+		case "FROM":
+			froms = append(froms, rest)
+		case "RUN":
+			runs = append(runs, rest)
+		case "COPY":
+			copies = append(copies, rest)
+		}
+	}
+	wantFroms := []string{"caddy:" + tag + "-builder AS builder", "caddy:" + tag}
+	if !slices.Equal(froms, wantFroms) {
+		t.Errorf("FROM lines %q, want %q (go.mod's Caddy %s)", froms, wantFroms, version)
+	}
+
+	documented := documentedOfflineBuild(t)
+	if !strings.Contains(documented, "xcaddy build "+version+" ") {
+		t.Errorf("xcaddy.md builds %q, not go.mod's Caddy %s", documented, version)
+	}
+	want := documented + " --output /usr/bin/caddy"
+	if !slices.Contains(runs, want) {
+		t.Errorf("no RUN %q in the Dockerfile; RUN lines: %q", want, runs)
+	}
+	if !slices.Contains(copies, "--from=builder /usr/bin/caddy /usr/bin/caddy") {
+		t.Errorf("the binary is not copied from the builder: %q", copies)
+	}
+	for _, c := range copies {
+		f := strings.Fields(c)
+		if strings.HasPrefix(f[0], "--from") || f[0] == "." {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(repoRoot, f[0])); err != nil {
+			t.Errorf("COPY %s: %v (the build context is the repository root)", f[0], err)
+		}
+	}
+}
+
+// dockerInstructions joins continuation lines and drops comments.
+func dockerInstructions(dockerfile string) []string {
+	var out []string
+	var cur strings.Builder
+	for _, line := range strings.Split(dockerfile, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "#") || (trimmed == "" && cur.Len() == 0) {
+			continue
+		}
+		cont := strings.HasSuffix(trimmed, "\\")
+		cur.WriteString(strings.TrimSuffix(trimmed, "\\"))
+		cur.WriteString(" ")
+		if !cont {
+			if s := strings.Join(strings.Fields(cur.String()), " "); s != "" {
+				out = append(out, s)
+			}
+			cur.Reset()
+		}
+	}
+	return out
+}
+
+// documentedOfflineBuild returns xcaddy.md's command for a checkout that
+// works before the module is published, on one line.
+func documentedOfflineBuild(t *testing.T) string {
+	t.Helper()
+	doc := readFile(t, "xcaddy.md")
+	blocks := strings.Split(doc, "```")
+	for i := 1; i < len(blocks); i += 2 {
+		b := blocks[i]
+		if strings.Contains(b, "GONOSUMDB") && strings.Contains(b, "xcaddy build") && strings.Contains(b, "@v0.0.0=.") {
+			return strings.Join(strings.Fields(strings.ReplaceAll(b, "\\\n", " ")), " ")
+		}
+	}
+	t.Fatal("xcaddy.md has no offline `GOPRIVATE=… GONOSUMDB=… xcaddy build … @v0.0.0=.` block")
+	return ""
+}
+
+// TestCompose checks compose.yaml against the Dockerfile, the Caddyfile it
+// mounts and env.example.
+func TestCompose(t *testing.T) {
+	t.Parallel()
+	text := readFile(t, "deploy/docker/compose.yaml")
+	var compose struct {
+		Services map[string]struct {
+			Build *struct {
+				Context    string `yaml:"context"`
+				Dockerfile string `yaml:"dockerfile"`
+			} `yaml:"build"`
+			Image       string            `yaml:"image"`
+			Environment map[string]string `yaml:"environment"`
+			Volumes     []string          `yaml:"volumes"`
+			Ports       []string          `yaml:"ports"`
+			ReadOnly    bool              `yaml:"read_only"`
+			CapDrop     []string          `yaml:"cap_drop"`
+			User        string            `yaml:"user"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal([]byte(text), &compose); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"caddy-1", "caddy-2", "valkey", "app"} {
+		if _, ok := compose.Services[name]; !ok {
+			t.Errorf("no service %q", name)
+		}
+	}
+	caddyfile := readFile(t, "deploy/docker/Caddyfile")
+	provision, _ := placeholders(caddyfile)
+	nodes := 0
+	for name, s := range compose.Services {
+		if s.Build == nil {
+			continue
+		}
+		nodes++
+		if got := filepath.Join(repoRoot, "deploy/docker", s.Build.Context); got != repoRoot {
+			t.Errorf("%s: build context %s, want the repository root", name, got)
+		}
+		if s.Build.Dockerfile != "deploy/docker/Dockerfile" {
+			t.Errorf("%s: dockerfile %q", name, s.Build.Dockerfile)
+		}
+		if !slices.Contains(s.Volumes, "./Caddyfile:/etc/caddy/Caddyfile:ro") {
+			t.Errorf("%s: the Caddyfile is not mounted read-only at /etc/caddy/Caddyfile: %q", name, s.Volumes)
+		}
+		for _, v := range provision {
+			if _, ok := s.Environment[v]; !ok {
+				t.Errorf("%s: the Caddyfile reads {env.%s}, which the service does not set", name, v)
+			}
+		}
+		for _, v := range []string{"APP_UPSTREAM", "REDIS_ADDRESS"} {
+			host := strings.TrimPrefix(s.Environment[v], "http://")
+			host, _, _ = strings.Cut(host, ":")
+			if _, ok := compose.Services[host]; !ok {
+				t.Errorf("%s: %s=%q names no service", name, v, s.Environment[v])
+			}
+		}
+		for _, p := range s.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") || !strings.HasSuffix(p, ":8080") {
+				t.Errorf("%s: port %q: want 127.0.0.1:<host port>:8080", name, p)
+			}
+		}
+		if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") || s.User == "" || strings.HasPrefix(s.User, "0") {
+			t.Errorf("%s: want read_only, cap_drop ALL and a non-root user", name)
+		}
+	}
+	if nodes != 2 {
+		t.Errorf("%d Caddy nodes built from the Dockerfile, want 2", nodes)
+	}
+	// Every ${VAR} the file needs is in env.example.
+	example := readFile(t, "deploy/docker/env.example")
+	for _, m := range regexp.MustCompile(`\$\{([A-Z_][A-Z0-9_]*)`).FindAllStringSubmatch(text, -1) {
+		if !regexp.MustCompile(`(?m)^` + m[1] + `=`).MatchString(example) {
+			t.Errorf("compose.yaml uses ${%s}, env.example does not list it", m[1])
+		}
+	}
+}
+
+// --------------------------------------------------------------- Kubernetes
+
+type k8sObject struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct {
+		Name        string            `yaml:"name"`
+		Labels      map[string]string `yaml:"labels"`
+		Annotations map[string]string `yaml:"annotations"`
+	} `yaml:"metadata"`
+	Data       map[string]string `yaml:"data"`
+	StringData map[string]string `yaml:"stringData"`
+	// ServiceAccount
+	AutomountServiceAccountToken *bool `yaml:"automountServiceAccountToken"`
+	Spec                         struct {
+		// Deployment
+		Replicas int `yaml:"replicas"`
+		Selector struct {
+			MatchLabels map[string]string `yaml:"matchLabels"`
+		} `yaml:"selector"`
+		Template struct {
+			Metadata struct {
+				Labels map[string]string `yaml:"labels"`
+			} `yaml:"metadata"`
+			Spec podSpec `yaml:"spec"`
+		} `yaml:"template"`
+		// PodDisruptionBudget
+		MinAvailable any `yaml:"minAvailable"`
+		// Service (selector is a plain map there)
+		Ports []struct {
+			Name       string `yaml:"name"`
+			Port       int    `yaml:"port"`
+			TargetPort any    `yaml:"targetPort"`
+		} `yaml:"ports"`
+	} `yaml:"spec"`
+	raw map[string]any
+}
+
+type podSpec struct {
+	ServiceAccountName           string `yaml:"serviceAccountName"`
+	AutomountServiceAccountToken *bool  `yaml:"automountServiceAccountToken"`
+	SecurityContext              struct {
+		RunAsNonRoot *bool `yaml:"runAsNonRoot"`
+		RunAsUser    *int  `yaml:"runAsUser"`
+	} `yaml:"securityContext"`
+	Containers []struct {
+		Name    string   `yaml:"name"`
+		Image   string   `yaml:"image"`
+		Command []string `yaml:"command"`
+		Ports   []struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+		} `yaml:"ports"`
+		Env []struct {
+			Name      string `yaml:"name"`
+			Value     string `yaml:"value"`
+			ValueFrom *struct {
+				SecretKeyRef *struct {
+					Name string `yaml:"name"`
+					Key  string `yaml:"key"`
+				} `yaml:"secretKeyRef"`
+			} `yaml:"valueFrom"`
+		} `yaml:"env"`
+		ReadinessProbe *probe `yaml:"readinessProbe"`
+		LivenessProbe  *probe `yaml:"livenessProbe"`
+		Resources      struct {
+			Requests map[string]string `yaml:"requests"`
+			Limits   map[string]string `yaml:"limits"`
+		} `yaml:"resources"`
+		SecurityContext struct {
+			AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+			ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
+			Capabilities             struct {
+				Drop []string `yaml:"drop"`
+				Add  []string `yaml:"add"`
+			} `yaml:"capabilities"`
+		} `yaml:"securityContext"`
+		VolumeMounts []struct {
+			Name      string `yaml:"name"`
+			MountPath string `yaml:"mountPath"`
+		} `yaml:"volumeMounts"`
+	} `yaml:"containers"`
+	Volumes []struct {
+		Name      string `yaml:"name"`
+		ConfigMap *struct {
+			Name string `yaml:"name"`
+		} `yaml:"configMap"`
+		EmptyDir any `yaml:"emptyDir"`
+	} `yaml:"volumes"`
+}
+
+type probe struct {
+	HTTPGet *struct {
+		Path string `yaml:"path"`
+		Port any    `yaml:"port"`
+	} `yaml:"httpGet"`
+}
+
+// loadKubernetes parses every YAML document under deploy/kubernetes.
+func loadKubernetes(t *testing.T) (map[string]*k8sObject, []string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(repoRoot, "deploy/kubernetes/*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	objs := make(map[string]*k8sObject)
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		for {
+			var node yaml.Node
+			if err := dec.Decode(&node); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			o := new(k8sObject)
+			if err := node.Decode(o); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if err := node.Decode(&o.raw); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if o.Kind == "" || o.APIVersion == "" {
+				t.Fatalf("%s: a document without kind or apiVersion", f)
+			}
+			if _, dup := objs[o.Kind]; dup {
+				t.Fatalf("%s: a second %s", f, o.Kind)
+			}
+			objs[o.Kind] = o
+		}
+	}
+	return objs, names
+}
+
+func subset(sub, super map[string]string) bool {
+	if len(sub) == 0 {
+		return false
+	}
+	for k, v := range sub {
+		if super[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestKubernetesManifests parses the manifests, checks that they fit
+// together, and adapts the ConfigMap's Caddyfile with the Deployment's
+// environment to check that the probes reach a port the Caddyfile serves.
+func TestKubernetesManifests(t *testing.T) {
+	t.Parallel()
+	objs, files := loadKubernetes(t)
+	kinds := slices.Sorted(maps.Keys(objs))
+	want := []string{"ConfigMap", "Deployment", "Kustomization", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("kinds %q, want %q", kinds, want)
+	}
+	// The Kustomization lists every other file.
+	resources, _ := objs["Kustomization"].raw["resources"].([]any)
+	for _, f := range files {
+		if f != "kustomization.yaml" && !slices.Contains(resources, any(f)) {
+			t.Errorf("kustomization.yaml does not list %s", f)
+		}
+	}
+
+	dep := objs["Deployment"]
+	pod := dep.Spec.Template.Spec
+	podLabels := dep.Spec.Template.Metadata.Labels
+	if dep.Spec.Replicas < 2 {
+		t.Errorf("replicas %d, want 2 or more", dep.Spec.Replicas)
+	}
+	if !subset(dep.Spec.Selector.MatchLabels, podLabels) {
+		t.Errorf("Deployment selector %v does not match the pod labels %v", dep.Spec.Selector.MatchLabels, podLabels)
+	}
+	svcSelector := map[string]string{}
+	for k, v := range dig(objs["Service"].raw, "spec", "selector").(map[string]any) {
+		svcSelector[k] = v.(string)
+	}
+	if !subset(svcSelector, podLabels) {
+		t.Errorf("Service selector %v does not match the pod labels %v", svcSelector, podLabels)
+	}
+	pdb := objs["PodDisruptionBudget"]
+	if !subset(pdb.Spec.Selector.MatchLabels, podLabels) {
+		t.Errorf("PodDisruptionBudget selector %v does not match the pod labels %v", pdb.Spec.Selector.MatchLabels, podLabels)
+	}
+	if min, ok := pdb.Spec.MinAvailable.(int); !ok || min < 1 || min >= dep.Spec.Replicas {
+		t.Errorf("PodDisruptionBudget minAvailable %v: want 1 ≤ n < replicas", pdb.Spec.MinAvailable)
+	}
+
+	sa := objs["ServiceAccount"]
+	if pod.ServiceAccountName != sa.Metadata.Name {
+		t.Errorf("pods run as %q, the ServiceAccount is %q", pod.ServiceAccountName, sa.Metadata.Name)
+	}
+	if arn := sa.Metadata.Annotations["eks.amazonaws.com/role-arn"]; !regexp.MustCompile(`^arn:aws:iam::\d{12}:role/[\w+=,.@/-]+$`).MatchString(arn) {
+		t.Errorf("ServiceAccount role-arn annotation %q is not an IAM role ARN", arn)
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("pods mount a Kubernetes API token they do not need")
+	}
+	if pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot ||
+		pod.SecurityContext.RunAsUser == nil || *pod.SecurityContext.RunAsUser == 0 {
+		t.Error("pods must run as a non-root user")
+	}
+
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	for _, r := range []string{"cpu", "memory"} {
+		if c.Resources.Requests[r] == "" {
+			t.Errorf("no %s request", r)
+		}
+	}
+	if c.Resources.Limits["memory"] == "" {
+		t.Error("no memory limit")
+	}
+	sc := c.SecurityContext
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+		!slices.Contains(sc.Capabilities.Drop, "ALL") {
+		t.Error("container must drop ALL capabilities, forbid privilege escalation and have a read-only root file system")
+	}
+
+	// The ConfigMap holds the container Caddyfile, mounted where the
+	// command reads it.
+	cm := objs["ConfigMap"]
+	caddyfile := cm.Data["Caddyfile"]
+	if caddyfile != readFile(t, "deploy/docker/Caddyfile") {
+		t.Error("the ConfigMap's Caddyfile differs from deploy/docker/Caddyfile")
+	}
+	configPath := ""
+	if i := slices.Index(c.Command, "--config"); i >= 0 && i+1 < len(c.Command) {
+		configPath = c.Command[i+1]
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		for _, v := range pod.Volumes {
+			if v.Name == m.Name && v.ConfigMap != nil && v.ConfigMap.Name == cm.Metadata.Name &&
+				configPath == filepath.Join(m.MountPath, "Caddyfile") {
+				mounted = true
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("the command reads %q, which is not the ConfigMap's Caddyfile", configPath)
+	}
+	// Everything the Caddyfile writes to must be a volume.
+	for _, dir := range []string{"/data", "/config", "/tmp"} {
+		if !slices.ContainsFunc(c.VolumeMounts, func(m struct {
+			Name      string `yaml:"name"`
+			MountPath string `yaml:"mountPath"`
+		}) bool {
+			return m.MountPath == dir
+		}) {
+			t.Errorf("%s is not a volume on the read-only root file system", dir)
+		}
+	}
+
+	// The environment provides every placeholder; secrets come from the
+	// Secret.
+	secret := objs["Secret"]
+	env := make(map[string]string)
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			ref := e.ValueFrom.SecretKeyRef
+			if ref.Name != secret.Metadata.Name {
+				t.Errorf("env %s refers to Secret %q", e.Name, ref.Name)
+			}
+			if _, ok := secret.StringData[ref.Key]; !ok {
+				t.Errorf("env %s refers to key %q, which the Secret lacks", e.Name, ref.Key)
+			}
+			env[e.Name] = "secret-" + ref.Key
+		default:
+			env[e.Name] = e.Value
+		}
+	}
+	provision, adaptRequired := placeholders(caddyfile)
+	for _, v := range append(provision, adaptRequired...) {
+		if _, ok := env[v]; !ok {
+			t.Errorf("the Caddyfile reads %s, which the Deployment does not set", v)
+		}
+	}
+	for _, v := range provision {
+		if e := env[v]; !strings.HasPrefix(e, "secret-") {
+			t.Logf("{env.%s} is set from a plain value", v)
+		}
+	}
+
+	// Adapt with the Deployment's environment: the probes and the
+	// container ports must be ports the Caddyfile serves.
+	bin := caddyBinary(t)
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if fleetEnabled {
+		caddyfile = uncommentFleet(t, caddyfile)
+	}
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := adapt(t, bin, path, env)
+	ports := listenPorts(t, cfg)
+	named := make(map[string]int)
+	for _, p := range c.Ports {
+		named[p.Name] = p.ContainerPort
+		if _, ok := ports[p.ContainerPort]; !ok {
+			t.Errorf("container port %s (%d) is not served by the Caddyfile (%v)", p.Name, p.ContainerPort, slices.Collect(maps.Keys(ports)))
+		}
+		if p.ContainerPort < 1024 && !slices.Contains(sc.Capabilities.Add, "NET_BIND_SERVICE") {
+			t.Errorf("port %d needs NET_BIND_SERVICE", p.ContainerPort)
+		}
+	}
+	if len(sc.Capabilities.Add) > 0 && !slices.ContainsFunc(c.Ports, func(p struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	}) bool {
+		return p.ContainerPort < 1024
+	}) {
+		t.Errorf("capabilities %q added, but no port below 1024", sc.Capabilities.Add)
+	}
+	for name, pr := range map[string]*probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if pr == nil || pr.HTTPGet == nil {
+			t.Errorf("no HTTP %s probe", name)
+			continue
+		}
+		port := 0
+		switch p := pr.HTTPGet.Port.(type) {
+		case int:
+			port = p
+		case string:
+			port = named[p]
+		}
+		srv, ok := ports[port]
+		if !ok {
+			t.Errorf("%s probe port %v is not served by the Caddyfile", name, pr.HTTPGet.Port)
+			continue
+		}
+		routes, _ := json.Marshal(srv["routes"])
+		if !bytes.Contains(routes, []byte(strconv.Quote(pr.HTTPGet.Path))) {
+			t.Errorf("%s probe path %s has no route on port %d", name, pr.HTTPGet.Path, port)
+		}
+	}
+	for _, sp := range objs["Service"].Spec.Ports {
+		name, _ := sp.TargetPort.(string)
+		if _, ok := named[name]; !ok {
+			t.Errorf("Service port %s targets %v, not a named container port", sp.Name, sp.TargetPort)
+		}
+	}
+}
+
+// ------------------------------------------------- metrics, rules, dashboard
+
+// scrape returns every sample name on a /metrics page, with the values of
+// each label seen on it.
+func scrape(t *testing.T, url string) map[string]map[string]map[string]bool {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	labelRE := regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+	series := make(map[string]map[string]map[string]bool)
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, labels := line, ""
+		if i := strings.IndexAny(line, "{ "); i >= 0 {
+			name = line[:i]
+			if line[i] == '{' {
+				labels = line[i:strings.LastIndex(line, "}")]
+			}
+		}
+		if series[name] == nil {
+			series[name] = make(map[string]map[string]bool)
+		}
+		for _, m := range labelRE.FindAllStringSubmatch(labels, -1) {
+			if series[name][m[1]] == nil {
+				series[name][m[1]] = make(map[string]bool)
+			}
+			series[name][m[1]][m[2]] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return series
+}
+
+// selectorRE finds metric names (not recording rules' level:name:op names)
+// and their label matchers in PromQL.
+var (
+	selectorRE = regexp.MustCompile(`(?:^|[^a-zA-Z0-9_:])(caddy_[a-zA-Z0-9_]+)(\{[^}]*\})?`)
+	matcherRE  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"([^"]*)"`)
+)
+
+// metricUse is one selector: a metric name and its label matchers.
+type metricUse struct {
+	source, name string
+	matchers     [][3]string // label, op, value
+}
+
+func metricUses(source, promql string) []metricUse {
+	var uses []metricUse
+	for _, m := range selectorRE.FindAllStringSubmatch(promql, -1) {
+		u := metricUse{source: source, name: m[1]}
+		for _, mm := range matcherRE.FindAllStringSubmatch(m[2], -1) {
+			u.matchers = append(u.matchers, [3]string{mm[1], mm[2], mm[3]})
+		}
+		uses = append(uses, u)
+	}
+	return uses
+}
+
+type ruleFile struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []struct {
+			Record string `yaml:"record"`
+			Alert  string `yaml:"alert"`
+			Expr   string `yaml:"expr"`
+		} `yaml:"rules"`
+	} `yaml:"groups"`
+}
+
+func loadRules(t *testing.T, rel string) ruleFile {
+	t.Helper()
+	var rf ruleFile
+	if err := yaml.Unmarshal([]byte(readFile(t, rel)), &rf); err != nil {
+		t.Fatalf("%s: %v", rel, err)
+	}
+	if len(rf.Groups) == 0 {
+		t.Fatalf("%s: no rule groups", rel)
+	}
+	return rf
+}
+
+// dashboardQueries returns every query of the dashboard: the panels'
+// expressions and the template variables' queries.
+func dashboardQueries(t *testing.T) []string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(readFile(t, "deploy/grafana/export_download.json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	var walk func(any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case map[string]any:
+			for k, e := range x {
+				if s, ok := e.(string); ok && (k == "expr" || k == "query" || k == "definition") {
+					out = append(out, s)
+				}
+				walk(e)
+			}
+		}
+	}
+	walk(v)
+	return out
+}
+
+func isFleetMetric(name string) bool {
+	return strings.HasPrefix(name, "caddy_export_download_fleet_")
+}
+
+// TestMetricNamesExist runs the container Caddyfile (the Kubernetes
+// ConfigMap's) against a fake app, checks the probe and the answers, then
+// reads /metrics and fails on any metric name or label value used by the
+// alerts, the recording rules or the dashboard that Caddy does not expose.
+func TestMetricNamesExist(t *testing.T) {
+	t.Parallel()
+	bin := caddyBinary(t)
+	up := exportsUpstream(t)
+	httpPort, metricsPort := freePort(t), freePort(t)
+	env := caddyEnv(t, map[string]string{
+		"CADDY_BIND":   "127.0.0.1",
+		"CADDY_ADMIN":  "off",
+		"HTTP_PORT":    strconv.Itoa(httpPort),
+		"METRICS_PORT": strconv.Itoa(metricsPort),
+		"APP_UPSTREAM": up.URL,
+		"EDGE_TOKEN":   "edge-token-from-env",
+	})
+	metricsBase := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
+	startCaddy(t, env, metricsBase+"/healthz", bin, "run", "--config", filepath.Join(repoRoot, "deploy/docker/Caddyfile"), "--adapter", "caddyfile")
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	for _, c := range []struct {
+		id   string
+		want int
+	}{
+		{completedID, http.StatusFound},
+		{completedID, http.StatusFound},
+		{pendingID, http.StatusBadRequest},
+		{brokenID, http.StatusServiceUnavailable},
+	} {
+		if resp := download(t, base, apiKey, c.id); resp.StatusCode != c.want {
+			t.Errorf("download %s: %d, want %d", c.id, resp.StatusCode, c.want)
+		}
+	}
+	reqs := up.Requests()
+	if len(reqs) == 0 || reqs[0].Header.Get("X-Edge-Token") != "edge-token-from-env" {
+		t.Errorf("the app did not get the {env.EDGE_TOKEN} header: %v", reqs)
+	}
+	// Anything but the probe and /metrics is a 404 on the metrics port.
+	if resp, err := http.Get(metricsBase + "/config/"); err != nil {
+		t.Error(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("metrics port /config/: %d, want 404", resp.StatusCode)
+		}
+	}
+
+	series := scrape(t, metricsBase+"/metrics")
+	var uses []metricUse
+	files := []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml"}
+	if fleetEnabled {
+		files = append(files, "deploy/prometheus/fleet-alerts.yml")
+	}
+	for _, rel := range files {
+		for _, g := range loadRules(t, rel).Groups {
+			for _, r := range g.Rules {
+				uses = append(uses, metricUses(rel+" "+r.Record+r.Alert, r.Expr)...)
+			}
+		}
+	}
+	for _, s := range dashboardQueries(t) {
+		uses = append(uses, metricUses("export_download.json", s)...)
+	}
+
+	// The checks must see the module's metrics, or they check nothing.
+	used := make(map[string]bool)
+	for _, u := range uses {
+		used[u.name] = true
+	}
+	for _, name := range []string{
+		"caddy_export_download_requests_total",
+		"caddy_export_download_cache_lookups_total",
+		"caddy_export_download_upstream_requests_total",
+		"caddy_export_download_upstream_duration_seconds_bucket",
+		"caddy_export_download_presigns_total",
+	} {
+		if !used[name] {
+			t.Errorf("%s is used by no alert, rule or panel", name)
+		}
+	}
+
+	checked := 0
+	for _, u := range uses {
+		if isFleetMetric(u.name) && !fleetEnabled {
+			continue
+		}
+		labels, ok := series[u.name]
+		if !ok {
+			t.Errorf("%s: metric %s is not on Caddy's /metrics", u.source, u.name)
+			continue
+		}
+		checked++
+		for _, m := range u.matchers {
+			label, op, value := m[0], m[1], m[2]
+			if label == "job" || label == "instance" || strings.Contains(value, "$") {
+				continue // set by Prometheus, or a dashboard variable
+			}
+			values, ok := labels[label]
+			if !ok {
+				t.Errorf("%s: %s has no label %q", u.source, u.name, label)
+				continue
+			}
+			var want []string
+			switch op {
+			case "=", "!=":
+				want = []string{value}
+			case "=~", "!~":
+				if regexp.MustCompile(`^[A-Za-z0-9_.+|]+$`).MatchString(value) {
+					want = strings.Split(value, "|")
+				}
+			}
+			for _, w := range want {
+				if !values[w] {
+					t.Errorf("%s: %s{%s%s%q}: Caddy exposes no %s=%q (has %v)", u.source, u.name, label, op, value, label, w, slices.Sorted(maps.Keys(values)))
+				}
+			}
+		}
+	}
+	t.Logf("%d metric selectors checked against /metrics (fleet metrics %s)", checked, map[bool]string{true: "included", false: "skipped: fleetEnabled is false"}[fleetEnabled])
+}
+
+// TestPrometheusRules runs promtool on the rule files and their unit tests.
+func TestPrometheusRules(t *testing.T) {
+	t.Parallel()
+	promtool := requireTool(t, "promtool", "install Debian's package: apt-get install -y prometheus")
+	dir := filepath.Join(repoRoot, "deploy/prometheus")
+	run := func(args ...string) string {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	ruleFiles := []string{"rules.yml", "alerts.yml", "fleet-alerts.yml"}
+	run(append([]string{"check", "rules"}, ruleFiles...)...)
+	tests, _ := filepath.Glob(filepath.Join(dir, "tests", "*_test.yml"))
+	if len(tests) != len(ruleFiles) {
+		t.Errorf("%d promtool test files, want one per rule file (%d)", len(tests), len(ruleFiles))
+	}
+	for i := range tests {
+		tests[i], _ = filepath.Rel(dir, tests[i])
+	}
+	out := run(append([]string{"test", "rules"}, tests...)...)
+	if strings.Count(out, "SUCCESS") != len(tests) {
+		t.Errorf("promtool test rules: want %d SUCCESS:\n%s", len(tests), out)
+	}
+	// Every alert is exercised by a unit test.
+	var testText strings.Builder
+	for _, f := range tests {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		testText.Write(b)
+	}
+	for _, f := range ruleFiles {
+		for _, g := range loadRules(t, "deploy/prometheus/"+f).Groups {
+			for _, r := range g.Rules {
+				name := r.Alert
+				if name == "" {
+					name = r.Record
+				}
+				if !strings.Contains(testText.String(), name) {
+					t.Errorf("%s: %s has no unit test", f, name)
+				}
+			}
+		}
+	}
+}
+
+// TestPromtoolFailsOnBrokenRules is the control: the check above can fail.
+func TestPromtoolFailsOnBrokenRules(t *testing.T) {
+	t.Parallel()
+	promtool := requireTool(t, "promtool", "install Debian's package: apt-get install -y prometheus")
+	bad := filepath.Join(t.TempDir(), "bad.yml")
+	if err := os.WriteFile(bad, []byte("groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: sum(rate(x[5m]) > 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", bad).CombinedOutput(); err == nil {
+		t.Errorf("promtool accepted a broken expression:\n%s", out)
+	}
+}
+
+// TestGrafanaDashboard checks the dashboard's shape: the panels the kit
+// promises, each with a query on the chosen data source.
+func TestGrafanaDashboard(t *testing.T) {
+	t.Parallel()
+	var dash struct {
+		Title      string `json:"title"`
+		UID        string `json:"uid"`
+		Templating struct {
+			List []struct {
+				Name string `json:"name"`
+				Type string `json:"type"`
+			} `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			ID         int    `json:"id"`
+			Type       string `json:"type"`
+			Title      string `json:"title"`
+			Datasource *struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+			GridPos struct{ H, W, X, Y int } `json:"gridPos"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal([]byte(readFile(t, "deploy/grafana/export_download.json")), &dash); err != nil {
+		t.Fatal(err)
+	}
+	if dash.Title == "" || dash.UID == "" {
+		t.Error("dashboard without title or uid")
+	}
+	vars := make(map[string]string)
+	for _, v := range dash.Templating.List {
+		vars[v.Name] = v.Type
+	}
+	if vars["datasource"] != "datasource" || vars["job"] != "query" {
+		t.Errorf("template variables %v: want datasource and job", vars)
+	}
+	ids := make(map[int]bool)
+	exprs := make(map[string]string) // title → queries
+	for _, p := range dash.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel id %d twice", p.ID)
+		}
+		ids[p.ID] = true
+		if p.GridPos.X+p.GridPos.W > 24 || p.GridPos.W <= 0 || p.GridPos.H <= 0 {
+			t.Errorf("panel %q: gridPos %+v", p.Title, p.GridPos)
+		}
+		if p.Type == "row" {
+			continue
+		}
+		if p.Datasource == nil || p.Datasource.UID != "${datasource}" {
+			t.Errorf("panel %q does not use the datasource variable", p.Title)
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			if strings.TrimSpace(tg.Expr) == "" {
+				t.Errorf("panel %q: empty query", p.Title)
+			}
+			exprs[p.Title] += tg.Expr + "\n"
+		}
+	}
+	for _, w := range []struct{ title, contains string }{
+		{"Requests by outcome", "by (outcome)"},
+		{"Cache lookups by result", "by (result)"},
+		{"Upstream latency", "histogram_quantile(0.99"},
+		{"Presigned URLs: new vs reused", "by (reused)"},
+		{"Fleet store reachable", "caddy_export_download_fleet_up"},
+		{"Fleet lookups by result", "caddy_export_download_fleet_lookups_total"},
+		{"Invalidation lag", "caddy_export_download_fleet_invalidation_lag_seconds"},
+	} {
+		if !strings.Contains(exprs[w.title], w.contains) {
+			t.Errorf("panel %q: want a query with %q, have %q", w.title, w.contains, exprs[w.title])
+		}
+	}
+}
+
+// ------------------------------------------------------------------ systemd
+
+const unitName = "caddy-export-download.service"
+
+// unitExec returns the argv of an Exec*= line of the unit.
+func unitExec(t *testing.T, unit, key string) []string {
+	t.Helper()
+	for _, line := range strings.Split(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, key+"="); ok {
+			return strings.Fields(v)
+		}
+	}
+	t.Fatalf("the unit has no %s=", key)
+	return nil
+}
+
+// systemdRoot lays out a file system root for systemd-analyze --root:
+// Debian's unit files (for the default dependencies), the unit under test
+// and, at its ExecStart path, the built Caddy.
+func systemdRoot(t *testing.T, unit string) string {
+	t.Helper()
+	root := t.TempDir()
+	src := "/usr/lib/systemd/system"
+	if _, err := os.Stat(src); err != nil {
+		t.Fatalf("%s: %v (install Debian's systemd: apt-get install -y systemd)", src, err)
+	}
+	if err := copyTree(src, filepath.Join(root, src)); err != nil {
+		t.Fatalf("copying %s: %v", src, err)
+	}
+	unitDir := filepath.Join(root, "etc/systemd/system")
+	if err := os.MkdirAll(unitDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(unitDir, unitName), []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(root, unitExec(t, unit, "ExecStart")[0])
+	if err := os.MkdirAll(filepath.Dir(exe), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := caddyBinary(t)
+	if err := os.Link(bin, exe); err != nil {
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(exe, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// copyTree copies a directory of regular files and symbolic links (which
+// os.CopyFS refuses); systemd resolves absolute links inside --root.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(target, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		default:
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(target, data, 0o644)
+		}
+	})
+}
+
+func systemdVerify(t *testing.T, unit string) (string, error) {
+	t.Helper()
+	tool := requireTool(t, "systemd-analyze", "install Debian's package: apt-get install -y systemd")
+	root := systemdRoot(t, unit)
+	out, err := exec.Command(tool, "verify", "--man=no", "--root="+root, unitName).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestSystemdUnit runs `systemd-analyze verify` on the unit, which must
+// report nothing, and `systemd-analyze security --offline=true`, whose
+// exposure score it logs and bounds.
+func TestSystemdUnit(t *testing.T) {
+	t.Parallel()
+	unit := readFile(t, "deploy/systemd/"+unitName)
+	out, err := systemdVerify(t, unit)
+	if err != nil || out != "" {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"DynamicUser=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+		"NoNewPrivileges=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+		"CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "SystemCallFilter=@system-service",
+		"LoadCredential=edge-token:",
+	} {
+		if !strings.Contains(unit, "\n"+want) {
+			t.Errorf("the unit lacks %s", want)
+		}
+	}
+
+	tool := requireTool(t, "systemd-analyze", "install Debian's package: apt-get install -y systemd")
+	help, _ := exec.Command(tool, "--help").CombinedOutput()
+	if !bytes.Contains(help, []byte("--offline")) {
+		t.Log("this systemd-analyze has no `security --offline`; exposure not measured")
+		return
+	}
+	root := systemdRoot(t, unit)
+	sec, err := exec.Command(tool, "security", "--offline=true", "--root="+root, unitName).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, sec)
+	}
+	m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\S+)`).FindSubmatch(sec)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", sec)
+	}
+	score, _ := strconv.ParseFloat(string(m[1]), 64)
+	t.Logf("systemd-analyze security exposure: %s %s", m[1], m[2])
+	if score > 2.0 {
+		t.Errorf("exposure %.1f, want at most 2.0:\n%s", score, sec)
+	}
+}
+
+// TestSystemdVerifyFailsOnBrokenUnit is the control: verify's output is
+// what the test above reads.
+func TestSystemdVerifyFailsOnBrokenUnit(t *testing.T) {
+	t.Parallel()
+	unit := strings.Replace(readFile(t, "deploy/systemd/"+unitName), "ProtectHome=yes", "ProtectHome=yes\nProtectHomme=yes", 1)
+	if out, _ := systemdVerify(t, unit); !strings.Contains(out, "ProtectHomme") {
+		t.Errorf("systemd-analyze verify did not report an unknown key: %q", out)
+	}
+}
+
+// TestSystemdCaddyfile runs the unit's ExecStart and ExecReload command
+// lines on the systemd Caddyfile, with a credentials directory as
+// LoadCredential= makes it: the secret read with
+// {file.{$CREDENTIALS_DIRECTORY}/edge-token} reaches the app, and the
+// reload finds the admin socket.
+func TestSystemdCaddyfile(t *testing.T) {
+	t.Parallel()
+	bin := caddyBinary(t)
+	unit := readFile(t, "deploy/systemd/"+unitName)
+	start, reload := unitExec(t, unit, "ExecStart"), unitExec(t, unit, "ExecReload")
+	caddyfile := filepath.Join(repoRoot, "deploy/systemd/Caddyfile")
+	argv := func(cmd []string) []string {
+		out := slices.Clone(cmd[1:])
+		for i, a := range out {
+			if a == "/etc/caddy-export-download/Caddyfile" {
+				out[i] = caddyfile
+			}
+		}
+		if slices.Equal(out, cmd[1:]) {
+			t.Fatalf("%q does not read /etc/caddy-export-download/Caddyfile", cmd)
+		}
+		return out
+	}
+
+	creds := t.TempDir()
+	if err := os.WriteFile(filepath.Join(creds, "edge-token"), []byte("edge-token-from-credential\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := exportsUpstream(t)
+	sitePort, metricsPort := freePort(t), freePort(t)
+	// A short path: Unix socket names are limited to 108 bytes.
+	sockDir, err := os.MkdirTemp("", "ced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	env := caddyEnv(t, map[string]string{
+		"CREDENTIALS_DIRECTORY": creds,
+		"CADDY_BIND":            "127.0.0.1",
+		"CADDY_ADMIN":           "unix/" + filepath.Join(sockDir, "admin.sock"),
+		"SITE_ADDRESS":          fmt.Sprintf("http://127.0.0.1:%d", sitePort),
+		"METRICS_PORT":          strconv.Itoa(metricsPort),
+		"APP_UPSTREAM":          up.URL,
+	})
+	out := startCaddy(t, env, fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort), bin, argv(start)...)
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
+	if resp := download(t, base, apiKey, completedID); resp.StatusCode != http.StatusFound {
+		t.Fatalf("download: %d, want 302\n%s", resp.StatusCode, out.String())
+	}
+	reqs := up.Requests()
+	if len(reqs) != 1 || reqs[0].Header.Get("X-Edge-Token") != "edge-token-from-credential" {
+		t.Fatalf("the app did not get the credential's X-Edge-Token: %v", reqs)
+	}
+
+	cmd := exec.Command(bin, argv(reload)...)
+	cmd.Env = env
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ExecReload %q: %v\n%s", reload, err, b)
+	}
+	if resp := download(t, base, apiKey, pendingID); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("after the reload: %d, want 400", resp.StatusCode)
+	}
+	if strings.Contains(out.String(), "edge-token-from-credential") {
+		t.Error("the secret appears in Caddy's output")
+	}
+}
+
+// --------------------------------------------------------------- rate limit
+
+// TestRateLimitRecipe builds examples/ratelimit (its own module, so this
+// go.mod does not grow), adapts its Caddyfile and runs it: the third
+// download of one key within the window gets the 429 envelope, another key
+// still gets its 302.
+func TestRateLimitRecipe(t *testing.T) {
+	t.Parallel()
+	src := filepath.Join(repoRoot, "examples/ratelimit")
+	work := t.TempDir()
+	for _, f := range []string{"go.mod", "go.sum", "main.go", "Caddyfile"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "go.mod" {
+			mod := string(b)
+			if !strings.Contains(mod, "replace github.com/exportedge/caddy-export-download => ../..") {
+				t.Fatal("examples/ratelimit/go.mod does not replace this module with the checkout")
+			}
+			if !regexp.MustCompile(`(?m)^\s*github.com/mholt/caddy-ratelimit v\d+\.\d+\.\d+$`).MatchString(mod) {
+				t.Error("examples/ratelimit/go.mod does not pin caddy-ratelimit to a release")
+			}
+			b = []byte(strings.Replace(mod, "=> ../..", "=> "+repoRoot, 1))
+		}
+		if err := os.WriteFile(filepath.Join(work, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(work, "caddy")
+	// -mod=mod: the copy's go.sum may lack entries that this module's
+	// go.mod gained since; the committed go.sum is compared below.
+	build := exec.Command("go", "build", "-mod=mod", "-o", bin, ".")
+	build.Dir = work
+	build.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/ratelimit: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(work, "go.sum")); !bytes.Equal(got, []byte(readFile(t, "examples/ratelimit/go.sum"))) {
+		t.Log("examples/ratelimit/go.sum is behind this module's go.mod: run `go mod tidy` there")
+	}
+	if out, err := exec.Command(bin, "list-modules").Output(); err != nil ||
+		!bytes.Contains(out, []byte("http.handlers.rate_limit")) || !bytes.Contains(out, []byte("http.handlers.export_download")) {
+		t.Fatalf("the example's Caddy lacks rate_limit or export_download: %v\n%s", err, out)
+	}
+
+	up := exportsUpstream(t)
+	port := freePort(t)
+	extra := map[string]string{
+		"CADDY_BIND":           "127.0.0.1",
+		"CADDY_ADMIN":          "off",
+		"SITE_ADDRESS":         fmt.Sprintf("http://127.0.0.1:%d", port),
+		"APP_UPSTREAM":         up.URL,
+		"DOWNLOADS_PER_MINUTE": "2",
+	}
+	caddyfile := filepath.Join(work, "Caddyfile")
+	cfg := adapt(t, bin, caddyfile, extra)
+	body, _ := json.Marshal(cfg)
+	rl, ed := bytes.Index(body, []byte(`"handler":"rate_limit"`)), bytes.Index(body, []byte(`"handler":"export_download"`))
+	if rl < 0 || ed < 0 || rl > ed {
+		t.Fatalf("rate_limit must come before export_download in the adapted routes:\n%s", body)
+	}
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	// Any path answers once the server is up: other paths go to the app.
+	startCaddy(t, caddyEnv(t, extra), base+"/v1/exports/"+completedID, bin, "run", "--config", caddyfile, "--adapter", "caddyfile")
+
+	for i, want := range []int{http.StatusFound, http.StatusFound, http.StatusTooManyRequests} {
+		if resp := download(t, base, "hb_test_alice", completedID); resp.StatusCode != want {
+			t.Errorf("alice's download %d: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/exports/"+completedID+"/download", nil)
+	req.Header.Set("Authorization", "Bearer hb_test_alice")
+	resp, err := noRedirects.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var envelope struct {
+		Error struct{ Code, Message string }
+		Meta  struct {
+			RequestID string `json:"request_id"`
+		}
+	}
+	if resp.StatusCode != http.StatusTooManyRequests || json.Unmarshal(b, &envelope) != nil ||
+		envelope.Error.Code != "RATE_LIMITED" || envelope.Meta.RequestID == "" ||
+		resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("limited answer: %d %v %s", resp.StatusCode, resp.Header, b)
+	}
+	if resp := download(t, base, "hb_test_bob", completedID); resp.StatusCode != http.StatusFound {
+		t.Errorf("bob's download: %d, want 302 (his own window)", resp.StatusCode)
+	}
+}
