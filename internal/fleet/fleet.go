@@ -34,7 +34,8 @@ const (
 	breakerFailures = 3                      // consecutive failures that open the breaker
 	breakerOpen     = time.Second            // how long an open breaker refuses calls
 	retryEvery      = 250 * time.Millisecond // outbox retries and reconnects
-	pollEvery       = 5 * time.Millisecond   // a waiter's look at the shared decision
+	pollEvery       = 5 * time.Millisecond   // a waiter's first look at the shared decision
+	pollMax         = 25 * time.Millisecond  // and its slowest
 	blockFor        = 500 * time.Millisecond // XREAD BLOCK: the heartbeat period
 	bootCheckEvery  = time.Second            // incarnation check while connected
 	outboxMax       = 10000                  // events held while Redis is unreachable

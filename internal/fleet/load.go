@@ -110,6 +110,7 @@ func (s *shared) usable(now, minFresh time.Time) bool {
 // decision is taken). The returned err is fetch's error, or ctx's when the
 // caller gave up while waiting.
 func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh time.Time, fetch FetchFunc) (payload []byte, freshUntil time.Time, src Source, err error) {
+	start := time.Now()
 	cl := c.usable()
 	if cl == nil {
 		c.countLookup(ResultUnavailable)
@@ -158,9 +159,13 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 		return c.fill(ctx, cl, k, st, token, fetch)
 	}
 
-	// Another node is filling: wait for its answer, bounded by LockWait.
-	deadline := time.Now().Add(c.cfg.LockWait)
-	timer := time.NewTimer(pollEvery)
+	// Another node is filling: wait for its answer. The wait counts from
+	// the start of Load, so with the last poll's Timeout it never exceeds
+	// LockWait + Timeout. Polls start every 5 ms and slow down to every
+	// 25 ms, so that a long fill on a large fleet does not flood Redis.
+	deadline := start.Add(c.cfg.LockWait)
+	every := pollEvery
+	timer := time.NewTimer(every)
 	defer timer.Stop()
 	for {
 		select {
@@ -198,7 +203,8 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 			c.countLookup(result)
 			return c.fill(ctx, cl, k, st, "", fetch)
 		}
-		timer.Reset(min(pollEvery, time.Until(deadline)+time.Millisecond))
+		every = min(every+pollEvery, pollMax)
+		timer.Reset(max(0, min(every, time.Until(deadline))))
 	}
 }
 

@@ -1,0 +1,81 @@
+package fleet
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+// upstreamDelay stands in for the application's metadata call on a miss.
+const upstreamDelay = 2 * time.Millisecond
+
+// BenchmarkLoad compares a shared hit (one Redis round trip on loopback)
+// with asking the upstream, directly and through the fleet tier's lease.
+func BenchmarkLoad(b *testing.B) {
+	r := testenv.StartRedis(b)
+	a := node(b, r.Addr)
+	waitUp(b, a)
+	payload := []byte(`{"outcome":"completed","bucket":"exports","key":"2026/11/report.csv","filename":"report.csv"}`)
+	upstream := func(context.Context) ([]byte, time.Duration, error) {
+		time.Sleep(upstreamDelay)
+		return payload, time.Minute, nil
+	}
+	key := cred("bench")
+	ctx := context.Background()
+	if _, _, src, _ := a.Load(ctx, "exp_hit", key, time.Now(), upstream); src != Stored {
+		b.Fatalf("setup: %v", src)
+	}
+
+	b.Run("shared_hit", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, src, _ := a.Load(ctx, "exp_hit", key, time.Now(), upstream); src != Hit {
+				b.Fatalf("src %v", src)
+			}
+		}
+	})
+	b.Run("upstream_direct_2ms", func(b *testing.B) {
+		for b.Loop() {
+			_, _, _ = upstream(ctx)
+		}
+	})
+	b.Run("miss_lease_upstream_2ms_store", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			if _, _, src, _ := a.Load(ctx, "exp_miss_"+strconv.Itoa(i), key, time.Now(), upstream); src != Stored {
+				b.Fatalf("src %v", src)
+			}
+		}
+	})
+}
+
+// BenchmarkPublishToReceive measures an invalidation from Publish on one
+// node to its delivery on another (loopback), with p50/p99 as metrics.
+func BenchmarkPublishToReceive(b *testing.B) {
+	r := testenv.StartRedis(b)
+	a, c := node(b, r.Addr), node(b, r.Addr)
+	waitUp(b, a, c)
+	got := make(chan time.Time, 1)
+	unsub := c.Subscribe(func(Event) { got <- time.Now() })
+	defer unsub()
+	ctx := context.Background()
+	var lat []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		if !a.Publish(ctx, Event{IDs: []string{"exp_bench"}}) {
+			b.Fatal("queued")
+		}
+		select {
+		case at := <-got:
+			lat = append(lat, at.Sub(start))
+		case <-time.After(5 * time.Second):
+			b.Fatal("event not delivered")
+		}
+	}
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds()), "p99-µs")
+}

@@ -1,0 +1,159 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+type fakeObserver struct {
+	mu      sync.Mutex
+	lookups map[string]int
+	inval   map[string]int
+	lags    []time.Duration
+	ups     []bool
+}
+
+func newFakeObserver() *fakeObserver {
+	return &fakeObserver{lookups: map[string]int{}, inval: map[string]int{}}
+}
+
+func (o *fakeObserver) Lookup(r string)       { o.mu.Lock(); o.lookups[r]++; o.mu.Unlock() }
+func (o *fakeObserver) Invalidation(d string) { o.mu.Lock(); o.inval[d]++; o.mu.Unlock() }
+func (o *fakeObserver) Lag(d time.Duration)   { o.mu.Lock(); o.lags = append(o.lags, d); o.mu.Unlock() }
+func (o *fakeObserver) Up(up bool)            { o.mu.Lock(); o.ups = append(o.ups, up); o.mu.Unlock() }
+
+func (o *fakeObserver) snapshot() (map[string]int, map[string]int, int, []bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	l, i := map[string]int{}, map[string]int{}
+	for k, v := range o.lookups {
+		l[k] = v
+	}
+	for k, v := range o.inval {
+		i[k] = v
+	}
+	return l, i, len(o.lags), append([]bool(nil), o.ups...)
+}
+
+func TestObserverSeesLookupsAndInvalidations(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	oa, ob := newFakeObserver(), newFakeObserver()
+	a.SetObserver(oa)
+	b.SetObserver(ob)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	key := cred("obs")
+	load(t, a, "exp_obs", key, newFetcher("v"))
+	load(t, b, "exp_obs", key, newFetcher("v"))
+	a.Publish(context.Background(), Event{IDs: []string{"exp_obs"}})
+	waitFor(t, 5*time.Second, "the event", func() bool { return rb.has(hasID("exp_obs")) })
+
+	la, ia, _, upsA := oa.snapshot()
+	lb, ib, lags, _ := ob.snapshot()
+	if la[ResultMiss] != 1 || lb[ResultHit] != 1 || ia["sent"] != 1 || ib["received"] != 1 || lags != 1 {
+		t.Fatalf("observer a %v %v, b %v %v lags %d", la, ia, lb, ib, lags)
+	}
+	if len(upsA) != 0 {
+		// The observer was set before the reader came up, so it saw it.
+		if !upsA[len(upsA)-1] {
+			t.Errorf("last Up report %v, want true", upsA)
+		}
+	}
+	// Swapping the observer (a config reload) moves the counts to the new one.
+	a.SetObserver(nil)
+	load(t, a, "exp_obs", key, newFetcher("v"))
+	if l, _, _, _ := oa.snapshot(); l[ResultMiss]+l[ResultHit] != 1 {
+		t.Errorf("removed observer still counted: %v", l)
+	}
+	if s := a.Stats(); s.Lookups.Miss+s.Lookups.Hit != 2 || !s.Up {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestWaiterGivesUpWithItsCaller(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	key := cred("cancel")
+	fa := newFetcher("slow")
+	fa.gate = make(chan struct{})
+	defer close(fa.gate)
+	go a.Load(context.Background(), "exp_c", key, time.Now(), fa.fetch)
+	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	fb := newFetcher("x")
+	_, _, _, err := b.Load(ctx, "exp_c", key, time.Now(), fb.fetch)
+	if err != context.DeadlineExceeded || fb.calls.Load() != 0 {
+		t.Fatalf("err %v calls %d, want the caller's deadline and no fetch", err, fb.calls.Load())
+	}
+}
+
+func TestOutboxCoalescesWhenFull(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr, fast), node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	r.Kill()
+	for i := range outboxMax + 5 {
+		a.Publish(context.Background(), Event{IDs: []string{"exp_" + strconv.Itoa(i)}})
+	}
+	if n := a.Stats().OutboxLen; n > 10 {
+		t.Fatalf("outbox holds %d events after overflowing, want them coalesced", n)
+	}
+	r.Restart()
+	waitFor(t, 10*time.Second, "a purge of all entries", func() bool {
+		return rb.has(func(ev Event) bool { return ev.All })
+	})
+	waitFor(t, 10*time.Second, "the last event", func() bool { return rb.has(hasID(fmt.Sprintf("exp_%d", outboxMax+4))) })
+	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return a.Stats().OutboxLen == 0 })
+}
+
+// TestSizing measures what Redis holds per shared decision and per stream
+// event (MEMORY USAGE), for the README's sizing section.
+func TestSizing(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	for _, size := range []int{100, 300, 1000} {
+		payload := strings.Repeat("x", size)
+		const n = 100
+		var total int
+		for i := range n {
+			id := fmt.Sprintf("exp_%d_%06d", size, i)
+			load(t, a, id, cred(id), newFetcher(payload))
+			u, err := strconv.Atoi(r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":d:{"+id+"}:"+a.MAC(cred(id)), "SAMPLES", "0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += u
+		}
+		per := total / n
+		if per < size || per > size+600 {
+			t.Errorf("payload %d B: %d B per shared decision, want payload + a bounded overhead", size, per)
+		}
+		t.Logf("shared decision, payload %4d B: MEMORY USAGE %d B per key (key name %d B, value %d B)",
+			size, per, len(DefaultPrefix+":d:{exp_100_000000}:")+64, decisionHeader+size+macLen)
+	}
+	a.Publish(context.Background(), Event{IDs: []string{"exp_x"}})
+	g := r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":g:{exp_x}")
+	before, _ := strconv.Atoi(r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":inv", "SAMPLES", "0"))
+	for i := range 1000 {
+		a.Publish(context.Background(), Event{IDs: []string{fmt.Sprintf("exp_%024d", i)}})
+	}
+	after, _ := strconv.Atoi(r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":inv", "SAMPLES", "0"))
+	perEvent := (after - before) / 1000
+	if perEvent <= 0 || perEvent > 2000 {
+		t.Errorf("%d B per stream event", perEvent)
+	}
+	t.Logf("generation key: %s B; stream: %d B per event of one 28-byte id (at MAXLEN ~%d: about %d MiB)",
+		g, perEvent, streamMaxLen, perEvent*streamMaxLen>>20)
+}
