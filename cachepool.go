@@ -1,9 +1,12 @@
 package exportdownload
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,10 +26,26 @@ var pool = caddy.NewUsagePool()
 // record is a cached upstream answer, with the object it grants rendered
 // once when it was stored.
 type record struct {
-	answer *decision.Answer
+	answer decision.Answer // in the record: one allocation less per entry
 	obj    presign.Object
 	objErr error // a template named a field the answer lacks
 	url    atomic.Pointer[memoURL]
+}
+
+// CacheTags are the answer's surrogate keys.
+func (r *record) CacheTags() []string { return r.answer.SurrogateKeys }
+
+// CacheRefutes says what a refusal proves: a 401/403 revokes every cached
+// answer of the credential, a 404 the credential's answer for the export
+// (README, "Revoking a key").
+func (r *record) CacheRefutes() cache.Refutation {
+	switch r.answer.Kind {
+	case decision.KindUnauthorized:
+		return cache.RefutesCredential
+	case decision.KindNotFound:
+		return cache.RefutesEntry
+	}
+	return cache.RefutesNothing
 }
 
 // memoURL is the last presigned URL a record handed out, valid until until.
@@ -60,8 +79,12 @@ func poolKey(kind string, settings any) string {
 }
 
 func loadCaches(h *Handler) (*caches, error) {
+	// Everything that changes what an entry holds or how long it may be
+	// served: two sites that differ in a TTL must not serve each other's
+	// answers.
 	dKey := poolKey("decisions", []any{h.Upstream, h.UpstreamPath, h.UpstreamHeader, h.forward,
-		h.Bucket, h.ObjectKey, h.Filename, h.ContentType, h.Cache.MaxEntries, h.Cache.StaleIfError})
+		h.Bucket, h.ObjectKey, h.Filename, h.ContentType, h.Cache.MaxEntries, h.Cache.StaleIfError,
+		h.ttls, h.SurrogateKeyHeader})
 	uKey := poolKey("urls", []any{h.Region, h.Endpoint, h.PathStyle, h.AccessKeyID, h.SecretAccessKey, h.SessionToken,
 		h.PresignExpiry, h.Cache.PresignReuse, h.Cache.MaxEntries})
 	d, _, err := pool.LoadOrNew(dKey, func() (caddy.Destructor, error) {
@@ -89,4 +112,76 @@ func loadCaches(h *Handler) (*caches, error) {
 			_, _ = pool.Delete(uKey)
 		}),
 	}, nil
+}
+
+// purgeSelection names what a purge drops: export ids (canonical, lower
+// case), surrogate keys, or everything.
+type purgeSelection struct {
+	IDs  []string
+	Tags []string
+	All  bool
+}
+
+// purgeOutcome is what a purge did on this node.
+type purgeOutcome struct {
+	Dropped int    // local entries dropped, over every cache
+	Caches  int    // decision caches visited
+	Fleet   string // "off" (no fleet tier), "published", or "queued" (Redis unreachable: sent when it answers)
+}
+
+// purgeCaches drops what sel names from every decisions cache of this
+// process (each config and site that shares one), then tells the fleet.
+// It costs what it drops, except for All.
+func purgeCaches(ctx context.Context, sel purgeSelection) purgeOutcome {
+	var out purgeOutcome
+	pool.Range(func(_, v any) bool {
+		d, ok := v.(pooledDecisions)
+		if !ok {
+			return true
+		}
+		out.Caches++
+		out.Dropped += d.purge(sel)
+		return true
+	})
+	out.Fleet = publishPurge(ctx, sel)
+	return out
+}
+
+// purge drops what sel names from one cache.
+func (d pooledDecisions) purge(sel purgeSelection) int {
+	if sel.All {
+		return d.PurgeAll()
+	}
+	n := 0
+	for _, id := range sel.IDs {
+		n += d.InvalidateID(id)
+	}
+	if len(sel.Tags) > 0 {
+		n += d.PurgeTags(sel.Tags...)
+	}
+	return n
+}
+
+// cacheReport is one decisions cache in the admin API's stats.
+type cacheReport struct {
+	Name string // the pool key: a digest of the settings that share it
+	cache.Stats
+}
+
+// cachesStats reports every decisions cache of this process, sorted by name.
+func cachesStats() []cacheReport {
+	var out []cacheReport
+	pool.Range(func(k, v any) bool {
+		if d, ok := v.(pooledDecisions); ok {
+			out = append(out, cacheReport{Name: k.(string), Stats: d.Stats()})
+		}
+		return true
+	})
+	slices.SortFunc(out, func(a, b cacheReport) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// publishPurge sends a purge to the fleet; "off" without the fleet tier.
+func publishPurge(ctx context.Context, sel purgeSelection) string {
+	return "off" // the fleet tier fills this in
 }

@@ -51,6 +51,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        stale_if_error 10m
 //	        presign_reuse  5m
 //	    }
+//	    surrogate_key_header Surrogate-Key
 //	}
 //
 // Placeholders such as {env.S3_SECRET} are expanded at provision.
@@ -164,6 +165,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "cache":
 			if err := h.unmarshalCache(d); err != nil {
+				return err
+			}
+		case "surrogate_key_header":
+			if err := oneArg(d, &h.SurrogateKeyHeader); err != nil {
 				return err
 			}
 		case "{":

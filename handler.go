@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -18,7 +19,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/route"
 )
 
-// Cache-Status values (RFC 9211, SPEC §4).
+// Cache-Status values (RFC 9211; README, "Caching").
 const (
 	csHit          = "export_download; hit"
 	csStale        = "export_download; hit; detail=stale"
@@ -30,6 +31,19 @@ const (
 	csNotStored    = "export_download; fwd=miss; detail=not-cacheable"
 	csStaleNoStore = "export_download; fwd=stale; detail=not-cacheable"
 )
+
+// exchange is one download request's state, carried through its steps.
+type exchange struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	reqID  string
+	id     string        // the export id: lowercased once it is valid
+	extra  []string      // upstream_header values expanded for this request
+	now    time.Time     // read once: the clock is slow on some hosts
+	status string        // Cache-Status
+	lookup lookupResult  // the cache_lookups_total label
+	waited time.Duration // time spent on the upstream (or another's call)
+}
 
 // ServeHTTP answers GET and HEAD on the download path; it passes every
 // other request on untouched, watching DELETEs on the invalidation path.
@@ -47,59 +61,64 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
-	reqID := requestid.FromHeader(r.Header.Get("X-Request-Id"))
+	x := &exchange{w: w, r: r, reqID: requestid.FromHeader(r.Header.Get("X-Request-Id")),
+		id: rawID, status: csBypass, lookup: lookupBypass}
 	if !h.apiKeyOK(r.Header) {
-		return h.finish(w, r, decision.BadKey, reqID, rawID, csBypass, lookupBypass, "", 0)
+		return h.finish(x, decision.BadKey, "")
 	}
-	id, ok := route.ParseID(rawID)
-	if !ok {
-		return h.finish(w, r, decision.BadID, reqID, rawID, csBypass, lookupBypass, "", 0)
+	if x.id, ok = route.ParseID(rawID); !ok {
+		x.id = rawID
+		return h.finish(x, decision.BadID, "")
 	}
+	x.extra = h.expandUpstreamHeaders(r)
 
-	now := h.now() // read once: the clock is slow on some hosts
-	rec, cacheStatus, lookup, waited, err := h.lookupExport(r, id, reqID, now)
+	x.now = h.now()
+	rec, err := h.lookupExport(x)
 	if err != nil {
 		if r.Context().Err() != nil {
 			// The client went away while waiting: not an outage, and
 			// nobody reads an answer.
-			h.logger.Debug("client gone while waiting for the upstream", zap.String("request_id", reqID), zap.String("export_id", id))
+			h.logger.Debug("client gone while waiting for the upstream", zap.String("request_id", x.reqID), zap.String("export_id", x.id))
 			return nil
 		}
 		if h.passthrough {
 			h.metrics.outcomes[decision.Passthrough].Inc()
-			h.metrics.lookups[lookup].Inc()
-			h.logRequest(reqID, id, decision.Passthrough, lookup, waited)
+			h.metrics.lookups[x.lookup].Inc()
+			h.logRequest(x, decision.Passthrough)
 			return next.ServeHTTP(w, r)
 		}
-		return h.finish(w, r, decision.Down, reqID, id, cacheStatus, lookup, "1", waited)
+		return h.finish(x, decision.Down, "1")
 	}
 
-	if waited > 0 {
-		now = h.now()
+	if x.waited > 0 {
+		x.now = h.now()
 	}
-	verdict := decision.Decide(rec.answer, now)
+	verdict := decision.Decide(&rec.answer, x.now)
 	if verdict != decision.Found {
-		return h.finish(w, r, verdict, reqID, id, cacheStatus, lookup, rec.answer.RetryAfter, waited)
+		return h.finish(x, verdict, rec.answer.RetryAfter)
 	}
 	if rec.objErr != nil {
-		h.logger.Error("cannot build the object to download", zap.String("request_id", reqID),
-			zap.String("export_id", id), zap.Error(rec.objErr))
-		return h.finish(w, r, decision.Internal, reqID, id, cacheStatus, lookup, "", waited)
+		h.logger.Error("cannot build the object to download", zap.String("request_id", x.reqID),
+			zap.String("export_id", x.id), zap.Error(rec.objErr))
+		return h.finish(x, decision.Internal, "")
 	}
-	signed, err := h.presignURL(r.Context(), rec, now)
+	signed, err := h.presignURL(r.Context(), rec, x.now)
 	if err != nil {
+		if r.Context().Err() != nil {
+			return nil // the client left while the URL was being signed
+		}
 		v := decision.LinkExpired
 		if !errors.Is(err, presign.ErrExportExpired) {
 			v = decision.Internal
-			h.logger.Error("presigning failed", zap.String("request_id", reqID),
-				zap.String("export_id", id), zap.Error(err))
+			h.logger.Error("presigning failed", zap.String("request_id", x.reqID),
+				zap.String("export_id", x.id), zap.Error(err))
 		}
-		return h.finish(w, r, v, reqID, id, cacheStatus, lookup, "", waited)
+		return h.finish(x, v, "")
 	}
 
 	// One allocation holds every header value of the reply; the slices are
 	// the request's own, so a later handler may edit them in place.
-	vals := &[6]string{signed.URL, reqID, "private, no-store", "no-referrer", cacheStatus, "0"}
+	vals := &[6]string{signed.URL, x.reqID, "private, no-store", "no-referrer", x.status, "0"}
 	hdr := w.Header()
 	hdr["Location"] = vals[0:1:1]
 	hdr["X-Request-Id"] = vals[1:2:2]
@@ -109,13 +128,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr["Content-Length"] = vals[5:6:6]
 	w.WriteHeader(http.StatusFound)
 	h.metrics.outcomes[decision.Redirect].Inc()
-	h.metrics.lookups[lookup].Inc()
-	h.logRequest(reqID, id, decision.Redirect, lookup, waited)
+	h.metrics.lookups[x.lookup].Inc()
+	h.logRequest(x, decision.Redirect)
 	return nil
 }
 
-// apiKeyOK applies SPEC §2 rule 1: one Authorization header, scheme Bearer
-// in any case, a non-empty key without blanks, and one of key_prefixes.
+// apiKeyOK applies the first rule of the README's decision table: one
+// Authorization header, scheme Bearer in any case (RFC 9110 §11.1), a
+// non-empty key without blanks, and one of key_prefixes.
 func (h *Handler) apiKeyOK(hdr http.Header) bool {
 	vals := hdr["Authorization"]
 	if len(vals) != 1 {
@@ -146,76 +166,98 @@ func (h *Handler) apiKeyOK(hdr http.Header) bool {
 	return false
 }
 
-// cacheKey digests the forwarded credential headers with the id; the
-// buffer lives on the stack for any usual key.
-func (h *Handler) cacheKey(hdr http.Header, id string) cache.Key {
+// cacheKey digests the forwarded credential headers and the request's
+// expanded upstream_header values with the id; the buffer lives on the
+// stack for any usual key.
+func (h *Handler) cacheKey(x *exchange) cache.Key {
 	var buf [512]byte
 	b := buf[:0]
 	for _, name := range h.forward {
 		b = append(b, name...)
 		b = append(b, ':')
-		for _, v := range hdr[name] {
+		for _, v := range x.r.Header[name] {
 			b = append(b, v...)
 			b = append(b, 0)
 		}
 		b = append(b, '\n')
 	}
-	return cache.Key{Cred: sha256.Sum256(b), ID: id}
+	for i, v := range x.extra {
+		b = append(b, h.perRequest[i].name...)
+		b = append(b, '=')
+		b = append(b, v...)
+		b = append(b, '\n')
+	}
+	return cache.Key{Cred: sha256.Sum256(b), ID: x.id}
 }
 
 // lookupExport returns the answer for (credentials, id): from the cache
 // when fresh, else from the upstream (one call per burst), else a stale
-// answer if the upstream failed. waited is the time spent on the upstream.
-func (h *Handler) lookupExport(r *http.Request, id, reqID string, now time.Time) (rec *record, cacheStatus string, lookup lookupResult, waited time.Duration, err error) {
+// answer if the upstream failed. It sets x's Cache-Status, lookup result
+// and time waited.
+func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	if h.caches == nil {
 		start := time.Now()
-		rec, _, err = h.loader(id, r.Header, reqID)(r.Context())
-		return rec, csBypass, lookupBypass, time.Since(start), err
+		rec, _, err := h.loader(x)(x.r.Context())
+		x.waited = time.Since(start)
+		return rec, err
 	}
-	key := h.cacheKey(r.Header, id)
+	key := h.cacheKey(x)
 	c := h.caches.decisions
-	e, state := c.PeekAt(key, now)
+	e, state := c.PeekAt(key, x.now)
 	switch state {
 	case cache.Fresh:
-		return e.Value, csHit, lookupHit, 0, nil
+		x.status, x.lookup = csHit, lookupHit
+		return e.Value, nil
 	case cache.Refresh:
-		if c.RefreshAsync(key, e, h.loader(id, r.Header, reqID)) {
+		if c.RefreshAsync(key, e, h.loader(x)) {
 			h.metrics.refreshes.Inc()
 		}
-		return e.Value, csHit, lookupHit, 0, nil
+		x.status, x.lookup = csHit, lookupHit
+		return e.Value, nil
 	}
 	start := time.Now()
-	v, how, err := c.Load(r.Context(), key, h.loader(id, r.Header, reqID))
-	waited = time.Since(start)
-	if err != nil {
-		if state == cache.Stale {
-			return e.Value, csStale, lookupStale, waited, nil
-		}
-		return nil, csFailed, lookupMiss, waited, err
-	}
+	v, how, err := c.Load(x.r.Context(), key, h.loader(x))
+	x.waited = time.Since(start)
 	switch {
+	case err != nil && x.r.Context().Err() != nil:
+		// The client left: serve nothing, count nothing as an outage.
+		x.status, x.lookup = csFailed, lookupMiss
+		return nil, err
+	case err != nil && state == cache.Stale:
+		c.ServedStale()
+		x.status, x.lookup = csStale, lookupStale
+		return e.Value, nil
+	case err != nil:
+		x.status, x.lookup = csFailed, lookupMiss
+		return nil, err
 	case how == cache.Collapsed:
-		return v, csCollapsed, lookupCollapsed, waited, nil
+		x.status, x.lookup = csCollapsed, lookupCollapsed
 	case state == cache.Stale && how == cache.Stored:
-		return v, csRefreshed, lookupRefreshed, waited, nil
+		x.status, x.lookup = csRefreshed, lookupRefreshed
 	case state == cache.Stale:
-		return v, csStaleNoStore, lookupRefreshed, waited, nil
+		x.status, x.lookup = csStaleNoStore, lookupRefreshed
 	case how == cache.Stored:
-		return v, csStored, lookupMiss, waited, nil
+		x.status, x.lookup = csStored, lookupMiss
+	default:
+		x.status, x.lookup = csNotStored, lookupMiss
 	}
-	return v, csNotStored, lookupMiss, waited, nil
+	return v, nil
 }
 
 // loader returns the upstream call for one export with this request's
 // forwarded headers. The headers are copied: the call may outlive the
 // request (a shared call, or a background refresh).
-func (h *Handler) loader(id string, from http.Header, reqID string) cache.Loader[*record] {
-	fwd := make(http.Header, len(h.forward))
+func (h *Handler) loader(x *exchange) cache.Loader[*record] {
+	fwd := make(http.Header, len(h.forward)+len(x.extra))
 	for _, name := range h.forward {
-		if v := from[name]; len(v) > 0 {
+		if v := x.r.Header[name]; len(v) > 0 {
 			fwd[name] = append([]string(nil), v...)
 		}
 	}
+	for i, v := range x.extra {
+		fwd[h.perRequest[i].name] = []string{v}
+	}
+	id, reqID := x.id, x.reqID
 	return func(ctx context.Context) (*record, time.Duration, error) {
 		a, res, err := h.upstream.Fetch(ctx, id, fwd, reqID)
 		h.metrics.observeUpstream(res.Status, res.Duration, err)
@@ -224,15 +266,19 @@ func (h *Handler) loader(id string, from http.Header, reqID string) cache.Loader
 				zap.Int("upstream_status", res.Status), zap.Error(err))
 			return nil, 0, err
 		}
+		if res.BadSurrogateKeys > 0 {
+			h.logger.Debug("surrogate keys ignored", zap.String("request_id", reqID), zap.String("export_id", id),
+				zap.Int("ignored", res.BadSurrogateKeys))
+		}
 		rec := h.newRecord(id, a)
-		a.Fields = nil // only newRecord reads them: the cache need not keep them
-		return rec, h.ttls.FreshFor(a, h.now()), nil
+		return rec, h.ttls.FreshFor(&rec.answer, h.now()), nil
 	}
 }
 
 // newRecord renders the object a completed export grants, once per answer.
 func (h *Handler) newRecord(id string, a *decision.Answer) *record {
-	rec := &record{answer: a}
+	rec := &record{answer: *a}
+	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
 	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
 		return rec
 	}
@@ -292,23 +338,25 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 	return s, nil
 }
 
-// finish writes an error envelope (SPEC §2) directly: an error returned
-// from ServeHTTP would go to handle_errors instead of the client.
-func (h *Handler) finish(w http.ResponseWriter, r *http.Request, v *decision.Verdict, reqID, id, cacheStatus string, lookup lookupResult, retryAfter string, waited time.Duration) error {
-	writeAPIError(w, r.Method == http.MethodHead, v, reqID, cacheStatus, retryAfter)
+// finish writes an error envelope (README, "Responses") directly: an
+// error returned from ServeHTTP would go to handle_errors instead of the
+// client.
+func (h *Handler) finish(x *exchange, v *decision.Verdict, retryAfter string) error {
+	writeAPIError(x.w, x.r.Method == http.MethodHead, v, x.reqID, x.status, retryAfter)
 	h.metrics.outcomes[v.Outcome].Inc()
-	h.metrics.lookups[lookup].Inc()
-	h.logRequest(reqID, id, v.Outcome, lookup, waited)
+	h.metrics.lookups[x.lookup].Inc()
+	h.logRequest(x, v.Outcome)
 	return nil
 }
 
-func (h *Handler) logRequest(reqID, id string, o decision.Outcome, lookup lookupResult, waited time.Duration) {
+func (h *Handler) logRequest(x *exchange, o decision.Outcome) {
 	if ce := h.logger.Check(zap.DebugLevel, "export download"); ce != nil {
+		id := x.id
 		if len(id) > 64 {
 			id = id[:64] // an invalid id is the caller's text: bound it
 		}
-		ce.Write(zap.String("request_id", reqID), zap.String("export_id", id), zap.String("outcome", o.String()),
-			zap.String("cache", lookup.String()), zap.Float64("upstream_ms", float64(waited.Microseconds())/1000))
+		ce.Write(zap.String("request_id", x.reqID), zap.String("export_id", id), zap.String("outcome", o.String()),
+			zap.String("cache", x.lookup.String()), zap.Float64("upstream_ms", float64(x.waited.Microseconds())/1000))
 	}
 }
 
@@ -333,31 +381,57 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n))
 		},
 	}
-	return next.ServeHTTP(sw, r)
+	err := next.ServeHTTP(sw, r)
+	if err == nil && !sw.decided {
+		// The next handler wrote nothing: the server answers 200 once the
+		// chain returns, so this is still before the client sees it.
+		sw.decide(http.StatusOK)
+	}
+	return err
 }
 
 // successWriter calls onSuccess when the final status is 2xx, before the
 // status reaches the client: a client that sees its DELETE succeed and
-// asks again at once must not get the dropped answer.
+// asks again at once must not get the dropped answer. Every way a status
+// can leave (WriteHeader, Write, ReadFrom, Flush, or nothing written at
+// all) passes through decide.
 type successWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 	onSuccess func()
 	decided   bool
 }
 
-func (s *successWriter) WriteHeader(code int) {
+func (s *successWriter) decide(code int) {
 	if !s.decided && code >= 200 {
 		s.decided = true
 		if code < 300 {
 			s.onSuccess()
 		}
 	}
+}
+
+func (s *successWriter) WriteHeader(code int) {
+	s.decide(code)
 	s.ResponseWriterWrapper.WriteHeader(code)
 }
 
 func (s *successWriter) Write(b []byte) (int, error) {
-	if !s.decided {
-		s.WriteHeader(http.StatusOK)
-	}
+	s.decide(http.StatusOK)
 	return s.ResponseWriterWrapper.Write(b)
 }
+
+// ReadFrom is io.Copy's path: the wrapper's own would write to the client
+// without a status passing through here.
+func (s *successWriter) ReadFrom(r io.Reader) (int64, error) {
+	s.decide(http.StatusOK)
+	return s.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// FlushError sends an implicit 200, so it decides first;
+// http.ResponseController finds it before unwrapping.
+func (s *successWriter) FlushError() error {
+	s.decide(http.StatusOK)
+	return http.NewResponseController(s.ResponseWriterWrapper.ResponseWriter).Flush()
+}
+
+func (s *successWriter) Flush() { _ = s.FlushError() }

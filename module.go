@@ -7,8 +7,10 @@ package exportdownload
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,18 +32,20 @@ func init() {
 // Version is sent in the upstream User-Agent.
 const Version = "0.1.0"
 
-// Defaults of SPEC §5.
+// Defaults, as the README's configuration reference lists them.
 const (
-	defaultPath           = "/v1/exports/{id}/download"
-	defaultUpstreamPath   = "/v1/exports/{id}"
-	defaultUpstreamTimout = 2 * time.Second
-	defaultRegion         = "us-east-1"
-	defaultPresignExpiry  = 15 * time.Minute
-	defaultFilename       = "export-{id}.csv"
-	defaultContentType    = "text/csv"
-	defaultInvalidatePath = "/v1/exports/{id}"
-	defaultMaxEntries     = 100_000
-	defaultStaleIfError   = 10 * time.Minute
+	defaultPath            = "/v1/exports/{id}/download"
+	defaultUpstreamPath    = "/v1/exports/{id}"
+	defaultUpstreamTimeout = 2 * time.Second
+	defaultRegion          = "us-east-1"
+	defaultPresignExpiry   = 15 * time.Minute
+	defaultFilename        = "export-{id}.csv"
+	defaultContentType     = "text/csv"
+	defaultInvalidatePath  = "/v1/exports/{id}"
+	defaultMaxEntries      = 100_000
+	defaultStaleIfError    = 10 * time.Minute
+
+	defaultSurrogateKeyHeader = "Surrogate-Key"
 )
 
 // Handler answers export downloads at the edge. Requests that do not match
@@ -64,12 +68,20 @@ type Handler struct {
 	UpstreamTimeout caddy.Duration `json:"upstream_timeout,omitempty"`
 
 	// UpstreamHeader holds extra headers sent on every upstream call, such
-	// as a shared secret. Default: none
+	// as a shared secret under a name of its own (X-Edge-Token). A value may
+	// hold request placeholders, e.g. {http.vars.client_ip} (Caddyfile:
+	// {client_ip}), expanded per request and then part of the cache key.
+	// Authorization, Host, X-Request-Id and forward_header names are
+	// refused: they would replace the caller's credential or do nothing.
+	// Default: none
 	UpstreamHeader map[string]string `json:"upstream_header,omitempty"`
 
 	// ForwardHeader lists client request headers passed to the upstream and
 	// hashed into the cache key, in addition to Authorization, which is
-	// always forwarded. Default: Authorization only
+	// always forwarded. Headers that claim the client's address
+	// (X-Forwarded-For, X-Real-IP, Forwarded), trace context and Host are
+	// refused: use upstream_header X-Real-IP {client_ip} instead.
+	// Default: Authorization only
 	ForwardHeader []string `json:"forward_header,omitempty"`
 
 	// KeyPrefixes, when set, are the only API key prefixes accepted
@@ -128,10 +140,18 @@ type Handler struct {
 	// each CacheConfig field
 	Cache *CacheConfig `json:"cache,omitempty"`
 
+	// SurrogateKeyHeader names the upstream response header whose
+	// space-separated tags are kept with a cached answer, so that an
+	// operator can purge every answer of a tag (README, "Operating the
+	// cache"). At most 16 tags of 128 bytes each are kept per answer.
+	// Default: Surrogate-Key
+	SurrogateKeyHeader string `json:"surrogate_key_header,omitempty"`
+
 	// Runtime state.
 	path, invalidate  route.Template
 	bucket, key, file tmpl.Template
 	forward           []string // canonical names, Authorization first
+	perRequest        []perRequestHeader
 	upstream          *upstream.Client
 	presigner         *presign.Presigner
 	caches            *caches
@@ -205,17 +225,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	extra := http.Header{}
-	for name, v := range h.UpstreamHeader {
+	sent := slices.Clone(h.forward)
+	for _, name := range slices.Sorted(maps.Keys(h.UpstreamHeader)) {
+		v := h.UpstreamHeader[name]
+		if hasRequestPlaceholder(v) {
+			// Expanded per request and passed like a forwarded header.
+			name = http.CanonicalHeaderKey(name)
+			h.perRequest = append(h.perRequest, perRequestHeader{name: name, value: v})
+			sent = append(sent, name)
+			continue
+		}
 		extra.Set(name, v)
 	}
 	var err error
 	h.upstream, err = upstream.New(upstream.Config{
-		BaseURL:   h.Upstream,
-		Path:      h.UpstreamPath,
-		Timeout:   time.Duration(h.UpstreamTimeout),
-		Headers:   extra,
-		Forward:   h.forward,
-		UserAgent: "caddy-export-download/" + Version,
+		BaseURL:            h.Upstream,
+		Path:               h.UpstreamPath,
+		Timeout:            time.Duration(h.UpstreamTimeout),
+		Headers:            extra,
+		Forward:            sent,
+		UserAgent:          "caddy-export-download/" + Version,
+		SurrogateKeyHeader: h.SurrogateKeyHeader,
 	})
 	if err != nil {
 		return err
@@ -292,7 +322,7 @@ func (h *Handler) setDefaults() {
 		h.UpstreamPath = defaultUpstreamPath
 	}
 	if h.UpstreamTimeout == 0 {
-		h.UpstreamTimeout = caddy.Duration(defaultUpstreamTimout)
+		h.UpstreamTimeout = caddy.Duration(defaultUpstreamTimeout)
 	}
 	if h.Region == "" {
 		h.Region = defaultRegion
@@ -311,6 +341,9 @@ func (h *Handler) setDefaults() {
 	}
 	if h.InvalidatePath == "" {
 		h.InvalidatePath = defaultInvalidatePath
+	}
+	if h.SurrogateKeyHeader == "" {
+		h.SurrogateKeyHeader = defaultSurrogateKeyHeader
 	}
 	if h.Cache == nil {
 		h.Cache = new(CacheConfig)
@@ -409,18 +442,43 @@ func (h *Handler) validate(expanded bool) error {
 	default:
 		bad("on_upstream_error", "%q is not error or passthrough", h.OnUpstreamError)
 	}
-	for name, v := range h.UpstreamHeader {
-		if !validHeaderName(name) {
-			bad("upstream_header", "%q is not a valid header name", name)
+	forwarded := map[string]bool{"Authorization": true}
+	for _, name := range h.ForwardHeader {
+		canon := http.CanonicalHeaderKey(name)
+		switch {
+		case !validHeaderName(name):
+			bad("forward_header", "%q is not a valid header name", name)
+		case clientAddressHeaders[canon]:
+			// What the client claims about its own address: an app that
+			// restricts keys by IP would trust it.
+			bad("forward_header", "%s is the client's own claim about its address; send the connection's with upstream_header %s {client_ip}", canon, canon)
+		case canon == "Host" || canon == "X-Request-Id" || canon == "Traceparent" || canon == "Tracestate":
+			bad("forward_header", "%s is set by the edge, not forwarded", canon)
 		}
-		if strings.ContainsAny(v, "\r\n\x00") {
+		forwarded[canon] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(h.UpstreamHeader)) {
+		v, canon := h.UpstreamHeader[name], http.CanonicalHeaderKey(name)
+		switch {
+		case !validHeaderName(name):
+			bad("upstream_header", "%q is not a valid header name", name)
+		case canon == "Authorization":
+			// It would replace every caller's credential: the app would
+			// then grant every export to any well-formed key.
+			bad("upstream_header", "Authorization is the caller's credential and is always forwarded; authenticate the edge with a header of its own (e.g. X-Edge-Token)")
+		case forwarded[canon]:
+			bad("upstream_header", "%s is a forward_header: a fixed value would replace the caller's", canon)
+		case canon == "Host" || canon == "X-Request-Id":
+			bad("upstream_header", "%s is set by the edge and cannot be replaced", canon)
+		case strings.ContainsAny(v, "\r\n\x00"):
 			bad("upstream_header", "the value of %s must be one line", name)
 		}
-	}
-	for _, name := range h.ForwardHeader {
-		if !validHeaderName(name) {
-			bad("forward_header", "%q is not a valid header name", name)
+		if bad := unknownPlaceholder(v); bad != "" {
+			errs = append(errs, fmt.Errorf("export_download: upstream_header: the value of %s holds {%s}, which is neither a global placeholder ({env.*}, {file.*}) nor a request one ({http.*}, e.g. {http.vars.client_ip})", name, bad))
 		}
+	}
+	if h.SurrogateKeyHeader != "" && !validHeaderName(h.SurrogateKeyHeader) {
+		bad("surrogate_key_header", "%q is not a valid header name", h.SurrogateKeyHeader)
 	}
 	for _, p := range h.KeyPrefixes {
 		if p == "" || strings.ContainsAny(p, " \t\r\n") {
@@ -451,20 +509,12 @@ func (h *Handler) validate(expanded bool) error {
 // hasCaddyPlaceholder reports whether s holds a {…} that is Caddy's, not
 // one of the templates' own {id} and {export.<field>}.
 func hasCaddyPlaceholder(s string) bool {
-	for {
-		open := strings.IndexByte(s, '{')
-		if open < 0 {
-			return false
-		}
-		end := strings.IndexByte(s[open:], '}')
-		if end < 0 {
-			return false
-		}
-		if isGlobalPlaceholder(s[open+1 : open+end]) {
+	for p := range placeholders(s) {
+		if isGlobalPlaceholder(p) {
 			return true
 		}
-		s = s[open+end+1:]
 	}
+	return false
 }
 
 // isGlobalPlaceholder reports whether name is one that caddy.NewReplacer()
@@ -478,6 +528,78 @@ func isGlobalPlaceholder(name string) bool {
 		}
 	}
 	return false
+}
+
+// clientAddressHeaders carry a client's claim about its own address.
+var clientAddressHeaders = map[string]bool{"X-Forwarded-For": true, "X-Real-Ip": true, "Forwarded": true, "True-Client-Ip": true, "X-Client-Ip": true}
+
+// perRequestHeader is an upstream_header whose value holds request
+// placeholders.
+type perRequestHeader struct{ name, value string }
+
+// hasRequestPlaceholder reports whether s holds a request placeholder
+// ({http.*}), which only a request can fill.
+func hasRequestPlaceholder(s string) bool {
+	for p := range placeholders(s) {
+		if strings.HasPrefix(p, "http.") {
+			return true
+		}
+	}
+	return false
+}
+
+// unknownPlaceholder returns the first placeholder of an upstream_header
+// value that is neither global nor a request one, or "".
+func unknownPlaceholder(s string) string {
+	for p := range placeholders(s) {
+		if !isGlobalPlaceholder(p) && !strings.HasPrefix(p, "http.") {
+			return p
+		}
+	}
+	return ""
+}
+
+// placeholders yields the names inside {…} in s.
+func placeholders(s string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for {
+			open := strings.IndexByte(s, '{')
+			if open < 0 {
+				return
+			}
+			end := strings.IndexByte(s[open:], '}')
+			if end < 0 {
+				return
+			}
+			if !yield(s[open+1 : open+end]) {
+				return
+			}
+			s = s[open+end+1:]
+		}
+	}
+}
+
+// expandUpstreamHeaders fills the request placeholders of upstream_header
+// values with this request's values; nil when there are none.
+func (h *Handler) expandUpstreamHeaders(r *http.Request) []string {
+	if len(h.perRequest) == 0 {
+		return nil
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	out := make([]string, len(h.perRequest))
+	for i, p := range h.perRequest {
+		// A request's values are its own text: keep the header one line.
+		out[i] = strings.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' || r == 0 {
+				return -1
+			}
+			return r
+		}, repl.ReplaceAll(p.value, ""))
+	}
+	return out
 }
 
 func validHeaderName(name string) bool {

@@ -477,7 +477,7 @@ func TestModuleCleanup(t *testing.T) {
 	})
 }
 
-// fullConfig sets every JSON field of SPEC §5, durations as Caddy writes
+// fullConfig sets every JSON field of the README's configuration reference, durations as Caddy writes
 // them (nanoseconds), with the zero values that must survive a round trip.
 const fullConfig = `{
 	"path": "/api/v1/exports/{id}/download",
@@ -506,7 +506,8 @@ const fullConfig = `{
 		"ttl": {"completed": 600000000000, "pending": 0, "failed": 60000000000},
 		"stale_if_error": 0,
 		"presign_reuse": 120000000000
-	}
+	},
+	"surrogate_key_header": "Xkey"
 }`
 
 // TestModuleJSONRoundTrip decodes the full config and encodes it again:

@@ -1,7 +1,8 @@
-// Package cache keeps the upstream's answers at the edge (SPEC §4): fresh
-// lifetimes per entry, one upstream call per burst of misses, stale-if-error,
-// refresh-ahead, and invalidation by export id. It knows nothing of HTTP:
-// the caller supplies a Loader and decides what an answer means.
+// Package cache keeps the upstream's answers at the edge (README, "Caching"):
+// fresh lifetimes per entry, one upstream call per burst of misses,
+// stale-if-error (RFC 5861), refresh-ahead, and purges by export id,
+// credential or surrogate key that cost what they drop. It knows nothing of
+// HTTP: the caller supplies a Loader and decides what an answer means.
 package cache
 
 import (
@@ -25,20 +26,51 @@ type Key struct {
 
 func (k Key) flightKey() string { return hex.EncodeToString(k.Cred[:]) + k.ID }
 
-// Entry is a stored answer. Its fields never change after it is stored.
+// Entry is a stored answer. Value and the times never change after it is
+// stored; a purge or a fleet resync only demotes it.
 type Entry[V any] struct {
-	Value      V
-	StoredAt   time.Time
-	FreshUntil time.Time
-	StaleUntil time.Time // FreshUntil + stale_if_error
-	refreshAt  time.Time // 80% of the fresh lifetime
-	refreshing atomic.Bool
+	Value V
+	key   Key
+	// Unix nanoseconds: a third of the size of time.Time, and the hit path
+	// compares integers.
+	freshUntil, staleUntil, refreshAt int64
+	flags                             atomic.Uint32
+	state                             linkState // guarded by the index's mutex
+	links                             links[V]  // guarded by the index's mutex
 }
+
+const (
+	flagRefreshing = 1 << iota // a background refresh runs or failed
+	flagDemoted                // treat as past freshness: ask before use
+)
+
+// FreshUntil is when the entry stops being fresh.
+func (e *Entry[V]) FreshUntil() time.Time { return time.Unix(0, e.freshUntil) }
 
 // Loader asks the upstream. It returns the value and how long it stays
 // fresh (0: do not store), or an error for an upstream failure, which is
 // never stored.
 type Loader[V any] func(ctx context.Context) (V, time.Duration, error)
+
+// Refutation says what an answer proves about answers stored before it.
+type Refutation uint8
+
+// Refutations.
+const (
+	RefutesNothing    Refutation = iota
+	RefutesEntry                 // e.g. 404: drop this credential's entry of this export
+	RefutesCredential            // e.g. 401/403: drop every entry of this credential
+)
+
+// Described is implemented by values that carry surrogate keys or refute
+// earlier answers. Values that do not implement it have neither.
+type Described interface {
+	// CacheTags are the surrogate keys the entry can be purged by.
+	CacheTags() []string
+	// CacheRefutes says which stored answers this one proves wrong; they
+	// are dropped whether or not this one is stored.
+	CacheRefutes() Refutation
+}
 
 // Config configures a Cache.
 type Config struct {
@@ -54,19 +86,42 @@ type Cache[V any] struct {
 	flights      singleflight.Group
 	staleIfError time.Duration
 	now          func() time.Time
+	idx          index[V]
 
-	// gens count invalidations, striped by export id: an answer fetched
-	// before an invalidation of its id (or of an id sharing its stripe) is
-	// not stored. Bounded memory, and a DELETE of one export does not keep
-	// the answers of (nearly) every other from being cached.
-	gens [genStripes]atomic.Uint64
-	seed maphash.Seed
+	// Generations count purges, striped by export id and by credential,
+	// plus one epoch for purges by surrogate key and of everything: an
+	// answer fetched before a purge that covers it is not stored. Bounded
+	// memory, and a DELETE of one export does not keep the answers of
+	// (nearly) every other from being cached.
+	idGens, credGens [genStripes]atomic.Uint64
+	epoch            atomic.Uint64
+	seed             maphash.Seed
+
+	stats counters
+
+	// beforeStore, when set by a test, runs between a fill's generation
+	// check and its store: the window a purge must not slip through.
+	beforeStore func()
 
 	base   context.Context // canceled by Close; the context of background refreshes
 	cancel context.CancelFunc
 	mu     sync.Mutex // guards closed and wg.Add against Close
 	closed bool
 	wg     sync.WaitGroup
+}
+
+type counters struct {
+	hits, misses, staleServed, collapsed atomic.Int64
+}
+
+// Stats is a snapshot of a cache's counters.
+type Stats struct {
+	Entries     int   `json:"entries"`
+	Hits        int64 `json:"hits"`
+	Misses      int64 `json:"misses"`
+	Collapsed   int64 `json:"collapsed"`
+	StaleServed int64 `json:"stale_served"`
+	Tags        int   `json:"surrogate_keys"`
 }
 
 // New returns an empty cache.
@@ -79,6 +134,7 @@ func New[V any](cfg Config) *Cache[V] {
 	if c.now == nil {
 		c.now = time.Now
 	}
+	c.idx.init()
 	opts := &otter.Options[Key, *Entry[V]]{
 		MaximumSize: cfg.MaxEntries,
 		// Freshness is the entries' own (checked against c.now, so a fake
@@ -86,6 +142,9 @@ func New[V any](cfg Config) *Cache[V] {
 		// expiry it needs no time: a clock that is never read keeps
 		// time.Now, slow on some hosts, off the hit path.
 		Clock: noClock{},
+		// Runs atomically with every deletion (eviction, replacement,
+		// purge), so the indexes never hold an entry the store dropped.
+		OnAtomicDeletion: func(ev otter.DeletionEvent[Key, *Entry[V]]) { c.idx.unlink(ev.Value) },
 	}
 	c.store = otter.Must(opts)
 	c.base, c.cancel = context.WithCancel(context.Background())
@@ -124,18 +183,33 @@ func (c *Cache[V]) Peek(key Key) (*Entry[V], State) { return c.PeekAt(key, c.now
 func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	e, ok := c.store.GetIfPresent(key)
 	if !ok {
+		c.stats.misses.Add(1)
+		return nil, Absent
+	}
+	n := now.UnixNano()
+	if e.flags.Load()&flagDemoted != 0 {
+		if n < e.staleUntil {
+			return e, Stale
+		}
 		return nil, Absent
 	}
 	switch {
-	case now.Before(e.refreshAt):
+	case n < e.refreshAt:
+		c.stats.hits.Add(1)
 		return e, Fresh
-	case now.Before(e.FreshUntil):
+	case n < e.freshUntil:
+		c.stats.hits.Add(1)
 		return e, Refresh
-	case now.Before(e.StaleUntil):
+	case n < e.staleUntil:
 		return e, Stale
 	}
+	c.stats.misses.Add(1)
 	return nil, Absent
 }
+
+// ServedStale counts an answer served past its freshness because the
+// upstream failed.
+func (c *Cache[V]) ServedStale() { c.stats.staleServed.Add(1) }
 
 // Outcome says how Load got its value.
 type Outcome uint8
@@ -170,6 +244,7 @@ func (c *Cache[V]) load(ctx context.Context, key Key, load Loader[V], shared con
 		res := r.Val.(result[V])
 		switch {
 		case !leader:
+			c.stats.collapsed.Add(1)
 			return res.v, Collapsed, r.Err
 		case res.stored:
 			return res.v, Stored, r.Err
@@ -186,28 +261,80 @@ type result[V any] struct {
 	stored bool
 }
 
+// gens is what a fill saw before it asked the upstream.
+type gens struct{ id, cred, epoch uint64 }
+
+func (c *Cache[V]) gensOf(key Key) gens {
+	return gens{c.idStripe(key.ID).Load(), c.credStripe(key.Cred).Load(), c.epoch.Load()}
+}
+
 func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V], error) {
-	stripe := c.stripe(key.ID)
-	gen := stripe.Load()
+	before := c.gensOf(key)
 	v, ttl, err := load(ctx)
-	if err != nil || ttl <= 0 {
+	if err != nil {
 		return result[V]{v: v}, err
 	}
-	if stripe.Load() != gen || c.base.Err() != nil {
-		// An invalidation ran meanwhile (this answer may predate it), or
-		// the cache was closed.
+	var tags []string
+	if d, ok := any(v).(Described); ok {
+		tags = d.CacheTags()
+		switch d.CacheRefutes() {
+		case RefutesCredential:
+			c.InvalidateCredential(key.Cred)
+			before = c.gensOf(key) // this answer postdates that purge
+		case RefutesEntry:
+			c.drop(key, nil)
+		}
+	}
+	if ttl <= 0 || c.gensOf(key) != before || c.base.Err() != nil {
+		// Not cacheable; or a purge ran meanwhile (this answer may
+		// predate it); or the cache was closed.
 		return result[V]{v: v}, nil
 	}
-	now := c.now()
+	if c.beforeStore != nil {
+		c.beforeStore()
+	}
+	now := c.now().UnixNano()
 	e := &Entry[V]{
 		Value:      v,
-		StoredAt:   now,
-		FreshUntil: now.Add(ttl),
-		StaleUntil: now.Add(ttl + c.staleIfError),
-		refreshAt:  now.Add(ttl * 8 / 10),
+		key:        key,
+		freshUntil: now + int64(ttl),
+		staleUntil: now + int64(ttl+c.staleIfError),
+		refreshAt:  now + int64(ttl*8/10),
 	}
 	c.store.Set(key, e)
+	c.idx.link(e, tags)
+	// A purge that ran between the check above and the link did not see
+	// this entry: its generation moved first, so look again.
+	if c.gensOf(key) != before {
+		c.drop(key, e)
+		return result[V]{v: v}, nil
+	}
 	return result[V]{v: v, stored: true}, nil
+}
+
+// drop removes key's entry if it is e (any entry when e is nil) and says
+// whether it removed one.
+func (c *Cache[V]) drop(key Key, e *Entry[V]) bool {
+	dropped := false
+	c.store.ComputeIfPresent(key, func(old *Entry[V]) (*Entry[V], otter.ComputeOp) {
+		if e != nil && old != e {
+			return old, otter.CancelOp
+		}
+		dropped = true
+		return nil, otter.InvalidateOp
+	})
+	return dropped
+}
+
+// dropAll removes each of entries that is still stored.
+func (c *Cache[V]) dropAll(entries []*Entry[V]) int {
+	n := 0
+	for _, e := range entries {
+		if c.drop(e.key, e) {
+			n++
+		}
+	}
+	return n
 }
 
 // RefreshAsync refreshes e in the background unless a refresh of it is
@@ -218,7 +345,7 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 	if c.closed {
 		return false // a request still draining after a reload
 	}
-	if !e.refreshing.CompareAndSwap(false, true) {
+	if old := e.flags.Or(flagRefreshing); old&flagRefreshing != 0 {
 		return false
 	}
 	c.wg.Add(1) // under mu: never concurrent with Close's Wait
@@ -233,27 +360,72 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 }
 
 // InvalidateID drops every entry of export id, whatever the credentials,
-// and keeps answers fetched before now from being stored.
+// and keeps answers fetched before now from being stored. It costs what it
+// drops, not what the cache holds.
 func (c *Cache[V]) InvalidateID(id string) int {
-	c.stripe(id).Add(1)
+	c.idStripe(id).Add(1)
+	return c.dropAll(c.idx.byID(id))
+}
+
+// InvalidateCredential drops every entry of one credential digest, for all
+// exports: a revoked key stops downloading at once.
+func (c *Cache[V]) InvalidateCredential(cred [32]byte) int {
+	c.credStripe(cred).Add(1)
+	return c.dropAll(c.idx.byCred(cred))
+}
+
+// PurgeTags drops every entry that carries one of tags (surrogate keys).
+func (c *Cache[V]) PurgeTags(tags ...string) int {
+	c.epoch.Add(1)
 	n := 0
-	for k := range c.store.Keys() {
-		if k.ID == id {
-			if _, ok := c.store.Invalidate(k); ok {
-				n++
-			}
-		}
+	for _, tag := range tags {
+		n += c.dropAll(c.idx.byTag(tag))
 	}
 	return n
 }
 
-// Len returns about how many entries are stored.
-func (c *Cache[V]) Len() int { return c.store.EstimatedSize() }
+// PurgeAll drops every entry.
+func (c *Cache[V]) PurgeAll() int {
+	c.epoch.Add(1)
+	n := c.store.EstimatedSize()
+	c.store.InvalidateAll()
+	return n
+}
+
+// Demote marks every entry as past its freshness: each is asked for again
+// before its next use, and served only if the upstream fails. For when
+// invalidations may have been missed (a fleet that cannot resume its
+// stream). It returns how many entries it demoted.
+func (c *Cache[V]) Demote() int {
+	c.epoch.Add(1) // answers in flight may predate what was missed
+	n := 0
+	for _, e := range c.store.All() {
+		e.flags.Or(flagDemoted)
+		n++
+	}
+	return n
+}
+
+// Stats returns the cache's counters.
+func (c *Cache[V]) Stats() Stats {
+	return Stats{
+		Entries:     c.store.EstimatedSize(),
+		Hits:        c.stats.hits.Load(),
+		Misses:      c.stats.misses.Load(),
+		Collapsed:   c.stats.collapsed.Load(),
+		StaleServed: c.stats.staleServed.Load(),
+		Tags:        c.idx.tagCount(),
+	}
+}
 
 const genStripes = 256
 
-func (c *Cache[V]) stripe(id string) *atomic.Uint64 {
-	return &c.gens[maphash.String(c.seed, id)%genStripes]
+func (c *Cache[V]) idStripe(id string) *atomic.Uint64 {
+	return &c.idGens[maphash.String(c.seed, id)%genStripes]
+}
+
+func (c *Cache[V]) credStripe(cred [32]byte) *atomic.Uint64 {
+	return &c.credGens[credHash(cred)%genStripes]
 }
 
 // noClock is the store's clock: with no expiry configured, otter never

@@ -109,8 +109,8 @@ func TestPeekStates(t *testing.T) {
 				}
 				return
 			}
-			if e.Value != "v" || !e.StoredAt.Equal(stored) || !e.FreshUntil.Equal(stored.Add(ttl)) ||
-				!e.StaleUntil.Equal(stored.Add(ttl+staleIfError)) {
+			if e.Value != "v" || !e.FreshUntil().Equal(stored.Add(ttl)) ||
+				e.staleUntil != stored.Add(ttl+staleIfError).UnixNano() {
 				t.Fatalf("entry = %+v, want v stored at %v, fresh for %v, stale for %v more", e, stored, ttl, staleIfError)
 			}
 		})
@@ -344,7 +344,7 @@ func TestInvalidateID(t *testing.T) {
 			defer c.Close()
 			// Generations are striped by id: pick an id in another stripe.
 			other := "b"
-			for i := 0; c.stripe(other) == c.stripe("a"); i++ {
+			for i := 0; c.idStripe(other) == c.idStripe("a"); i++ {
 				other = fmt.Sprintf("b%d", i)
 			}
 			g := newGate("v", time.Minute)
@@ -375,7 +375,7 @@ func TestMaxEntries(t *testing.T) {
 		}
 	}
 	c.store.CleanUp() // apply pending evictions; the bound is enforced asynchronously
-	n := c.Len()
+	n := c.Stats().Entries
 	t.Logf("%d entries kept of %d inserted with max_entries %d", n, inserted, limit)
 	if n > limit*11/10 || n < limit/2 {
 		t.Fatalf("Len = %d with max_entries %d, want about %d", n, limit, limit)

@@ -41,10 +41,10 @@ func NewURLs(maxEntries int, reuse time.Duration, now func() time.Time) *URLs {
 	return u
 }
 
-// Close stops the store's maintenance goroutine.
+// Close stops the store's maintenance goroutine. Like Cache.Close, it keeps
+// the entries for requests still draining after a reload.
 func (u *URLs) Close() {
 	if u.store != nil {
-		u.store.InvalidateAll()
 		u.store.StopAllGoroutines()
 	}
 }
@@ -67,12 +67,14 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 	}
 	fk := obj.Bucket + "\x00" + obj.Key + "\x00" + obj.Filename + "\x00" + obj.ContentType
 	signedHere := false
-	v, err, _ := u.flights.Do(fk, func() (any, error) {
+	ch := u.flights.DoChan(fk, func() (any, error) {
 		// Another caller may have signed while this one waited for the lock.
 		if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
 			return e, nil
 		}
 		signedHere = true
+		// Detached: callers that stay still get the URL when this one
+		// leaves. The signer bounds its own time.
 		s, err := sign(context.WithoutCancel(ctx))
 		if err != nil {
 			return nil, err
@@ -81,8 +83,15 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 		u.store.Set(obj, e)
 		return e, nil
 	})
-	if err != nil {
-		return nil, false, err
+	var v any
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, false, r.Err
+		}
+		v = r.Val
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
 	}
 	if e := v.(*signed); signedHere || e.usableAt(u.now(), exportExpires) {
 		return e.Signed, !signedHere, nil
@@ -104,15 +113,8 @@ func (e *signed) usableAt(now, exportExpires time.Time) bool {
 	return exportExpires.IsZero() || !e.Expires().After(exportExpires)
 }
 
-// Lookup returns a URL for obj that may be handed out now, without
-// signing: the hit path, which allocates nothing.
-func (u *URLs) Lookup(obj presign.Object, exportExpires time.Time) (*presign.Signed, bool) {
-	s, _, ok := u.LookupAt(obj, exportExpires, u.now())
-	return s, ok
-}
-
-// LookupAt is Lookup at time now, and also says until when the URL may be
-// handed out.
+// LookupAt returns a URL for obj that may be handed out at now, without
+// signing, and until when: the hit path, which allocates nothing.
 func (u *URLs) LookupAt(obj presign.Object, exportExpires, now time.Time) (s *presign.Signed, until time.Time, ok bool) {
 	if u.store == nil {
 		return nil, time.Time{}, false

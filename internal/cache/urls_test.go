@@ -95,7 +95,7 @@ func TestURLsSign(t *testing.T) {
 				if reused != st.wantReused || (reused && got.URL != last) || (!reused && got.URL == last) {
 					t.Fatalf("step %d (+%v): got %s reused=%v, previous %s; want reused=%v", i, st.advance, got.URL, reused, last, st.wantReused)
 				}
-				if l, ok := u.Lookup(testObj, exportExpires); ok != (tt.reuse > 0) || (ok && l.URL != got.URL) {
+				if l, ok := lookup(u, testObj, exportExpires); ok != (tt.reuse > 0) || (ok && l.URL != got.URL) {
 					t.Fatalf("step %d: Lookup = %v, %v right after Sign gave %s", i, l, ok, got.URL)
 				}
 				if !exportExpires.IsZero() && got.Expires().After(exportExpires) {
@@ -120,7 +120,7 @@ func TestURLsNeverOutliveTheExport(t *testing.T) {
 	}
 	clock.Advance(time.Minute)
 	sooner := clock.Now().Add(10 * time.Minute) // before first.Expires()
-	if _, ok := u.Lookup(testObj, sooner); ok {
+	if _, ok := lookup(u, testObj, sooner); ok {
 		t.Fatal("Lookup handed out a URL that outlives the export")
 	}
 	s.expires = sooner
@@ -132,7 +132,7 @@ func TestURLsNeverOutliveTheExport(t *testing.T) {
 		t.Fatalf("got %s (reused=%v) valid until %v; want a new URL valid until at most %v", second.URL, reused, second.Expires(), sooner)
 	}
 	// An expiry later than the URL's does not prevent reuse.
-	if l, ok := u.Lookup(testObj, sooner.Add(time.Hour)); !ok || l.URL != second.URL {
+	if l, ok := lookup(u, testObj, sooner.Add(time.Hour)); !ok || l.URL != second.URL {
 		t.Fatalf("Lookup with a later export expiry = %v, %v; want %s", l, ok, second.URL)
 	}
 }
@@ -193,20 +193,34 @@ func TestURLsSignError(t *testing.T) {
 	if _, _, err := u.Sign(context.Background(), testObj, time.Time{}, func(context.Context) (*presign.Signed, error) { return nil, boom }); !errors.Is(err, boom) {
 		t.Fatalf("Sign error = %v, want %v", err, boom)
 	}
-	if _, ok := u.Lookup(testObj, time.Time{}); ok {
+	if _, ok := lookup(u, testObj, time.Time{}); ok {
 		t.Fatal("a failed presign left a URL behind")
 	}
 	s := &signer{clock: clock, life: 15 * time.Minute}
 	gone, cancel := context.WithCancel(context.Background())
-	cancel()
-	got, reused, err := u.Sign(gone, testObj, time.Time{}, func(ctx context.Context) (*presign.Signed, error) {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("the presign's context ended with the caller's: %w", ctx.Err())
-		}
+	release, signedCtx := make(chan struct{}), make(chan error, 1)
+	go func() { <-release; cancel() }()
+	_, _, err := u.Sign(gone, testObj, time.Time{}, func(ctx context.Context) (*presign.Signed, error) {
+		close(release) // the caller leaves while the presign runs
+		<-gone.Done()
+		signedCtx <- ctx.Err()
 		return s.sign(ctx)
 	})
-	if err != nil || reused || got == nil {
-		t.Fatalf("Sign after a failure = %v, %v, %v; want a new URL", got, reused, err)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("a caller that left got %v, want context.Canceled at once", err)
+	}
+	if err := <-signedCtx; err != nil {
+		t.Fatalf("the presign's context ended with the caller's: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got, ok := lookup(u, testObj, time.Time{}); ok && got != nil {
+			break // the detached presign finished and is reused by the next caller
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the presign a leaving caller started was not stored for the others")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -220,8 +234,14 @@ func TestURLsLookupAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ok bool
-	allocs := testing.AllocsPerRun(1000, func() { _, ok = u.Lookup(testObj, time.Time{}) })
+	allocs := testing.AllocsPerRun(1000, func() { _, ok = lookup(u, testObj, time.Time{}) })
 	if !ok || allocs > 0 {
 		t.Fatalf("Lookup: ok=%v, %v allocations per call; want a hit and 0", ok, allocs)
 	}
+}
+
+// lookup is LookupAt at the URL cache's own clock.
+func lookup(u *URLs, obj presign.Object, exportExpires time.Time) (*presign.Signed, bool) {
+	s, _, ok := u.LookupAt(obj, exportExpires, u.now())
+	return s, ok
 }
