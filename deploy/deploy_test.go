@@ -271,10 +271,10 @@ var (
 )
 
 // placeholders returns the {env.NAME} names of a Caddyfile, and the {$NAME}
-// names that have no default.
+// names that have no default, outside comments.
 func placeholders(caddyfile string) (provision, adaptRequired []string) {
 	for _, line := range strings.Split(caddyfile, "\n") {
-		if strings.HasPrefix(strings.TrimSpace(line), "#") && !fleetEnabled {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
 			continue
 		}
 		for _, m := range envPlaceholder.FindAllStringSubmatch(line, -1) {
@@ -501,6 +501,9 @@ func TestCompose(t *testing.T) {
 		}
 	}
 	caddyfile := readFile(t, "deploy/docker/Caddyfile")
+	if fleetEnabled {
+		caddyfile = uncommentFleet(t, caddyfile)
+	}
 	provision, _ := placeholders(caddyfile)
 	nodes := 0
 	for name, s := range compose.Services {
@@ -833,6 +836,9 @@ func TestKubernetesManifests(t *testing.T) {
 			env[e.Name] = e.Value
 		}
 	}
+	if fleetEnabled {
+		caddyfile = uncommentFleet(t, caddyfile)
+	}
 	provision, adaptRequired := placeholders(caddyfile)
 	for _, v := range append(provision, adaptRequired...) {
 		if _, ok := env[v]; !ok {
@@ -849,9 +855,6 @@ func TestKubernetesManifests(t *testing.T) {
 	// container ports must be ports the Caddyfile serves.
 	bin := caddyBinary(t)
 	path := filepath.Join(t.TempDir(), "Caddyfile")
-	if fleetEnabled {
-		caddyfile = uncommentFleet(t, caddyfile)
-	}
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -1041,16 +1044,30 @@ func TestMetricNamesExist(t *testing.T) {
 	bin := caddyBinary(t)
 	up := exportsUpstream(t)
 	httpPort, metricsPort := freePort(t), freePort(t)
-	env := caddyEnv(t, map[string]string{
+	vars := map[string]string{
 		"CADDY_BIND":   "127.0.0.1",
 		"CADDY_ADMIN":  "off",
 		"HTTP_PORT":    strconv.Itoa(httpPort),
 		"METRICS_PORT": strconv.Itoa(metricsPort),
 		"APP_UPSTREAM": up.URL,
 		"EDGE_TOKEN":   "edge-token-from-env",
-	})
+	}
+	caddyfile := filepath.Join(repoRoot, "deploy/docker/Caddyfile")
+	if fleetEnabled {
+		// The fleet block on, against a real redis-server, so that the
+		// fleet tier's series exist.
+		redis := testenv.StartRedis(t)
+		vars["REDIS_ADDRESS"] = redis.Addr
+		vars["REDIS_PASSWORD"] = "any: the default user has no password"
+		vars["FLEET_SECRET"] = strings.Repeat("fleet-secret-", 4)
+		caddyfile = filepath.Join(t.TempDir(), "Caddyfile")
+		if err := os.WriteFile(caddyfile, []byte(uncommentFleet(t, readFile(t, "deploy/docker/Caddyfile"))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := caddyEnv(t, vars)
 	metricsBase := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
-	startCaddy(t, env, metricsBase+"/healthz", bin, "run", "--config", filepath.Join(repoRoot, "deploy/docker/Caddyfile"), "--adapter", "caddyfile")
+	startCaddy(t, env, metricsBase+"/healthz", bin, "run", "--config", caddyfile, "--adapter", "caddyfile")
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	for _, c := range []struct {
@@ -1545,7 +1562,7 @@ func TestRateLimitRecipe(t *testing.T) {
 	// go.mod gained since; the committed go.sum is compared below.
 	build := exec.Command("go", "build", "-mod=mod", "-o", bin, ".")
 	build.Dir = work
-	build.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	build.Env = append(os.Environ(), "GOWORK=off")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build examples/ratelimit: %v\n%s", err, out)
 	}
