@@ -101,18 +101,21 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 	if cl == nil {
 		return errors.New("fleet: redis unavailable")
 	}
-	bumps := make(rueidis.Commands, 0, len(ev.IDs)+1)
+	keep := strconv.FormatInt(ms(2*c.cfg.LeaseTTL), 10)
+	bumps := make(rueidis.Commands, 0, len(ev.IDs))
 	for _, id := range ev.IDs {
-		bumps = append(bumps, cl.B().Incr().Key(c.prefix+"g:{"+id+"}").Build())
-	}
-	if len(ev.Tags) > 0 || ev.All {
-		bumps = append(bumps, cl.B().Incr().Key(c.prefix+"e").Build())
+		bumps = append(bumps, cl.B().Eval().Script(bumpScript).Numkeys(1).Key(c.prefix+"g:{"+id+"}").Arg(keep).Build())
 	}
 	err := c.call(ctx, func(ctx context.Context) error {
-		for _, r := range cl.DoMulti(ctx, bumps...) {
-			if err := r.Error(); err != nil {
-				return err
+		if len(bumps) > 0 {
+			for _, r := range cl.DoMulti(ctx, bumps...) {
+				if err := r.Error(); err != nil {
+					return err
+				}
 			}
+		}
+		if len(ev.Tags) > 0 || ev.All {
+			return cl.Do(ctx, cl.B().Incr().Key(c.prefix+"e").Build()).Error()
 		}
 		return nil
 	})

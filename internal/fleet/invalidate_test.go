@@ -231,7 +231,7 @@ func TestFlushAllDemotes(t *testing.T) {
 }
 
 // aclRules is the minimal rule set the README documents for the fleet user.
-const aclRules = "~export_download:* -@all +get +set +del +exists +incr +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +ping +cluster|slots +cluster|shards"
+const aclRules = "~export_download:* -@all +get +set +del +exists +incr +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +ping +cluster|slots +cluster|shards"
 
 func TestTLSAndACLUser(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisTLS(), testenv.RedisUser("fleet", "s3cret-pass", aclRules))

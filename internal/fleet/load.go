@@ -249,7 +249,8 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 	_ = c.call(bg, func(ctx context.Context) error {
 		n, err := storeScript.Exec(ctx, cl,
 			[]string{k.decision, k.gen, k.lease},
-			[]string{strconv.FormatInt(st.gen, 10), string(value), strconv.FormatInt(ms(ttl), 10), token}).AsInt64()
+			[]string{strconv.FormatInt(st.gen, 10), string(value), strconv.FormatInt(ms(ttl), 10), token,
+				strconv.FormatInt(ms(c.cfg.LeaseTTL), 10)}).AsInt64()
 		stored = err == nil && n == 1
 		return err
 	})
@@ -262,16 +263,49 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 // storeScript writes the decision only if the generation is unchanged, and
 // releases the lease only if it still holds the caller's token. All keys
 // share the export's hash tag, so it also runs on a Cluster.
+//
+// The generation key must outlive every decision filled under it: if it
+// expired first, the generation would fall back to 0 and a decision of an
+// older generation could become current again. So a store extends it to the
+// decision's lifetime plus a margin, creating it as "0" when missing. It
+// then expires with the last decision of the export (or, after a bump,
+// when the fills that may still be running are over), and Redis keeps
+// nothing longer than needed.
 var storeScript = rueidis.NewLuaScript(`
+local g = redis.call('GET', KEYS[2])
 local stored = 0
-if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if (g or '0') == ARGV[1] then
+  local px = tonumber(ARGV[3])
+  local keep = px + tonumber(ARGV[5])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', px)
+  if not g then
+    redis.call('SET', KEYS[2], '0', 'PX', keep)
+  else
+    local t = redis.call('PTTL', KEYS[2])
+    if t >= 0 and t < keep then
+      redis.call('PEXPIRE', KEYS[2], keep)
+    end
+  end
   stored = 1
 end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
   redis.call('DEL', KEYS[3])
 end
 return stored`)
+
+// bumpScript increments an export's generation and keeps the key at least
+// ARGV[1] ms: long enough for every fill that read the old generation to
+// find the new one when it tries to store (fills last less than a lease).
+// Publishes are rare, so it is sent whole (EVAL) in one pipeline with the
+// other bumps rather than loaded first.
+const bumpScript = `
+local v = redis.call('INCR', KEYS[1])
+local t = redis.call('PTTL', KEYS[1])
+local keep = tonumber(ARGV[1])
+if t == -1 or (t >= 0 and t < keep) then
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
+return v`
 
 // releaseScript deletes a lease only if it still holds the caller's token.
 var releaseScript = rueidis.NewLuaScript(`

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -403,5 +404,49 @@ func TestDecisionExpiresInRedisAtFreshness(t *testing.T) {
 	pttl := r.MustDo(t, "PTTL", DefaultPrefix+":d:{exp_x}:"+a.MAC(key))
 	if pttl == "-1" || pttl == "-2" || len(pttl) != 5 || pttl > "30000" {
 		t.Fatalf("PTTL %s, want about 30000 ms", pttl)
+	}
+}
+
+// Redis keeps nothing longer than needed: every per-export key expires, and
+// a generation outlives the decisions filled under it (or a fall back to
+// generation 0 could make an old decision current again).
+func TestKeysExpire(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr, func(c *Config) { c.LeaseTTL = 2 * time.Second })
+	waitUp(t, a)
+	key := cred("ttl")
+	f := newFetcher("v")
+	f.ttl = 30 * time.Second
+	load(t, a, "exp_k", key, f)                                    // generation created as 0 with the decision
+	a.Publish(context.Background(), Event{IDs: []string{"exp_k"}}) // bumped to 1
+	load(t, a, "exp_k", key, f)                                    // stored under 1
+	a.Publish(context.Background(), Event{IDs: []string{"exp_never_cached"}, Tags: []string{"t"}})
+
+	pttl := func(k string) int {
+		n, err := strconv.Atoi(r.MustDo(t, "PTTL", k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	d := DefaultPrefix + ":d:{exp_k}:" + a.MAC(key)
+	g := DefaultPrefix + ":g:{exp_k}"
+	if r.MustDo(t, "GET", g) != "1" {
+		t.Fatalf("generation %s, want 1", r.MustDo(t, "GET", g))
+	}
+	if pd, pg := pttl(d), pttl(g); pd <= 0 || pg < pd {
+		t.Fatalf("decision PTTL %d, generation PTTL %d: the generation must outlive the decision", pd, pg)
+	}
+	if p := pttl(DefaultPrefix + ":g:{exp_never_cached}"); p <= 0 || p > 4000 {
+		t.Fatalf("generation of an export without decisions: PTTL %d, want about 2 leases (4s)", p)
+	}
+	for _, k := range strings.Split(r.MustDo(t, "KEYS", "*"), "\n") {
+		switch k {
+		case DefaultPrefix + ":boot", DefaultPrefix + ":e", DefaultPrefix + ":inv":
+			continue // one key each, bounded
+		}
+		if p := pttl(k); p <= 0 {
+			t.Errorf("key %s never expires (PTTL %d)", k, p)
+		}
 	}
 }
