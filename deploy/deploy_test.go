@@ -208,7 +208,7 @@ func startCaddy(t *testing.T, env []string, readyURL string, bin string, args ..
 			t.Fatalf("caddy exited before it was ready:\n%s", out.String())
 		default:
 		}
-		resp, err := http.Get(readyURL)
+		resp, err := readyClient.Get(readyURL)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -221,6 +221,9 @@ func startCaddy(t *testing.T, env []string, readyURL string, bin string, args ..
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// readyClient polls a starting Caddy.
+var readyClient = &http.Client{Timeout: 2 * time.Second}
 
 // noRedirects is a client that returns the 302 itself.
 var noRedirects = &http.Client{
