@@ -156,4 +156,17 @@ func TestSizing(t *testing.T) {
 	}
 	t.Logf("generation key: %s B; stream: %d B per event of one 28-byte id (at MAXLEN ~%d: about %d MiB)",
 		g, perEvent, streamMaxLen, perEvent*streamMaxLen>>20)
+
+	f := newFetcher("v")
+	f.gate = make(chan struct{})
+	done := make(chan struct{})
+	go func() { defer close(done); load(t, a, "exp_lease_0000000000", cred("l"), f) }()
+	waitFor(t, 5*time.Second, "the fill", func() bool { return f.calls.Load() == 1 })
+	lease := r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":l:{exp_lease_0000000000}:"+a.MAC(cred("l")), "SAMPLES", "0")
+	close(f.gate)
+	<-done
+	if n, _ := strconv.Atoi(lease); n <= 0 {
+		t.Fatalf("lease MEMORY USAGE %q", lease)
+	}
+	t.Logf("fill lease: %s B while the upstream call lasts", lease)
 }
