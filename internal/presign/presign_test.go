@@ -306,7 +306,7 @@ func mustQuery(t *testing.T, raw string) url.Values {
 	return u.Query()
 }
 
-// checkURL asserts the shape of SPEC §2's presigned URL: path-style on the
+// checkURL asserts the shape of the README's presigned URL: path-style on the
 // endpoint, SigV4 query authentication signing only host, and the response
 // overrides.
 func checkURL(t *testing.T, s *Signed, obj Object, endpoint, credential string) {
