@@ -1,0 +1,317 @@
+package exportdownload
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"reflect"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/exportedge/caddy-export-download/internal/route"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI serves the operator's controls of export_download on Caddy's
+// admin endpoint (README, "Operating the cache"):
+//
+//	GET  /export_download/stats   every decisions cache of this process
+//	POST /export_download/purge   drop entries by export id, surrogate key, or all
+//
+// It has no access control of its own: it inherits the admin endpoint's
+// (the Host and Origin checks of the local endpoint, and the mTLS and
+// per-path permissions of remote admin). Keep the admin endpoint on
+// localhost or a Unix socket, or behind remote admin.
+type adminAPI struct {
+	log *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.export_download",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision gets the admin logger.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	// An admin router is not in a config's module tree, so it names
+	// itself, as Caddy's own admin.api.pki does.
+	a.log = ctx.Logger(a)
+	return nil
+}
+
+// adminEndpointBase is the prefix of every route of this module.
+const adminEndpointBase = "/export_download/"
+
+// Paths under adminEndpointBase.
+const (
+	adminStatsPath = adminEndpointBase + "stats"
+	adminPurgePath = adminEndpointBase + "purge"
+)
+
+// Bounds of a purge request: a body beyond maxPurgeBody gets 413, a list
+// longer than maxPurgeItems gets 400. An invalid value is quoted in the
+// error up to maxQuotedValue bytes.
+const (
+	maxPurgeBody   = 1 << 20
+	maxPurgeItems  = 10_000
+	maxQuotedValue = 64
+)
+
+// Routes returns the admin routes, all under adminEndpointBase.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: adminEndpointBase,
+		Handler: caddy.AdminHandlerFunc(a.serveAdmin),
+	}}
+}
+
+func (a *adminAPI) serveAdmin(w http.ResponseWriter, r *http.Request) error {
+	switch r.URL.Path {
+	case adminStatsPath:
+		if err := allowMethod(w, r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeAdminJSON(w, statsOf(cachesStats()))
+	case adminPurgePath:
+		if err := allowMethod(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.handlePurge(w, r)
+	}
+	return caddy.APIError{
+		HTTPStatus: http.StatusNotFound,
+		Err:        fmt.Errorf("resource not found: %s", r.URL.Path),
+	}
+}
+
+// statsResponse is the answer of GET /export_download/stats.
+type statsResponse struct {
+	// Caches lists every decisions cache of this process, sorted by name;
+	// sites whose settings agree share one.
+	Caches []cacheStats `json:"caches"`
+}
+
+// cacheStats is one decisions cache. The counters count since the cache
+// was created: it outlives config reloads that keep its settings.
+type cacheStats struct {
+	Name        string     `json:"name"` // a digest of the settings that share the cache
+	Entries     int        `json:"entries"`
+	Hits        int64      `json:"hits"`
+	Misses      int64      `json:"misses"`
+	Collapsed   int64      `json:"collapsed"`      // requests that waited on another's upstream call
+	StaleServed int64      `json:"stale_served"`   // stale answers served while the upstream failed
+	Tags        int        `json:"surrogate_keys"` // distinct surrogate keys held
+	Fleet       fleetStats `json:"fleet"`
+}
+
+// fleetStats is the fleet tier's state for one cache. It is an object so
+// that it can grow fields without breaking clients.
+type fleetStats struct {
+	State string `json:"state"` // "off" without the fleet tier
+}
+
+func statsOf(reports []cacheReport) statsResponse {
+	out := statsResponse{Caches: make([]cacheStats, 0, len(reports))}
+	for _, r := range reports {
+		out.Caches = append(out.Caches, cacheStats{
+			Name:        r.Name,
+			Entries:     r.Entries,
+			Hits:        r.Hits,
+			Misses:      r.Misses,
+			Collapsed:   r.Collapsed,
+			StaleServed: r.StaleServed,
+			Tags:        r.Tags,
+			Fleet:       fleetStats{State: "off"},
+		})
+	}
+	return out
+}
+
+// purgeRequest is the body of POST /export_download/purge: export ids,
+// surrogate keys, or all, the last alone.
+type purgeRequest struct {
+	ExportIDs     []string `json:"export_ids,omitempty"`
+	SurrogateKeys []string `json:"surrogate_keys,omitempty"`
+	All           bool     `json:"all,omitempty"`
+}
+
+// purgeResponse is the answer of POST /export_download/purge.
+type purgeResponse struct {
+	Dropped int `json:"dropped"` // entries dropped on this node
+	Caches  int `json:"caches"`  // decisions caches visited on this node
+	// Fleet is "off" (no fleet tier: this node only), "published" (on the
+	// invalidation stream, for every node) or "queued" (Redis unreachable:
+	// published when it answers).
+	Fleet string `json:"fleet"`
+}
+
+func (a *adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
+	sel, err := readPurgeRequest(w, r)
+	if err != nil {
+		return err
+	}
+	out := purgeCaches(r.Context(), sel)
+	a.log.Info("purge",
+		zap.Bool("all", sel.All),
+		zap.Int("export_ids", len(sel.IDs)),
+		zap.Strings("export_ids_first", firstN(sel.IDs, 10)),
+		zap.Int("surrogate_keys", len(sel.Tags)),
+		zap.Strings("surrogate_keys_first", firstN(sel.Tags, 10)),
+		zap.Int("dropped", out.Dropped),
+		zap.Int("caches", out.Caches),
+		zap.String("fleet", out.Fleet),
+	)
+	return writeAdminJSON(w, purgeResponse{Dropped: out.Dropped, Caches: out.Caches, Fleet: out.Fleet})
+}
+
+// readPurgeRequest decodes and checks a purge body. It wants
+// Content-Type application/json, as Caddy's /load does: a browser cannot
+// send that cross-origin without a preflight, which the admin endpoint
+// refuses. Errors are caddy.APIErrors.
+func readPurgeRequest(w http.ResponseWriter, r *http.Request) (purgeSelection, error) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		w.Header().Set("Accept-Post", "application/json")
+		return purgeSelection{}, badRequest(http.StatusUnsupportedMediaType,
+			"Content-Type must be application/json, got %q", clip(r.Header.Get("Content-Type")))
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPurgeBody))
+	dec.DisallowUnknownFields()
+	var req purgeRequest
+	if err := dec.Decode(&req); err != nil {
+		return purgeSelection{}, bodyError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return purgeSelection{}, bodyError(err)
+		}
+		return purgeSelection{}, badRequest(http.StatusBadRequest, "invalid JSON body: data after the object")
+	}
+	return req.selection()
+}
+
+// selection checks req and returns what it names, ids in canonical form
+// and without duplicates.
+func (req purgeRequest) selection() (purgeSelection, error) {
+	switch {
+	case req.All && (len(req.ExportIDs) > 0 || len(req.SurrogateKeys) > 0):
+		return purgeSelection{}, badRequest(http.StatusBadRequest, `"all" purges everything: name no export_ids or surrogate_keys with it`)
+	case req.All:
+		return purgeSelection{All: true}, nil
+	case len(req.ExportIDs) == 0 && len(req.SurrogateKeys) == 0:
+		return purgeSelection{}, badRequest(http.StatusBadRequest, `nothing to purge: name export_ids, surrogate_keys, or "all": true`)
+	case len(req.ExportIDs) > maxPurgeItems:
+		return purgeSelection{}, badRequest(http.StatusBadRequest, "too many export_ids: %d, at most %d per request", len(req.ExportIDs), maxPurgeItems)
+	case len(req.SurrogateKeys) > maxPurgeItems:
+		return purgeSelection{}, badRequest(http.StatusBadRequest, "too many surrogate_keys: %d, at most %d per request", len(req.SurrogateKeys), maxPurgeItems)
+	}
+	var sel purgeSelection
+	seen := make(map[string]bool, len(req.ExportIDs)+len(req.SurrogateKeys))
+	for i, s := range req.ExportIDs {
+		id, ok := route.ParseID(s)
+		if !ok {
+			return purgeSelection{}, badRequest(http.StatusBadRequest, "export_ids[%d]: %q is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)", i, clip(s))
+		}
+		if !seen[id] {
+			seen[id] = true
+			sel.IDs = append(sel.IDs, id)
+		}
+	}
+	clear(seen)
+	for i, k := range req.SurrogateKeys {
+		if !upstream.ValidSurrogateKey(k) {
+			return purgeSelection{}, badRequest(http.StatusBadRequest, "surrogate_keys[%d]: %q is not a surrogate key (1 to %d bytes of visible ASCII, no spaces)", i, clip(k), upstream.MaxSurrogateKeyLen)
+		}
+		if !seen[k] {
+			seen[k] = true
+			sel.Tags = append(sel.Tags, k)
+		}
+	}
+	return sel, nil
+}
+
+// bodyError turns a decoding error into the API error the client gets.
+func bodyError(err error) error {
+	var tooBig *http.MaxBytesError
+	var wrongType *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return badRequest(http.StatusRequestEntityTooLarge, "body larger than %d bytes", tooBig.Limit)
+	case errors.Is(err, io.EOF):
+		return badRequest(http.StatusBadRequest, "empty body: want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest(http.StatusBadRequest, "invalid JSON body: unexpected end")
+	case errors.As(err, &wrongType):
+		if wrongType.Field == "" {
+			return badRequest(http.StatusBadRequest, "invalid JSON body: want an object, got %s", wrongType.Value)
+		}
+		return badRequest(http.StatusBadRequest, "invalid JSON body: %s wants %s, got %s", wrongType.Field, jsonKind(wrongType.Type), wrongType.Value)
+	}
+	// encoding/json's messages name the field and the offending token
+	// (`json: unknown field "x"`), never the whole body.
+	return badRequest(http.StatusBadRequest, "invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// jsonKind names what a field of purgeRequest holds, in JSON's words.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Slice:
+		return "a list of strings"
+	case reflect.Bool:
+		return "true or false"
+	}
+	return "a string"
+}
+
+func badRequest(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+// allowMethod answers 405 with Allow unless r's method is method.
+func allowMethod(w http.ResponseWriter, r *http.Request, method string) error {
+	if r.Method == method {
+		return nil
+	}
+	w.Header().Set("Allow", method)
+	return caddy.APIError{
+		HTTPStatus: http.StatusMethodNotAllowed,
+		Err:        fmt.Errorf("method not allowed: %s (allowed: %s)", clip(r.Method), method),
+	}
+}
+
+func writeAdminJSON(w http.ResponseWriter, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(append(b, '\n'))
+	return nil
+}
+
+// clip bounds a client's value quoted back in an error or a log.
+func clip(s string) string {
+	if len(s) <= maxQuotedValue {
+		return s
+	}
+	return s[:maxQuotedValue] + "..."
+}
+
+func firstN(s []string, n int) []string { return s[:min(len(s), n)] }
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)
