@@ -14,7 +14,9 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/route"
@@ -40,19 +42,34 @@ type Config struct {
 	// SurrogateKeyHeader names the response header whose space-separated
 	// tags are kept with the answer (e.g. Surrogate-Key); empty: none.
 	SurrogateKeyHeader string
+	// Fields names the data fields the templates use: only those are kept
+	// in Answer.Fields (status, expires_at and id are always checked). Nil
+	// keeps every string and number field.
+	Fields []string
 	// Transport is the round tripper; nil uses a dedicated http.Transport.
 	Transport http.RoundTripper
 }
 
 // Client calls the metadata API. It is safe for concurrent use.
 type Client struct {
-	prefix, suffix string // the URL around the id
-	timeout        time.Duration
-	headers        http.Header
-	forward        []string
-	surrogate      string // canonical header name, or ""
-	http           *http.Client
-	transport      *http.Transport // owned, closed by Close
+	url       url.URL // the request URL with the id left out, see urlFor
+	pathPre   string  // url.Path around the id
+	pathSuf   string
+	rawPre    string // url.RawPath around the id, when the base needs one
+	rawSuf    string
+	timeout   time.Duration
+	static    []headerValues // configured headers, Accept and User-Agent
+	forward   []string       // canonical names
+	fields    []string       // data fields kept for templates; nil: all
+	surrogate string         // canonical header name, or ""
+	rt        http.RoundTripper
+	transport *http.Transport // owned, closed by Close
+}
+
+// headerValues is one header prepared at New: a call shares the values.
+type headerValues struct {
+	name   string
+	values []string
 }
 
 // New checks cfg and returns a Client.
@@ -74,24 +91,40 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		return nil, errors.New("upstream_timeout: must be positive")
 	}
-	base := strings.TrimSuffix(cfg.BaseURL, "/")
-	i := strings.Index(cfg.Path, "{id}")
-	c := &Client{
-		prefix:  base + cfg.Path[:i],
-		suffix:  cfg.Path[i+len("{id}"):],
-		timeout: cfg.Timeout,
-		headers: cfg.Headers.Clone(),
-		forward: cfg.Forward,
+	c := &Client{timeout: cfg.Timeout}
+	for _, name := range cfg.Forward {
+		name = http.CanonicalHeaderKey(name)
+		if name == "Traceparent" || name == "Tracestate" {
+			// The trace context of the call is the edge's own span
+			// (W3C Trace Context), never a client's header passed on.
+			return nil, fmt.Errorf("forward_header: %s is set by tracing, it cannot be forwarded", name)
+		}
+		if !slices.Contains(c.forward, name) {
+			c.forward = append(c.forward, name)
+		}
+	}
+	if err := c.prepareURL(strings.TrimSuffix(cfg.BaseURL, "/"), cfg.Path); err != nil {
+		return nil, err
+	}
+	static := cfg.Headers.Clone()
+	if static == nil {
+		static = http.Header{}
+	}
+	static.Set("Accept", "application/json")
+	if cfg.UserAgent != "" {
+		static.Set("User-Agent", cfg.UserAgent)
+	}
+	for name, v := range static {
+		c.static = append(c.static, headerValues{name: name, values: slices.Clip(v)})
+	}
+	if cfg.Fields != nil {
+		c.fields = slices.Clone(cfg.Fields)
+		if c.fields == nil {
+			c.fields = []string{}
+		}
 	}
 	if cfg.SurrogateKeyHeader != "" {
 		c.surrogate = http.CanonicalHeaderKey(cfg.SurrogateKeyHeader)
-	}
-	if c.headers == nil {
-		c.headers = http.Header{}
-	}
-	c.headers.Set("Accept", "application/json")
-	if cfg.UserAgent != "" {
-		c.headers.Set("User-Agent", cfg.UserAgent)
 	}
 	rt := cfg.Transport
 	if rt == nil {
@@ -109,12 +142,46 @@ func New(cfg Config) (*Client, error) {
 		}
 		rt = c.transport
 	}
-	c.http = &http.Client{
-		Transport: rt,
-		// Redirects are not followed (SPEC §3): a 3xx is a failure.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	// The round tripper is called directly, not through an http.Client:
+	// redirects are never followed (a 3xx is a failure, see the README),
+	// so the client's redirect machinery, and the copy of every request's
+	// headers it keeps for it, would be pure cost.
+	c.rt = rt
 	return c, nil
+}
+
+// prepareURL parses the request URL once, with a placeholder for the id,
+// and keeps the parts around it: a call then only joins strings.
+func (c *Client) prepareURL(base, path string) error {
+	const mark = "00000000-0000-0000-0000-000000000000" // a valid id: never escaped
+	i := strings.Index(path, "{id}")
+	u, err := url.Parse(base + path[:i] + mark + path[i+len("{id}"):])
+	if err != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return errors.New("upstream: must be an http:// or https:// URL with a host")
+	}
+	var ok bool
+	if c.pathPre, c.pathSuf, ok = strings.Cut(u.Path, mark); !ok {
+		return errors.New("upstream_path: cannot place {id}")
+	}
+	if u.RawPath != "" {
+		if c.rawPre, c.rawSuf, ok = strings.Cut(u.RawPath, mark); !ok {
+			return errors.New("upstream_path: cannot place {id}")
+		}
+	}
+	u.Path, u.RawPath = "", ""
+	c.url = *u
+	return nil
+}
+
+// urlFor returns the request URL for id, a UUID (never escaped).
+func (c *Client) urlFor(id string) *url.URL {
+	u := new(url.URL)
+	*u = c.url
+	u.Path = c.pathPre + id + c.pathSuf
+	if c.rawPre != "" || c.rawSuf != "" {
+		u.RawPath = c.rawPre + id + c.rawSuf
+	}
+	return u
 }
 
 // Close releases idle connections.
@@ -160,27 +227,46 @@ type Result struct {
 // Fetch asks about export id (already validated and lowercased) with the
 // client's headers from (only the forwarded ones are read) and requestID.
 // A usable reply returns an Answer; anything else a *Failure.
-func (c *Client) Fetch(ctx context.Context, id string, from http.Header, requestID string) (*decision.Answer, Result, error) {
+//
+// When ctx carries a recording span (Caddy's tracing directive), the call
+// is a child span, export_download.lookup, and carries its W3C traceparent
+// (see tracing.go).
+func (c *Client) Fetch(ctx context.Context, id string, from http.Header, requestID string) (a *decision.Answer, res Result, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	start := time.Now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.prefix+id+c.suffix, nil)
-	if err != nil {
-		return nil, Result{}, &Failure{Reason: "building request", Err: err}
+	ctx, span := startSpan(ctx, id)
+	if span != nil {
+		defer func() { endSpan(span, res, err) }()
 	}
+
+	hdr := make(http.Header, len(c.static)+len(c.forward)+3)
 	for _, name := range c.forward {
-		if v := from.Values(name); len(v) > 0 {
-			req.Header[http.CanonicalHeaderKey(name)] = v
+		if v := from[name]; len(v) > 0 {
+			hdr[name] = v
 		}
 	}
 	// Configured headers win over forwarded ones: a client must not be able
 	// to replace a shared secret set with upstream_header.
-	for name, v := range c.headers {
-		req.Header[name] = v
+	for _, h := range c.static {
+		hdr[h.name] = h.values
 	}
-	req.Header.Set("X-Request-Id", requestID)
+	hdr["X-Request-Id"] = []string{requestID}
+	if span != nil {
+		injectTraceContext(ctx, hdr)
+	}
+	u := c.urlFor(id)
+	req := (&http.Request{
+		Method:     http.MethodGet,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     hdr,
+		Host:       u.Host,
+	}).WithContext(ctx)
 
-	resp, err := c.http.Do(req)
+	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
 		reason := "connection error"
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -191,19 +277,25 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 		return nil, Result{Duration: time.Since(start)}, &Failure{Reason: reason, Err: scrub(err)}
 	}
 	defer resp.Body.Close()
-	res := Result{Status: resp.StatusCode}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
+	res = Result{Status: resp.StatusCode}
+	buf := bodyPool.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= maxPooledBody {
+			*buf = (*buf)[:0]
+			bodyPool.Put(buf)
+		}
+	}()
+	*buf, err = readBody(resp.Body, (*buf)[:0])
 	res.Duration = time.Since(start)
+	if err == errTooBig {
+		return nil, res, &Failure{Reason: "body over 1 MiB", Status: resp.StatusCode}
+	}
 	if err != nil {
 		return nil, res, &Failure{Reason: "reading body", Status: resp.StatusCode, Err: scrub(err)}
 	}
-	if len(body) > MaxBody {
-		return nil, res, &Failure{Reason: "body over 1 MiB", Status: resp.StatusCode}
-	}
-	var a *decision.Answer
 	switch resp.StatusCode {
 	case http.StatusOK:
-		if a, err = parseExport(body, id); err != nil {
+		if a, err = parseExportFields(*buf, id, c.fields); err != nil {
 			return nil, res, &Failure{Reason: "unusable body", Status: resp.StatusCode, Err: err}
 		}
 	case http.StatusUnauthorized, http.StatusForbidden:
@@ -219,6 +311,37 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 		a.SurrogateKeys, res.BadSurrogateKeys = SurrogateKeys(resp.Header.Values(c.surrogate))
 	}
 	return a, res, nil
+}
+
+// errTooBig is a body over MaxBody.
+var errTooBig = errors.New("body over 1 MiB")
+
+// Bodies are read into pooled buffers: the parse copies what it keeps.
+const maxPooledBody = 64 << 10
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// readBody appends r to b, at most MaxBody bytes; one more is a Failure.
+func readBody(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			if len(b) > MaxBody {
+				return b, errTooBig
+			}
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if len(b) > MaxBody {
+			return b, errTooBig
+		}
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
 
 // Bounds on the surrogate keys kept per answer.
@@ -295,35 +418,55 @@ func retryAfter(v string) string {
 	return ""
 }
 
-// parseExport reads the "Get export" envelope. data.status must be a string;
-// expires_at null or absent means no expiry, otherwise RFC 3339. String and
-// number fields of data are kept for templates.
+// parseExport reads the "Get export" envelope, keeping every string and
+// number field of data for templates.
 func parseExport(body []byte, id string) (*decision.Answer, error) {
-	var env struct {
-		Data map[string]json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(body, &env); err != nil {
+	return parseExportFields(body, id, nil)
+}
+
+// parseExportFields reads the "Get export" envelope. data.status must be a
+// string; expires_at null or absent means no expiry, otherwise RFC 3339; a
+// data.id must name export id. Of the string and number fields of data,
+// those named in keep are kept for templates (nil keeps them all).
+//
+// It reads the body as encoding/json would decode it into
+// struct{ Data map[string]json.RawMessage `json:"data"` } (the member
+// "data" matched in any case, a repeated member merged, the last value of
+// a name winning), but in one pass over the bytes, copying only the values
+// it keeps.
+func parseExportFields(body []byte, id string, keep []string) (*decision.Answer, error) {
+	if !json.Valid(body) {
+		// encoding/json says what is wrong; this is the rare path.
+		var v struct{}
+		err := json.Unmarshal(body, &v)
+		if err == nil {
+			err = errors.New("invalid JSON")
+		}
 		return nil, fmt.Errorf("not JSON: %v", err)
 	}
-	if env.Data == nil {
+	p := exportParser{scan: scan{b: body}, keep: keep}
+	if err := p.envelope(); err != nil {
+		return nil, err
+	}
+	if !p.data {
 		return nil, errors.New("no data object")
 	}
-	a := &decision.Answer{Kind: decision.KindExport, Fields: make(map[string]string, len(env.Data))}
-	for name, raw := range env.Data {
-		if v, ok := scalar(raw); ok {
-			a.Fields[name] = v
-		}
-	}
-	raw, ok := env.Data["status"]
-	if !ok || !isString(raw) {
+	if p.status.kind != kindString {
 		return nil, errors.New("data.status missing or not a string")
 	}
-	a.Export.Status = intern(a.Fields["status"])
-	if raw, ok := env.Data["expires_at"]; ok && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-		if !isString(raw) {
-			return nil, errors.New("data.expires_at is neither null nor a string")
-		}
-		t, err := time.Parse(time.RFC3339, a.Fields["expires_at"])
+	a := &decision.Answer{Kind: decision.KindExport, Fields: p.fields}
+	if a.Fields == nil {
+		a.Fields = map[string]string{}
+	}
+	if p.status.escaped {
+		a.Export.Status = intern(unquote(p.status.raw))
+	} else {
+		a.Export.Status = intern(p.status.raw)
+	}
+	switch p.expires.kind {
+	case kindAbsent, kindNull:
+	case kindString:
+		t, err := time.Parse(time.RFC3339, p.text(p.expires))
 		if err != nil {
 			return nil, errors.New("data.expires_at is not RFC 3339")
 		}
@@ -333,49 +476,299 @@ func parseExport(body []byte, id string) (*decision.Answer, error) {
 			t = t.Add(time.Nanosecond)
 		}
 		a.Export.ExpiresAt = t
+	default:
+		return nil, errors.New("data.expires_at is neither null nor a string")
 	}
 	// An answer about another export must never send this caller there.
-	if got, ok := a.Fields["id"]; ok && !strings.EqualFold(got, id) {
+	if k := p.dataID.kind; (k == kindString || k == kindNumber) && !sameID(p.dataID, id) {
 		return nil, errors.New("data.id names another export")
 	}
 	return a, nil
 }
 
+// sameID reports whether a data.id value names export id, in any case.
+func sameID(v value, id string) bool {
+	if v.kind == kindString && v.escaped {
+		return strings.EqualFold(unquote(v.raw), id)
+	}
+	return bytes.EqualFold(v.raw, []byte(id))
+}
+
 // intern returns the shared copy of a usual status, so that a cache of
-// 100,000 answers does not hold 100,000 copies of "completed".
-func intern(status string) string {
+// 100,000 answers does not hold 100,000 copies of "completed". Others are
+// copied out of the body.
+func intern[T string | []byte](v T) string {
 	for _, s := range [...]string{"completed", "pending", "processing", "failed", "expired"} {
-		if status == s {
+		if string(v) == s {
 			return s
 		}
 	}
-	return status
+	return string(v)
 }
 
-func isString(raw json.RawMessage) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && raw[0] == '"'
+// valueKind is the JSON type of a member's value.
+type valueKind uint8
+
+const (
+	kindAbsent valueKind = iota
+	kindString
+	kindNumber
+	kindNull
+	kindOther // object, array, true, false
+)
+
+// value is a member's last value as it appears in the body: for a string,
+// its contents between the quotes (escaped says it needs decoding).
+type value struct {
+	kind    valueKind
+	raw     []byte
+	escaped bool
 }
 
-// scalar returns the text of a JSON string or number.
-func scalar(raw json.RawMessage) (string, bool) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "", false
+// exportParser walks a body that json.Valid accepted.
+type exportParser struct {
+	scan
+	keep []string
+
+	data                    bool // a data object was seen (and not nulled since)
+	status, expires, dataID value
+	fields                  map[string]string
+}
+
+// envelope reads the top-level value: an object (else there is no data
+// object; null decodes to none too).
+func (p *exportParser) envelope() error {
+	p.ws()
+	switch p.peek() {
+	case '{':
+	case 'n':
+		return nil
+	default:
+		return errors.New("not JSON: the body is not an object")
 	}
-	switch c := raw[0]; {
+	for more := p.enter(); more; more = p.next() {
+		key, escaped := p.key()
+		// Matched as encoding/json matches a struct tag: in any case.
+		if escaped && strings.EqualFold(unquote(key), "data") || !escaped && bytes.EqualFold(key, []byte("data")) {
+			if err := p.dataValue(); err != nil {
+				return err
+			}
+			continue
+		}
+		p.skip()
+	}
+	return nil
+}
+
+// dataValue reads data's value: an object is merged into what was read, as
+// encoding/json decodes a repeated member into the same map; null drops it.
+func (p *exportParser) dataValue() error {
+	switch p.peek() {
+	case 'n':
+		p.skip()
+		p.data = false
+		p.status, p.expires, p.dataID = value{}, value{}, value{}
+		p.fields = nil
+		return nil
+	case '{':
+	default:
+		p.skip()
+		return errors.New("data is not an object")
+	}
+	p.data = true
+	if p.fields == nil {
+		p.fields = make(map[string]string, max(len(p.keep), 4))
+	}
+	for more := p.enter(); more; more = p.next() {
+		key, escaped := p.key()
+		if escaped {
+			key = []byte(unquote(key))
+		}
+		v := p.value()
+		switch string(key) {
+		case "status":
+			p.status = v
+		case "expires_at":
+			p.expires = v
+		case "id":
+			p.dataID = v
+		}
+		if p.keep != nil && !containsName(p.keep, key) {
+			continue
+		}
+		switch {
+		case v.kind == kindString && string(key) == "status":
+			p.fields["status"] = intern(p.text(v))
+		case v.kind == kindString || v.kind == kindNumber:
+			p.fields[string(key)] = p.text(v)
+		default:
+			delete(p.fields, string(key))
+		}
+	}
+	return nil
+}
+
+// containsName reports whether name is one of names, without a copy.
+func containsName(names []string, name []byte) bool {
+	for _, n := range names {
+		if n == string(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// text returns a string or number value as a Go string.
+func (p *exportParser) text(v value) string {
+	if v.kind == kindString && v.escaped {
+		return unquote(v.raw)
+	}
+	return string(v.raw)
+}
+
+// unquote decodes the contents of a JSON string that has escapes or bytes
+// that are not plain ASCII, as encoding/json does (invalid UTF-8 becomes
+// U+FFFD). The body is valid JSON, so this cannot fail.
+func unquote(raw []byte) string {
+	q := make([]byte, 0, len(raw)+2)
+	q = append(append(append(q, '"'), raw...), '"')
+	var s string
+	_ = json.Unmarshal(q, &s)
+	return s
+}
+
+// scan reads valid JSON.
+type scan struct {
+	b []byte
+	i int
+}
+
+func (s *scan) peek() byte { return s.b[s.i] }
+
+func (s *scan) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// enter passes the { of the object at s.i and reports whether a member
+// follows.
+func (s *scan) enter() bool {
+	s.i++ // {
+	s.ws()
+	if s.peek() == '}' {
+		s.i++
+		return false
+	}
+	return true
+}
+
+// key reads a member's name and the colon after it.
+func (s *scan) key() (raw []byte, escaped bool) {
+	raw, escaped = s.str()
+	s.ws()
+	s.i++ // :
+	s.ws()
+	return raw, escaped
+}
+
+// next passes what follows a member's value and reports whether another
+// member follows.
+func (s *scan) next() bool {
+	s.ws()
+	c := s.peek()
+	s.i++ // , or }
+	if c == '}' {
+		return false
+	}
+	s.ws()
+	return true
+}
+
+// str reads the string at s.i and returns its contents; escaped reports a
+// backslash or a byte that is not ASCII, which need decoding.
+func (s *scan) str() (raw []byte, escaped bool) {
+	s.i++ // "
+	start := s.i
+	for {
+		switch c := s.b[s.i]; {
+		case c == '"':
+			raw = s.b[start:s.i]
+			s.i++
+			if escaped && !bytes.ContainsRune(raw, '\\') && utf8.Valid(raw) {
+				escaped = false // plain UTF-8: the bytes are the string
+			}
+			return raw, escaped
+		case c == '\\':
+			escaped = true
+			s.i += 2
+		case c >= utf8.RuneSelf:
+			escaped = true
+			s.i++
+		default:
+			s.i++
+		}
+	}
+}
+
+// value reads the value at s.i, keeping strings and numbers.
+func (s *scan) value() value {
+	switch c := s.peek(); {
 	case c == '"':
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			return "", false
-		}
-		return s, true
+		raw, escaped := s.str()
+		return value{kind: kindString, raw: raw, escaped: escaped}
 	case c == '-' || ('0' <= c && c <= '9'):
-		var n json.Number
-		if json.Unmarshal(raw, &n) != nil {
-			return "", false
-		}
-		return n.String(), true
+		start := s.i
+		s.skipLiteral()
+		return value{kind: kindNumber, raw: s.b[start:s.i]}
+	case c == 'n':
+		s.skipLiteral()
+		return value{kind: kindNull}
 	}
-	return "", false
+	s.skip()
+	return value{kind: kindOther}
+}
+
+// skip passes over the value at s.i.
+func (s *scan) skip() {
+	switch s.peek() {
+	case '"':
+		s.str()
+	case '{', '[':
+		depth := 0
+		for {
+			switch s.b[s.i] {
+			case '"':
+				s.str()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					s.i++
+					return
+				}
+			}
+			s.i++
+		}
+	default:
+		s.skipLiteral()
+	}
+}
+
+// skipLiteral passes over a number, true, false or null.
+func (s *scan) skipLiteral() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return
+		}
+		s.i++
+	}
 }

@@ -1,0 +1,141 @@
+package upstream
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/decision"
+)
+
+// referenceParse is the straightforward reading of the "Get export"
+// envelope with encoding/json that parseExportFields replaced: the one-pass
+// parser must accept, refuse and keep exactly what it does.
+func referenceParse(body []byte, id string) (*decision.Answer, error) {
+	var env struct {
+		Data map[string]json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		return nil, fmt.Errorf("not JSON: %v", err)
+	}
+	if env.Data == nil {
+		return nil, errors.New("no data object")
+	}
+	a := &decision.Answer{Kind: decision.KindExport, Fields: make(map[string]string, len(env.Data))}
+	for name, raw := range env.Data {
+		raw = bytes.TrimSpace(raw)
+		switch {
+		case len(raw) > 0 && raw[0] == '"':
+			var s string
+			if json.Unmarshal(raw, &s) == nil {
+				a.Fields[name] = s
+			}
+		case len(raw) > 0 && (raw[0] == '-' || ('0' <= raw[0] && raw[0] <= '9')):
+			var n json.Number
+			if json.Unmarshal(raw, &n) == nil {
+				a.Fields[name] = n.String()
+			}
+		}
+	}
+	raw, ok := env.Data["status"]
+	if !ok || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte(`"`)) {
+		return nil, errors.New("data.status missing or not a string")
+	}
+	a.Export.Status = a.Fields["status"]
+	if raw, ok := env.Data["expires_at"]; ok && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		if !bytes.HasPrefix(bytes.TrimSpace(raw), []byte(`"`)) {
+			return nil, errors.New("data.expires_at is neither null nor a string")
+		}
+		t, err := time.Parse(time.RFC3339, a.Fields["expires_at"])
+		if err != nil {
+			return nil, errors.New("data.expires_at is not RFC 3339")
+		}
+		if t.IsZero() {
+			t = t.Add(time.Nanosecond)
+		}
+		a.Export.ExpiresAt = t
+	}
+	if got, ok := a.Fields["id"]; ok && !strings.EqualFold(got, id) {
+		return nil, errors.New("data.id names another export")
+	}
+	return a, nil
+}
+
+// parseSeeds are bodies that reach every branch of the parser: escapes in
+// names and values, repeated and differently cased "data" members, nulls
+// that drop what came before, and values of every type.
+var parseSeeds = []string{
+	envelope(exportData("")),
+	envelope(exportData(`,"expires_at":null,"format":"csv","n":-1.5e+3,"o":{"a":[1,{"b":"}"}]},"t":true`)),
+	envelope(exportData(`,"expires_at":"2026-12-01T10:00:00+02:00"`)),
+	`{"data":{"st\u0061tus":"compl\u0065ted","id":"` + testID + `"}}`,
+	`{"data":{"status":"completed","na\"me":"a\\b\n\u00e9\ud800x","k":"caf` + "\xe9" + `"}}`,
+	`{"DATA":{"status":"pending"},"data":{"x":"1"}}`,
+	`{"Data":{"status":"pending","x":"1"},"dAtA":{"x":{"y":1}}}`,
+	`{"data":{"status":"pending"},"data":null}`,
+	`{"data":null,"data":{"status":"failed"}}`,
+	`{"data":{"status":"a","status":"b","status":3}}`,
+	`{"data":{"status":"a","expires_at":"x","expires_at":null}}`,
+	`{"data":{"status":"a","id":{"x":1}}}`,
+	`{"data":{"status":"a","id":42}}`,
+	`{"data":"x","data":{"status":"a"}}`,
+	`{"d\u0061ta":{"status":"a"}}`,
+	` {"meta":[1,2,{"data":{}}] , "data" : { "status" : "completed" , "a" : [ ] } } ` + "\n",
+	`{"data":{}}`, `{}`, `null`, `[]`, `"x"`, `1`, `true`, ``, `{"data":{"status":"a"}}x`,
+	"{\"data\":{\"status\":\"\xff\"}}",
+	`{"data":{"status":"archived","":"empty name","\u0000":"nul"}}`,
+}
+
+func FuzzParseExportMatchesReference(f *testing.F) {
+	for _, s := range parseSeeds {
+		f.Add([]byte(s), "status,format,na\"me")
+	}
+	f.Fuzz(func(t *testing.T, body []byte, keepList string) {
+		checkAgainstReference(t, body, strings.Split(keepList, ","))
+	})
+}
+
+func TestParseExportMatchesReference(t *testing.T) {
+	for _, s := range parseSeeds {
+		checkAgainstReference(t, []byte(s), []string{"x", "format"})
+	}
+}
+
+func checkAgainstReference(t *testing.T, body []byte, keep []string) {
+	t.Helper()
+	want, wantErr := referenceParse(body, testID)
+	for _, keep := range [][]string{nil, keep} {
+		got, err := parseExportFields(body, testID, keep)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("%q (keep %q): err = %v, reference err = %v", body, keep, err, wantErr)
+		}
+		if err != nil {
+			if got != nil {
+				t.Fatalf("%q: an answer with the error %v", body, err)
+			}
+			continue
+		}
+		wantFields := want.Fields
+		if keep != nil {
+			wantFields = maps.Clone(want.Fields)
+			maps.DeleteFunc(wantFields, func(k, _ string) bool {
+				for _, name := range keep {
+					if k == name {
+						return false
+					}
+				}
+				return true
+			})
+		}
+		if got.Kind != want.Kind || got.Export.Status != want.Export.Status ||
+			!got.Export.ExpiresAt.Equal(want.Export.ExpiresAt) || got.Export.ExpiresAt.IsZero() != want.Export.ExpiresAt.IsZero() ||
+			!maps.Equal(got.Fields, wantFields) {
+			t.Fatalf("%q (keep %q):\n got %+v\nwant %+v (fields %q)", body, keep, got, want, wantFields)
+		}
+	}
+}
