@@ -313,3 +313,35 @@ func TestNoGoroutineLeakAcrossRestarts(t *testing.T) {
 		goleak.IgnoreAnyFunction("github.com/exportedge/caddy-export-download/internal/testenv.(*Redis).start.func1"),
 		goleak.IgnoreAnyFunction("os/exec.(*Cmd).Start.func2"))
 }
+
+func TestReaderResumesAfterPartition(t *testing.T) {
+	r := testenv.StartRedis(t)
+	p := testenv.StartTCPProxy(t, r.Addr)
+	a := node(t, r.Addr)
+	b := node(t, p.Addr, fast)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_0"}})
+	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_0")) })
+
+	p.Freeze()
+	// Long enough for the blocking read to time out: the reader errors,
+	// drops its connection and reconnects through the silent proxy.
+	waitFor(t, 5*time.Second, "the reader to go down", func() bool { return !b.Up() })
+	for i := 1; i <= 3; i++ {
+		a.Publish(context.Background(), Event{IDs: []string{fmt.Sprintf("exp_%d", i)}})
+	}
+	p.Resume()
+	waitFor(t, 10*time.Second, "the events published during the partition", func() bool { return rb.has(hasID("exp_3")) })
+	var ids []string
+	for _, ev := range rb.all() {
+		if ev.Demote {
+			t.Fatal("demoted although the stream still held every missed event")
+		}
+		ids = append(ids, ev.IDs...)
+	}
+	if !slices.Equal(ids, []string{"exp_0", "exp_1", "exp_2", "exp_3"}) {
+		t.Fatalf("events %v, want each once, in order", ids)
+	}
+	waitUp(t, b)
+}

@@ -87,6 +87,8 @@ type shared struct {
 	freshUntil time.Time
 	payload    []byte
 	leaseHeld  bool
+	acquired   bool // this read took the lease
+	badCounter bool // the generation or epoch is not an integer
 }
 
 // usable reports whether the decision may answer now: authentic, filled
@@ -117,13 +119,17 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 		return c.fetchDirect(ctx, fetch, Unavailable)
 	}
 	k := c.keysFor(id, c.MAC(cred))
-	st, err := c.read(ctx, cl, k, false)
+	st, err := c.read(ctx, cl, k, leaseNone, "")
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, time.Time{}, Fetched, ctx.Err()
 		}
 		c.countLookup(ResultUnavailable)
 		return c.fetchDirect(ctx, fetch, Unavailable)
+	}
+	if st.badCounter {
+		c.countLookup(ResultInvalid)
+		return c.fetchDirect(ctx, fetch, Fetched)
 	}
 	if st.usable(c.now(), minFresh) {
 		c.countLookup(ResultHit)
@@ -135,18 +141,7 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 	}
 
 	token := randomHex(16)
-	holder := false
-	err = c.call(ctx, func(ctx context.Context) error {
-		e := cl.Do(ctx, cl.B().Set().Key(k.lease).Value(token).Nx().PxMilliseconds(ms(c.cfg.LeaseTTL)).Build()).Error()
-		if e == nil {
-			holder = true
-			return nil
-		}
-		if isNil(e) {
-			return nil // someone else holds it
-		}
-		return e
-	})
+	st, err = c.read(ctx, cl, k, leaseTake, token)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, time.Time{}, Fetched, ctx.Err()
@@ -154,7 +149,22 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 		c.countLookup(ResultUnavailable)
 		return c.fetchDirect(ctx, fetch, Unavailable)
 	}
-	if holder {
+	if st.badCounter {
+		c.countLookup(ResultInvalid)
+		return c.fetchDirect(ctx, fetch, Fetched)
+	}
+	if st.invalid {
+		result = ResultInvalid
+	}
+	if st.usable(c.now(), minFresh) {
+		// Another node's fill landed between the two reads.
+		if st.acquired {
+			c.release(ctx, cl, k, token)
+		}
+		c.countLookup(ResultCollapsed)
+		return st.payload, st.freshUntil, Collapsed, nil
+	}
+	if st.acquired {
 		c.countLookup(result)
 		return c.fill(ctx, cl, k, st, token, fetch)
 	}
@@ -177,13 +187,17 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 			c.countLookup(ResultUnavailable)
 			return c.fetchDirect(ctx, fetch, Unavailable)
 		}
-		next, err := c.read(ctx, cl, k, true)
+		next, err := c.read(ctx, cl, k, leaseCheck, "")
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, time.Time{}, Fetched, ctx.Err()
 			}
 			c.countLookup(ResultUnavailable)
 			return c.fetchDirect(ctx, fetch, Unavailable)
+		}
+		if next.badCounter {
+			c.countLookup(ResultInvalid)
+			return c.fetchDirect(ctx, fetch, Fetched)
 		}
 		if next.invalid {
 			result = ResultInvalid
@@ -229,10 +243,8 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 	// they are bounded by Timeout on their own.
 	bg := context.WithoutCancel(ctx)
 	if ferr != nil || ttl <= 0 {
-		if token != "" && c.breaker.allow() {
-			_ = c.call(bg, func(ctx context.Context) error {
-				return releaseScript.Exec(ctx, cl, []string{k.lease}, []string{token}).Error()
-			})
+		if token != "" {
+			c.release(bg, cl, k, token)
 		}
 		if ferr != nil {
 			return payload, time.Time{}, Fetched, ferr
@@ -258,6 +270,17 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 		return payload, fresh, Stored, nil
 	}
 	return payload, fresh, Fetched, nil
+}
+
+// release deletes the lease if it still holds token, so that the next miss
+// of the key does not wait for it to expire.
+func (c *Client) release(ctx context.Context, cl rueidis.Client, k keys, token string) {
+	if !c.breaker.allow() {
+		return
+	}
+	_ = c.call(context.WithoutCancel(ctx), func(ctx context.Context) error {
+		return releaseScript.Exec(ctx, cl, []string{k.lease}, []string{token}).Error()
+	})
 }
 
 // storeScript writes the decision only if the generation is unchanged, and
@@ -314,37 +337,69 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
-// read fetches the decision, the generation and the purge epoch (and
-// whether the lease is held) in one round trip.
-func (c *Client) read(ctx context.Context, cl rueidis.Client, k keys, withLease bool) (shared, error) {
+// What read does with the lease besides reading.
+type leaseOp uint8
+
+const (
+	leaseNone  leaseOp = iota
+	leaseCheck         // report whether it is held (EXISTS)
+	leaseTake          // try to take it (SET NX PX) before reading
+)
+
+// read fetches the decision, the generation and the purge epoch in one
+// round trip, with the lease operation op. The lease comes first in the
+// pipeline: a holder stores its decision and releases the lease in one
+// script, so whoever finds the lease released (or takes it) after that also
+// reads the decision stored with it, and does not ask the upstream again.
+func (c *Client) read(ctx context.Context, cl rueidis.Client, k keys, op leaseOp, token string) (shared, error) {
 	var st shared
 	err := c.call(ctx, func(ctx context.Context) error {
 		cmds := make(rueidis.Commands, 0, 4)
+		switch op {
+		case leaseTake:
+			cmds = append(cmds, cl.B().Set().Key(k.lease).Value(token).Nx().PxMilliseconds(ms(c.cfg.LeaseTTL)).Build())
+		case leaseCheck:
+			cmds = append(cmds, cl.B().Exists().Key(k.lease).Build())
+		}
 		cmds = append(cmds,
 			cl.B().Get().Key(k.decision).Build(),
 			cl.B().Get().Key(k.gen).Build(),
 			cl.B().Get().Key(k.epoch).Build())
-		if withLease {
-			cmds = append(cmds, cl.B().Exists().Key(k.lease).Build())
-		}
 		res := cl.DoMulti(ctx, cmds...)
+		switch op {
+		case leaseTake:
+			err := res[0].Error()
+			if err != nil && !isNil(err) {
+				return err
+			}
+			st.acquired = err == nil
+			res = res[1:]
+		case leaseCheck:
+			n, err := res[0].AsInt64()
+			if err != nil {
+				return err
+			}
+			st.leaseHeld = n > 0
+			res = res[1:]
+		}
 		raw, err := res[0].ToString()
 		if err != nil && !isNil(err) {
 			return err
 		}
 		hasDecision := err == nil
-		if st.gen, err = intOrZero(res[1]); err != nil {
+		var badGen, badEpoch bool
+		if st.gen, badGen, err = intOrZero(res[1]); err != nil {
 			return err
 		}
-		if st.epoch, err = intOrZero(res[2]); err != nil {
+		if st.epoch, badEpoch, err = intOrZero(res[2]); err != nil {
 			return err
 		}
-		if withLease {
-			n, err := res[3].AsInt64()
-			if err != nil {
-				return err
-			}
-			st.leaseHeld = n > 0
+		if badGen || badEpoch {
+			// Not a Redis failure, so not the breaker's business; but no
+			// decision can be checked against it.
+			c.log.Warn("fleet: ignoring a generation or purge epoch that is not an integer",
+				zap.String("key", k.gen), zap.Bool("epoch", badEpoch))
+			st.badCounter = true
 		}
 		if hasDecision {
 			c.decodeDecision(k.decision, raw, &st)
@@ -355,16 +410,17 @@ func (c *Client) read(ctx context.Context, cl rueidis.Client, k keys, withLease 
 }
 
 // intOrZero reads a counter: a missing key is 0. A value that is not an
-// integer (tampering) is an error, which makes the caller fetch directly.
-func intOrZero(r rueidis.RedisResult) (int64, error) {
+// integer (tampering) is reported as bad, not as an error.
+func intOrZero(r rueidis.RedisResult) (n int64, bad bool, err error) {
 	s, err := r.ToString()
 	if isNil(err) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return strconv.ParseInt(s, 10, 64)
+	n, perr := strconv.ParseInt(s, 10, 64)
+	return n, perr != nil, nil
 }
 
 func (c *Client) encodeDecision(key string, gen, epoch int64, fresh time.Time, payload []byte) []byte {
