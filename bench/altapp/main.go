@@ -14,6 +14,17 @@
 // handler sites in bench/Caddyfile.tmpl, so both answers have the same shape.
 // S3 itself is never contacted: presigning is local computation.
 //
+// Besides the one export of the four side-by-side scenarios, it holds the
+// catalog of the realistic mix (bench/mixload): every id of the form
+//
+//	b3000000-RRRR-4000-800P-IIIIIIIIIIII
+//
+// (hex: R a round, P 0 for an export that is completed, 1 for one that is
+// pending, I its index) is an export owned by the API key
+// hb_test_mix_<I mod -mix-keys>. A pending one completes -mix-pending-after
+// after the application is first asked about it, so that clients polling
+// it see it complete during the run.
+//
 // GET /debug/counters reports how many requests each role has answered, which
 // run.sh uses to show how often each scenario reaches the application.
 //
@@ -32,7 +43,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -58,6 +71,8 @@ type config struct {
 	presignExpiry   time.Duration
 	filename        string // template: {id}
 	contentType     string
+	mixKeys         int           // API keys of the mix's catalog
+	mixPendingAfter time.Duration // a pending export of the mix completes this long after it is first asked about
 }
 
 // export is the part of the "Get export" resource that the benchmark needs.
@@ -74,9 +89,12 @@ type app struct {
 	exports   map[string]export
 	presigner *s3.PresignClient
 
+	firstAsked sync.Map // mix id of a pending export -> time.Time
+
 	metadataRequests atomic.Int64
 	downloadRequests atomic.Int64
 	presigns         atomic.Int64
+	notReady         atomic.Int64 // answers that an export is pending
 }
 
 func main() {
@@ -96,6 +114,8 @@ func main() {
 	flag.DurationVar(&cfg.presignExpiry, "presign-expiry", 15*time.Minute, "lifetime of a presigned URL")
 	flag.StringVar(&cfg.filename, "filename", "export-{id}.csv", "download filename template")
 	flag.StringVar(&cfg.contentType, "content-type", "text/csv", "response-content-type of the URL")
+	flag.IntVar(&cfg.mixKeys, "mix-keys", 8, "API keys of the realistic mix's catalog")
+	flag.DurationVar(&cfg.mixPendingAfter, "mix-pending-after", 2*time.Second, "a pending export of the mix completes this long after it is first asked about")
 	flag.IntVar(&freePorts, "free-ports", 0, "print this many free loopback ports and exit")
 	flag.Parse()
 
@@ -168,14 +188,17 @@ func newApp(cfg config) *app {
 func (a *app) getExport(w http.ResponseWriter, r *http.Request) {
 	a.metadataRequests.Add(1)
 	reqID := requestID(r)
-	if !a.authorized(r) {
+	exp, key, ok := a.find(strings.ToLower(r.PathValue("id")))
+	if !authorized(r, key) {
 		writeUnauthorized(w, reqID)
 		return
 	}
-	exp, ok := a.exports[strings.ToLower(r.PathValue("id"))]
 	if !ok {
 		writeAPIError(w, reqID, http.StatusNotFound, "NOT_FOUND", "Export not found")
 		return
+	}
+	if exp.Status != "completed" {
+		a.notReady.Add(1)
 	}
 	body := struct {
 		Data export            `json:"data"`
@@ -192,22 +215,22 @@ func (a *app) getExport(w http.ResponseWriter, r *http.Request) {
 func (a *app) downloadExport(w http.ResponseWriter, r *http.Request) {
 	a.downloadRequests.Add(1)
 	reqID := requestID(r)
-	if !a.authorized(r) {
+	id := strings.ToLower(r.PathValue("id"))
+	exp, owner, ok := a.find(id)
+	if !authorized(r, owner) {
 		writeUnauthorized(w, reqID)
 		return
 	}
-	id := r.PathValue("id")
 	if !isUUID(id) {
 		writeAPIError(w, reqID, http.StatusBadRequest, "INVALID_REQUEST", "id must be a valid UUID")
 		return
 	}
-	id = strings.ToLower(id)
-	exp, ok := a.exports[id]
 	if !ok {
 		writeAPIError(w, reqID, http.StatusNotFound, "NOT_FOUND", "Export not found")
 		return
 	}
 	if exp.Status != "completed" {
+		a.notReady.Add(1)
 		writeAPIError(w, reqID, http.StatusBadRequest, "EXPORT_NOT_READY", "Export is not yet completed")
 		return
 	}
@@ -248,14 +271,52 @@ func (a *app) counters(w http.ResponseWriter, _ *http.Request) {
 		"metadata_requests": a.metadataRequests.Load(),
 		"download_requests": a.downloadRequests.Load(),
 		"presigns":          a.presigns.Load(),
+		"not_ready":         a.notReady.Load(),
 	})
 }
 
-// authorized reports whether the request carries "Bearer <api key>"; the scheme
+// mixPrefix starts the ids of the realistic mix's catalog.
+const mixPrefix = "b3000000-"
+
+// find returns the export with (lowercased) id and the API key that may see
+// it; without the export, the key that may learn it does not exist.
+func (a *app) find(id string) (export, string, bool) {
+	if exp, ok := a.exports[id]; ok {
+		return exp, a.cfg.apiKey, true
+	}
+	if !strings.HasPrefix(id, mixPrefix) || !isUUID(id) || id[14:18] != "4000" {
+		return export{}, a.cfg.apiKey, false
+	}
+	index, err := strconv.ParseUint(id[24:], 16, 64)
+	if err != nil || a.cfg.mixKeys < 1 {
+		return export{}, a.cfg.apiKey, false
+	}
+	owner := index % uint64(a.cfg.mixKeys)
+	exp := export{
+		ID:        id,
+		ProjectID: "proj_mix_" + strconv.FormatUint(owner, 10),
+		Status:    "completed",
+		ExpiresAt: a.exports[strings.ToLower(a.cfg.exportID)].ExpiresAt,
+	}
+	switch id[19:23] {
+	case "8000":
+	case "8001":
+		now := time.Now()
+		first, _ := a.firstAsked.LoadOrStore(id, now)
+		if now.Sub(first.(time.Time)) < a.cfg.mixPendingAfter {
+			exp.Status = "pending"
+		}
+	default:
+		return export{}, a.cfg.apiKey, false
+	}
+	return exp, "hb_test_mix_" + strconv.FormatUint(owner, 10), true
+}
+
+// authorized reports whether the request carries "Bearer <key>"; the scheme
 // is case-insensitive (RFC 9110 §11.1).
-func (a *app) authorized(r *http.Request) bool {
+func authorized(r *http.Request, key string) bool {
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	return ok && strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(token) == a.cfg.apiKey
+	return ok && strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(token) == key
 }
 
 func writeUnauthorized(w http.ResponseWriter, reqID string) {

@@ -139,3 +139,48 @@ func TestContentDisposition(t *testing.T) {
 		}
 	}
 }
+
+// TestMixCatalog: the realistic mix's exports exist for their owner key
+// only, and a pending one completes a while after it is first asked about.
+func TestMixCatalog(t *testing.T) {
+	a := newApp(config{apiKey: "hb_test_bench", exportID: "01935abc-def0-7123-4567-890abcdef012",
+		mixKeys: 8, mixPendingAfter: 200 * time.Millisecond})
+	const done = "b3000000-0001-4000-8000-00000000000b" // index 11: key 3
+	const pending = "b3000000-0001-4000-8001-000000000005"
+	exp, key, ok := a.find(done)
+	if !ok || key != "hb_test_mix_3" || exp.Status != "completed" || exp.ProjectID != "proj_mix_3" || exp.ExpiresAt.IsZero() {
+		t.Fatalf("find(%s) = %+v, %q, %v", done, exp, key, ok)
+	}
+	for _, id := range []string{"b3000000-0001-4000-8002-000000000001", "b3000000-0001-5000-8000-000000000001", "b3000001-0001-4000-8000-000000000001"} {
+		if _, _, ok := a.find(id); ok {
+			t.Errorf("find(%s) found an export", id)
+		}
+	}
+	if exp, _, _ := a.find(pending); exp.Status != "pending" {
+		t.Fatalf("first ask: %s", exp.Status)
+	}
+	if exp, _, _ := a.find(pending); exp.Status != "pending" {
+		t.Fatalf("second ask: %s", exp.Status)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if exp, _, _ := a.find(pending); exp.Status != "completed" {
+		t.Fatalf("after the delay: %s", exp.Status)
+	}
+	// Over HTTP: the owner's key gets the export, another key 401.
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/exports/{id}", a.getExport)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for key, want := range map[string]int{"hb_test_mix_3": 200, "hb_test_mix_4": 401, "hb_test_bench": 401} {
+		req, _ := http.NewRequest("GET", srv.URL+"/v1/exports/"+done, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: status %d, want %d", key, resp.StatusCode, want)
+		}
+	}
+}
