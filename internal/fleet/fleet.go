@@ -234,6 +234,9 @@ func New(cfg Config) (*Client, error) {
 		// A connection that does not answer for this long is closed and
 		// dialled again; each call has its own shorter Timeout anyway.
 		ConnWriteTimeout: max(20*cfg.Timeout, minDialTimeout),
+		// One pipelined connection per node is plenty: Redis is asked only
+		// on local misses. It keeps a large fleet's connection count low.
+		PipelineMultiplex: -1,
 		// The stream reader's XREAD BLOCK takes one connection of its own.
 		BlockingPoolSize: 4,
 		// Small values: one pipeline per node is plenty for decisions.

@@ -281,6 +281,10 @@ func (c *Client) readLoop() {
 				c.setUp(false)
 				return
 			}
+			if c.Up() {
+				// Once per outage; rueidis errors never carry the password.
+				c.log.Warn("fleet: invalidation stream unreachable, retrying", zap.Error(err))
+			}
 			c.setUp(false)
 			r.needSync = true
 			select {
