@@ -133,7 +133,7 @@ func BenchmarkServeHTTPMiss(b *testing.B) {
 	}
 }
 
-// TestCacheHitAllocs is SPEC §7's "at most 4 allocations per cache hit".
+// TestCacheHitAllocs is the benchmark targets' "at most 4 allocations per cache hit".
 // It counts allocations, not time, so it is stable on a busy machine.
 func TestCacheHitAllocs(t *testing.T) {
 	h := warmHandler(t)
@@ -151,7 +151,7 @@ func TestCacheHitAllocs(t *testing.T) {
 	}
 }
 
-// TestHeap100kEntries is SPEC §7's "100,000 cached entries within 64 MiB of
+// TestHeap100kEntries is the benchmark targets' "100,000 cached entries within 64 MiB of
 // heap". Entries go through the handler's own loader and the real upstream
 // client, which parses the "Get export" body, with an in-memory transport
 // instead of 100,000 loopback calls. Each has its own key and export id, as
@@ -204,7 +204,7 @@ func TestHeap100kEntries(t *testing.T) {
 	grown := float64(after-before) * n / (n - 1000)
 	t.Logf("%d entries: heap %.1f MiB (%.0f B per entry)", n, grown/(1<<20), grown/n)
 	if grown > 64<<20 {
-		t.Errorf("%d cached entries take %.1f MiB of heap, over SPEC §7's 64 MiB", n, grown/(1<<20))
+		t.Errorf("%d cached entries take %.1f MiB of heap, over the benchmark targets' 64 MiB", n, grown/(1<<20))
 	}
 }
 

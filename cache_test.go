@@ -19,7 +19,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// Cache-Status values of SPEC §4, spelled out here rather than taken from
+// Cache-Status values of the README "Caching", spelled out here rather than taken from
 // handler.go so that a change of the handler's constants shows up.
 const (
 	wantHit       = "export_download; hit"
@@ -29,7 +29,7 @@ const (
 	wantRefreshed = "export_download; fwd=stale; stored"
 	wantBypass    = "export_download; fwd=bypass"
 	wantNoStore   = "export_download; fwd=miss; detail=not-cacheable"
-	// An upstream failure is "fwd=miss" plus a detail (SPEC §4); the
+	// An upstream failure is "fwd=miss" plus a detail (README "Caching"); the
 	// detail's wording is the handler's.
 	wantFailedPrefix = "export_download; fwd=miss; detail="
 )
@@ -124,7 +124,7 @@ func TestCacheHit(t *testing.T) {
 		t.Errorf("a hit in the reuse window presigned again:\n%s\n%s", first.Header().Get("Location"), third.Header().Get("Location"))
 	}
 
-	// The id is lowercased for the key (SPEC §2), and HEAD shares GET's
+	// The id is lowercased for the key (README "Responses"), and HEAD shares GET's
 	// entry: neither asks again.
 	checkReply(t, download(t, h, strings.ToUpper(testID), testKey), http.StatusFound, wantHit)
 	head := serve(t, h, request{method: http.MethodHead, path: "/v1/exports/" + testID + "/download",
@@ -133,7 +133,7 @@ func TestCacheHit(t *testing.T) {
 	checkCalls(t, up, testID, 1)
 }
 
-// TestCacheCollapsesColdRequests is SPEC §7's "one upstream call for 1,000
+// TestCacheCollapsesColdRequests is the benchmark targets' "one upstream call for 1,000
 // concurrent cold requests of the same export and key". The upstream holds
 // its answer for 200ms so that the requests overlap.
 func TestCacheCollapsesColdRequests(t *testing.T) {
@@ -267,7 +267,7 @@ func TestCacheKeyedByCredentials(t *testing.T) {
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
 	checkCalls(t, up, testID, 2)
 
-	// A forward_header is part of the key too (SPEC §3).
+	// A forward_header is part of the key too (README "The upstream contract").
 	up2 := testenv.NewUpstream(t)
 	completed(up2, testID, time.Time{})
 	h2 := newHandler(t, up2, newClock(), func(h *Handler) { h.ForwardHeader = []string{"X-Tenant"} })

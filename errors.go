@@ -36,7 +36,7 @@ func appendEnvelope(b []byte, v *decision.Verdict, reqID string) []byte {
 	return append(b, `"}}`...)
 }
 
-// writeAPIError writes v as SPEC §2's error response; HEAD gets the same
+// writeAPIError writes v as the README\'s "Responses" error response; HEAD gets the same
 // status and headers and no body.
 func writeAPIError(w http.ResponseWriter, head bool, v *decision.Verdict, reqID, cacheStatus, retryAfter string) {
 	body := appendEnvelope(make([]byte, 0, 160), v, reqID)

@@ -14,7 +14,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// envelope is SPEC §2's error body.
+// envelope is the README\'s "Responses" error body.
 type envelope struct {
 	Error struct {
 		Code    string `json:"code"`
@@ -36,7 +36,7 @@ func decodeEnvelope(t *testing.T, body string) envelope {
 	return env
 }
 
-// TestContractTable walks SPEC §2's decision table through ServeHTTP with a
+// TestContractTable walks the README\'s "Responses" decision table through ServeHTTP with a
 // fake upstream programmed per row.
 func TestContractTable(t *testing.T) {
 	clock := newClock()

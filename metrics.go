@@ -26,7 +26,7 @@ var lookupNames = [numLookups]string{"hit", "stale", "miss", "collapsed", "refre
 
 func (l lookupResult) String() string { return lookupNames[l] }
 
-// metrics are SPEC §6's series, with every labelled child resolved at
+// metrics are the README\'s "Metrics and logs" series, with every labelled child resolved at
 // provision so the hot path only increments.
 type metrics struct {
 	outcomes      []prometheus.Counter // by decision.Outcome

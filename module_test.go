@@ -170,7 +170,7 @@ func TestValidateAcceptsValid(t *testing.T) {
 	}
 }
 
-// TestProvisionDefaults checks SPEC §5's defaults after Provision, and that
+// TestProvisionDefaults checks the README\'s "Configuration reference" defaults after Provision, and that
 // values given explicitly (including an explicit 0) are kept.
 func TestProvisionDefaults(t *testing.T) {
 	dur := func(p *caddy.Duration) any {

@@ -8,6 +8,7 @@ package cache
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
@@ -176,9 +177,6 @@ const (
 	Stale                // past freshness, within stale_if_error: load, and serve it if that fails
 )
 
-// Peek looks key up without calling anything.
-func (c *Cache[V]) Peek(key Key) (*Entry[V], State) { return c.PeekAt(key, c.now()) }
-
 // PeekAt is Peek at time now, read once by the caller: the hit path.
 func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	e, ok := c.store.GetIfPresent(key)
@@ -228,7 +226,13 @@ const (
 // does not cancel it, so requests still draining after a reload get their
 // answer.
 func (c *Cache[V]) Load(ctx context.Context, key Key, load Loader[V]) (V, Outcome, error) {
-	return c.load(ctx, key, load, context.WithoutCancel(ctx))
+	v, how, err := c.load(ctx, key, load, context.WithoutCancel(ctx))
+	if how == Collapsed && ctx.Err() == nil && c.base.Err() != nil && errors.Is(err, context.Canceled) {
+		// Joined a background refresh that Close ended: that cancellation
+		// is the old config's, not this request's. Ask on its own behalf.
+		return c.load(ctx, key, load, context.WithoutCancel(ctx))
+	}
+	return v, how, err
 }
 
 // load is Load with the context of the shared call: the caller's, detached,

@@ -489,3 +489,42 @@ func TestCloseStopsRefreshes(t *testing.T) {
 		}
 	})
 }
+
+// TestCloseDoesNotCancelJoinedRequests: a request that joined a background
+// refresh's call is not handed that call's cancellation when a reload
+// closes the cache: it asks on its own behalf.
+func TestCloseDoesNotCancelJoinedRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := newFakeClock()
+		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
+		k := testKey(1, "a")
+		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(9 * time.Second)
+		e, _ := c.Peek(k)
+		entered := make(chan struct{})
+		slow := func(ctx context.Context) (string, time.Duration, error) {
+			close(entered)
+			<-ctx.Done() // only Close ends it
+			return "", 0, ctx.Err()
+		}
+		c.RefreshAsync(k, e, slow)
+		<-entered
+		type res struct {
+			v   string
+			err error
+		}
+		got := make(chan res, 1)
+		go func() {
+			v, _, err := c.Load(context.Background(), k, answer("own", 10*time.Second))
+			got <- res{v, err}
+		}()
+		synctest.Wait() // the request waits on the refresh's call
+		c.Close()
+		r := <-got
+		if r.err != nil || r.v != "own" {
+			t.Fatalf("a request that joined a refresh got %q, %v when the cache closed; want its own answer", r.v, r.err)
+		}
+	})
+}

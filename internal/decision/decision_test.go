@@ -57,7 +57,7 @@ func TestVerdictsMatchSpec(t *testing.T) {
 		}
 	}
 	if BadKey.Status != 401 || Missing.Status != 404 || LinkExpired.Status != 410 || Down.Status != 503 || Internal.Status != 500 || TooManyRequests.Status != 429 || BadID.Status != 400 {
-		t.Error("a verdict's status differs from SPEC §2")
+		t.Error("a verdict's status differs from the README's decision table")
 	}
 	seen := map[string]bool{}
 	for _, o := range Outcomes() {
@@ -67,7 +67,7 @@ func TestVerdictsMatchSpec(t *testing.T) {
 		seen[o.String()] = true
 	}
 	if len(seen) != 10 {
-		t.Errorf("want the 10 outcome labels of SPEC §6, got %d", len(seen))
+		t.Errorf("want the 10 outcome labels of the README's metrics, got %d", len(seen))
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package requestid accepts a caller's request id or makes a new one
-// (SPEC §2, "Request id").
+// (README "Responses", "Request id").
 package requestid
 
 import "math/rand/v2"

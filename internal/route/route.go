@@ -48,9 +48,6 @@ func (t Template) Match(path string) (id string, ok bool) {
 	return id, true
 }
 
-// String returns the template as it was parsed.
-func (t Template) String() string { return t.prefix + "{id}" + t.suffix }
-
 // ParseID accepts a UUID in canonical 8-4-4-4-12 hex form, in any case, and
 // returns it lowercased (without allocating when it already is).
 func ParseID(s string) (string, bool) {

@@ -1,9 +1,11 @@
 // Package tmpl renders the object key, file name and bucket templates:
-// literal text with {id} and {export.<field>} placeholders (SPEC §3).
+// literal text with {id} and {export.<field>} placeholders (README,
+// "Configuration reference").
 package tmpl
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -61,26 +63,16 @@ func Parse(s string) (Template, error) {
 	return t, nil
 }
 
-// MustParse is Parse for templates known to be valid.
-func MustParse(s string) Template {
-	t, err := Parse(s)
-	if err != nil {
-		panic(err)
-	}
-	return t
-}
-
-// String returns the source text.
-func (t Template) String() string { return t.src }
-
-// Static reports whether the template has no placeholder.
-func (t Template) Static() bool {
+// Fields returns the export fields the template names, in order, each once:
+// all that the upstream answer must keep for it.
+func (t Template) Fields() []string {
+	var out []string
 	for _, p := range t.parts {
-		if p.id || p.field != "" {
-			return false
+		if p.field != "" && !slices.Contains(out, p.field) {
+			out = append(out, p.field)
 		}
 	}
-	return true
+	return out
 }
 
 // MissingFieldError says which field an answer lacked.

@@ -2,6 +2,8 @@ package tmpl
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -28,7 +30,7 @@ func TestRender(t *testing.T) {
 }
 
 func TestRenderMissingField(t *testing.T) {
-	tp := MustParse("exports/{export.project_id}/{id}.csv")
+	tp := mustParse("exports/{export.project_id}/{id}.csv")
 	_, err := tp.Render("x", map[string]string{})
 	var mf *MissingFieldError
 	if !errors.As(err, &mf) || mf.Field != "project_id" {
@@ -44,9 +46,25 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-func TestStatic(t *testing.T) {
-	if !MustParse("bucket").Static() || MustParse("b-{id}").Static() || MustParse("{export.b}").Static() {
-		t.Error("Static wrong")
+// mustParse is Parse for templates known to be valid.
+func mustParse(s string) Template {
+	t, err := Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+func TestFields(t *testing.T) {
+	for src, want := range map[string][]string{
+		"bucket":                     nil,
+		"b-{id}":                     nil,
+		"{export.b}/{id}/{export.a}": {"b", "a"},
+		"{export.a}-{export.a}.csv":  {"a"},
+	} {
+		if got := mustParse(src).Fields(); !slices.Equal(got, want) {
+			t.Errorf("Fields(%q) = %q, want %q", src, got, want)
+		}
 	}
 }
 
@@ -66,7 +84,7 @@ func FuzzTemplate(f *testing.F) {
 			}
 			return
 		}
-		if tp.Static() && out != src {
+		if !strings.Contains(src, "{") && out != src {
 			t.Fatalf("static template %q rendered %q", src, out)
 		}
 	})
