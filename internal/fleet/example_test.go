@@ -45,7 +45,7 @@ func Example() {
 
 	// A DELETE answered 2xx: drop local entries first, then tell the fleet.
 	// localCache.Drop([]string{"exp_123"})
-	if !c.Publish(context.Background(), fleet.Event{IDs: []string{"exp_123"}}) {
-		// Queued: it goes out as soon as Redis answers again.
-	}
+	// false means queued: it goes out as soon as Redis answers again.
+	published := c.Publish(context.Background(), fleet.Event{IDs: []string{"exp_123"}})
+	_ = published
 }
