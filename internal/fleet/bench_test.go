@@ -79,3 +79,39 @@ func BenchmarkPublishToReceive(b *testing.B) {
 	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds()), "p50-µs")
 	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds()), "p99-µs")
 }
+
+// BenchmarkPublishToNineNodes measures an invalidation from Publish on one
+// of 10 nodes until the last of the 9 others has it (loopback).
+func BenchmarkPublishToNineNodes(b *testing.B) {
+	r := testenv.StartRedis(b)
+	pub := node(b, r.Addr)
+	got := make(chan time.Time, 64)
+	var others []*Client
+	for range 9 {
+		c := node(b, r.Addr)
+		others = append(others, c)
+		unsub := c.Subscribe(func(Event) { got <- time.Now() })
+		defer unsub()
+	}
+	waitUp(b, append(others, pub)...)
+	ctx := context.Background()
+	var lat []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		if !pub.Publish(ctx, Event{IDs: []string{"exp_bench"}}) {
+			b.Fatal("queued")
+		}
+		var last time.Time
+		for range 9 {
+			select {
+			case at := <-got:
+				last = at
+			case <-time.After(5 * time.Second):
+				b.Fatal("event not delivered everywhere")
+			}
+		}
+		lat = append(lat, last.Sub(start))
+	}
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds()), "p99-µs")
+}
