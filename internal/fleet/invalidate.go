@@ -90,6 +90,10 @@ func (c *Client) enqueue(ev Event, cause error) {
 	c.outbox = append(c.outbox, ev)
 	n := len(c.outbox)
 	c.outMu.Unlock()
+	if n == 1 {
+		// Once per outage: other nodes keep their entries until it is over.
+		c.log.Warn("fleet: invalidations wait in the outbox until redis answers", zap.NamedError("cause", cause))
+	}
 	c.log.Debug("fleet: invalidation queued until redis answers", zap.Int("outbox_len", n), zap.NamedError("cause", cause))
 }
 
