@@ -10,12 +10,15 @@
 // and a colon, so one ACL key pattern (~<prefix>:*) covers all of them.
 // "{…}" is a Redis Cluster hash tag: one export's keys share a slot.
 //
-//	<prefix>:d:{<id>}:<mac>  a shared decision (expires at its freshness end)
-//	<prefix>:g:{<id>}        the export's generation (INCR on each invalidation)
-//	<prefix>:l:{<id>}:<mac>  a fill lease (SET NX PX, a random token)
-//	<prefix>:inv             the invalidation stream (XADD MAXLEN ~)
-//	<prefix>:e               the purge epoch (INCR on each purge by surrogate key or of all)
-//	<prefix>:boot            the incarnation of the data set (a random value, SET NX)
+//	<prefix>:d:{<id>}:<mac>  a shared decision; expires at its freshness end
+//	<prefix>:g:{<id>}        the export's generation, bumped by each invalidation;
+//	                         expires with the last decision filled under it
+//	<prefix>:l:{<id>}:<mac>  a fill lease (a random token); deleted after the
+//	                         fill, expires after Config.LeaseTTL at the latest
+//	<prefix>:inv             the invalidation stream, trimmed to ~100,000 events
+//	<prefix>:e               the purge epoch, bumped by each purge by surrogate key or of all
+//	<prefix>:boot            the data set's incarnation: a random value set once;
+//	                         a new one means Redis restarted empty or was flushed
 //
 // <mac> is the lowercase hex HMAC-SHA256 of the credential digest under the
 // fleet secret: the raw credential and its digest never reach Redis.
@@ -34,8 +37,10 @@
 // at worst delays an invalidation that the stream also carries.
 //
 // Generations, the purge epoch, lease tokens and the incarnation value are
-// not authenticated: tampering with them can only cause misses, extra
-// upstream calls or a demotion of local entries (asked again before use).
+// not authenticated: tampering with them causes misses, extra upstream calls,
+// waits of at most LockWait or a demotion of local entries (asked again
+// before use); setting a generation or the epoch back is another way to
+// bring back an authentic decision within its freshness, as above.
 //
 // # Consistency
 //
