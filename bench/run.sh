@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # bench/run.sh: side-by-side benchmark of SPEC §7, all in one run.
 #
-# Builds the custom Caddy (./cmd/caddy) and bench/altapp, starts them on
-# loopback, checks that every scenario answers 302 with a Location, warms up,
-# then runs wrk in alternating rounds (a b c d, then b a d c) and prints
-# requests/s and server CPU per request for each round, the medians and the
-# ratios. See bench/README.md.
+# Builds the custom Caddy (./cmd/caddy), bench/altapp and bench/mixload,
+# starts them on loopback, checks that every scenario answers 302 with a
+# Location, warms up, then runs wrk in alternating rounds (a b c d, then
+# b a d c), then the realistic mix against the handler and the status quo
+# (e f, then f e), and prints requests/s and server CPU per request for each
+# round, the medians and the target ratios, and draws them with gnuplot
+# (bench/plot.gp). See bench/README.md.
 #
 #   bench/run.sh                       # full run: 10 rounds of 5s per scenario
 #   ROUNDS=20 DURATION=10s bench/run.sh
 #   bench/run.sh --smoke               # CI: 1 round of 1s (same as SMOKE=1)
 #
-# Environment: ROUNDS, DURATION, WARMUP, THREADS, CONNECTIONS, SMOKE,
-# RESULTS_FILE. Timings are never pass/fail; only a broken scenario fails.
+# Environment: ROUNDS, DURATION, WARMUP, THREADS, CONNECTIONS, MIX_ROUNDS,
+# MIX_REQUESTS, SMOKE, RESULTS_FILE. Timings are never pass/fail; only a
+# broken scenario fails.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SMOKE=${SMOKE:-0}
 for arg in "$@"; do
@@ -28,11 +31,15 @@ done
 
 if [[ $SMOKE == 1 ]]; then
 	ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-1s} WARMUP=${WARMUP:-1s}
+	MIX_ROUNDS=${MIX_ROUNDS:-1} MIX_REQUESTS=${MIX_REQUESTS:-2000}
 	MODE=smoke
 else
 	ROUNDS=${ROUNDS:-10} DURATION=${DURATION:-5s} WARMUP=${WARMUP:-3s}
+	MIX_ROUNDS=${MIX_ROUNDS:-5} MIX_REQUESTS=${MIX_REQUESTS:-40000}
 	MODE=full
 fi
+# The realistic mix (bench/mixload): its parameters are reported with it.
+MIX_EXPORTS=100000 MIX_ZIPF_S=1.1 MIX_KEYS=8 MIX_POLL_SHARE=0.1 MIX_PENDING=200 MIX_PENDING_AFTER=2s
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 
@@ -46,6 +53,10 @@ if [[ $MODE == smoke ]]; then
 else
 	RESULTS_FILE=${RESULTS_FILE:-$RESULTS_DIR/latest.txt}
 fi
+# The picture beside the report; a full run also refreshes the committed
+# copy that BENCHMARKS.md shows.
+PLOT_FILE=${RESULTS_FILE%.txt}.svg
+COMMITTED_PLOT=$BENCH/benchmark.svg
 
 API_KEY=hb_test_bench
 EXPORT_ID=01935abc-def0-7123-4567-890abcdef012
@@ -76,12 +87,14 @@ apt_install() {
 }
 command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
 command -v curl >/dev/null || apt_install curl || die "cannot install curl"
+command -v gnuplot >/dev/null || apt_install gnuplot-nox || die "cannot install gnuplot (apt-get install gnuplot-nox)"
 command -v go >/dev/null || die "go is not on PATH"
 
-log "building $BIN/caddy and $BIN/altapp"
+log "building $BIN/caddy, $BIN/altapp and $BIN/mixload"
 mkdir -p "$BIN" "$RUN" "$RESULTS_DIR"
 (cd "$ROOT" && go build -o "$BIN/caddy" ./cmd/caddy) || die "go build ./cmd/caddy"
 (cd "$ROOT" && go build -o "$BIN/altapp" ./bench/altapp) || die "go build ./bench/altapp"
+(cd "$ROOT" && go build -o "$BIN/mixload" ./bench/mixload) || die "go build ./bench/mixload"
 modules=$("$BIN/caddy" list-modules 2>/dev/null) || die "$BIN/caddy list-modules"
 grep -qx 'http.handlers.export_download' <<<"$modules" ||
 	die "$BIN/caddy does not include http.handlers.export_download"
@@ -116,7 +129,7 @@ wait_http() { # url what
 }
 
 "$BIN/altapp" -addr "127.0.0.1:$APP_PORT" -api-key "$API_KEY" -export-id "$EXPORT_ID" \
-	>"$RUN/altapp.log" 2>&1 &
+	-mix-keys "$MIX_KEYS" -mix-pending-after "$MIX_PENDING_AFTER" >"$RUN/altapp.log" 2>&1 &
 APP_PID=$!
 PIDS+=("$APP_PID")
 wait_http "http://127.0.0.1:$APP_PORT/debug/counters" altapp
@@ -236,6 +249,65 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	log "$line"
 done
 
+# --- realistic mix ------------------------------------------------------------
+
+# The same stream of the realistic mix goes to (a), the handler with its
+# cache: scenario (e), and to (c), the status quo: scenario (f). In each
+# round each site gets ids of its own (mixload -tag), so both start cold and
+# find the pending exports pending.
+MIX_SCENARIOS=(e f)
+declare -A MIX_SITE=([e]=a [f]=c) MIX_TAG_OFFSET=([e]=0 [f]=1)
+NAME[e]="realistic mix, export_download"
+NAME[f]="realistic mix, reverse_proxy to app"
+
+# mixrun <scenario> <round> <requests>: sends the mix; sets MX_* from
+# mixload's key=value line.
+mixrun() {
+	local out kv
+	out=$("$BIN/mixload" -addr "127.0.0.1:${PORT[${MIX_SITE[$1]}]}" -connections "$CONNECTIONS" \
+		-requests "$3" -exports "$MIX_EXPORTS" -zipf-s "$MIX_ZIPF_S" -keys "$MIX_KEYS" \
+		-poll-share "$MIX_POLL_SHARE" -pending "$MIX_PENDING" \
+		-round "$2" -tag $((2 * $2 + MIX_TAG_OFFSET[$1])) 2>&1) || die "mixload failed on ($1): $out"
+	for kv in $out; do
+		[[ $kv == *=* ]] && printf -v "MX_${kv%%=*}" '%s' "${kv#*=}"
+	done
+	[[ -n ${MX_rps:-} ]] || die "cannot parse mixload output for ($1): $out"
+	kill -0 "$CADDY_PID" 2>/dev/null || die "caddy exited during ($1)"
+	kill -0 "$APP_PID" 2>/dev/null || die "altapp exited during ($1)"
+}
+
+log "realistic mix: warm-up, then $MIX_ROUNDS rounds x 2 sites x $MIX_REQUESTS requests"
+for s in "${MIX_SCENARIOS[@]}"; do mixrun "$s" 0 $((MIX_REQUESTS / 4)); done
+declare -A MIX_REQS MIX_META MIX_DOWN MIX_NOTREADY MIX_302 MIX_400 MIX_BAD MIX_ERR
+for s in "${MIX_SCENARIOS[@]}"; do
+	MIX_REQS[$s]=0 MIX_META[$s]=0 MIX_DOWN[$s]=0 MIX_NOTREADY[$s]=0 MIX_302[$s]=0 MIX_400[$s]=0 MIX_BAD[$s]=0 MIX_ERR[$s]=0
+done
+for ((r = 1; r <= MIX_ROUNDS; r++)); do
+	order=(e f)
+	((r % 2 == 0)) && order=(f e)
+	line="mix round $r:"
+	for s in "${order[@]}"; do
+		m0=$(counter metadata_requests) d0=$(counter download_requests) n0=$(counter not_ready)
+		ct0=$(cpu_ticks "$CADDY_PID") at0=$(cpu_ticks "$APP_PID")
+		mixrun "$s" "$r" "$MIX_REQUESTS"
+		ct1=$(cpu_ticks "$CADDY_PID") at1=$(cpu_ticks "$APP_PID")
+		m1=$(counter metadata_requests) d1=$(counter download_requests) n1=$(counter not_ready)
+		RPS_OF[$s,$r]=$MX_rps
+		CADDY_US[$s,$r]=$(awk -v t=$((ct1 - ct0)) -v hz="$CLK_TCK" -v n="$MX_requests" 'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+		APP_US[$s,$r]=$(awk -v t=$((at1 - at0)) -v hz="$CLK_TCK" -v n="$MX_requests" 'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+		MIX_REQS[$s]=$((MIX_REQS[$s] + MX_requests))
+		MIX_META[$s]=$((MIX_META[$s] + m1 - m0))
+		MIX_DOWN[$s]=$((MIX_DOWN[$s] + d1 - d0))
+		MIX_NOTREADY[$s]=$((MIX_NOTREADY[$s] + n1 - n0))
+		MIX_302[$s]=$((MIX_302[$s] + MX_s302))
+		MIX_400[$s]=$((MIX_400[$s] + MX_s400))
+		MIX_BAD[$s]=$((MIX_BAD[$s] + MX_s4xx + MX_s5xx + MX_other))
+		MIX_ERR[$s]=$((MIX_ERR[$s] + MX_errors))
+		line+=" $s=$MX_rps"
+	done
+	log "$line"
+done
+
 # --- report -------------------------------------------------------------------
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
@@ -273,11 +345,45 @@ report_table() {
 			printf "paired b/a (median of per-round ratios) = %.3f   (the CPU view of \"a >= 0.9 x b\")\n", mp
 		} else {
 			printf "ratios of medians:   a/b = %.3f   a/c = %.2f   a/d = %.2f\n", ratio(ma, mb), ratio(ma, mc), ratio(ma, md)
-			printf "paired a/b (median of per-round ratios) = %.3f   (SPEC §7 target: >= 0.9)\n", mp
-			printf "a/c = %.2f   (SPEC §7 target: >= 4)\n", ratio(ma, mc)
+			printf "paired a/b (median of per-round ratios) = %.3f   (SPEC §7 target: >= 0.95)\n", mp
+			printf "a/c = %.2f   (SPEC §7 target: >= 5)\n", ratio(ma, mc)
 		}
 	}'
 }
+
+# median: the median of the numbers on stdin, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# med <RPS_OF|CADDY_US|APP_US> <scenario> <rounds>: the median over the rounds.
+med() {
+	local -n arr=$1
+	local r
+	for ((r = 1; r <= $3; r++)); do echo "${arr[$2,$r]}"; done | median
+}
+# paired <x> <y> <rounds>: the median of the per-round requests/s ratios x/y.
+paired() {
+	local r
+	for ((r = 1; r <= $3; r++)); do
+		awk -v x="${RPS_OF[$1,$r]}" -v y="${RPS_OF[$2,$r]}" 'BEGIN { printf "%.6f\n", (y > 0 ? x / y : 0) }'
+	done | median
+}
+div() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.3f", (y > 0 ? x / y : 0) }'; }
+# verdict <value> <ge|le> <target>
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = op == "ge" ? v >= t : v <= t; print ok ? "met" : "NOT met" }'; }
+
+declare -A MED_RPS MED_CADDY MED_APP
+for s in "${SCENARIOS[@]}"; do
+	MED_RPS[$s]=$(med RPS_OF "$s" "$ROUNDS") MED_CADDY[$s]=$(med CADDY_US "$s" "$ROUNDS") MED_APP[$s]=$(med APP_US "$s" "$ROUNDS")
+done
+for s in "${MIX_SCENARIOS[@]}"; do
+	MED_RPS[$s]=$(med RPS_OF "$s" "$MIX_ROUNDS") MED_CADDY[$s]=$(med CADDY_US "$s" "$MIX_ROUNDS") MED_APP[$s]=$(med APP_US "$s" "$MIX_ROUNDS")
+done
+T_HIT=$(paired a b "$ROUNDS")
+T_ALT=$(div "${MED_RPS[a]}" "${MED_RPS[c]}")
+T_COLD=$(div "${MED_RPS[d]}" "${MED_RPS[c]}") T_COLD_PAIRED=$(paired d c "$ROUNDS")
+T_CPU=$(div "${MED_CADDY[d]}" "${MED_CADDY[c]}")
+T_MIX=$(div "${MED_RPS[e]}" "${MED_RPS[f]}") T_MIX_PAIRED=$(paired e f "$MIX_ROUNDS")
+MIX_SAVED=$((MIX_REQS[e] - MIX_META[e]))
+MIX_SAVED_PCT=$(awk -v s="$MIX_SAVED" -v n="${MIX_REQS[e]}" 'BEGIN { printf "%.1f", (n > 0 ? 100 * s / n : 0) }')
 
 {
 	echo "caddy-export-download benchmark ($MODE run), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -320,14 +426,68 @@ report_table() {
 		printf '  (%s)  %12d %14d %14d %10d %10d\n' "$s" "${REQS_OF[$s]}" "${META_OF[$s]}" "${DOWN_OF[$s]}" \
 			"${BAD_OF[$s]}" "${SOCK_OF[$s]}"
 	done
+	echo
+	echo "realistic mix (bench/mixload, $MIX_REQUESTS requests per site and round, $CONNECTIONS connections, $MIX_ROUNDS rounds after a warm-up)"
+	echo "  $MIX_EXPORTS completed exports with Zipf popularity (s = $MIX_ZIPF_S), $MIX_KEYS API keys (each export has one owner),"
+	echo "  $(awk -v p="$MIX_POLL_SHARE" 'BEGIN { printf "%g", 100 * p }')% of requests poll one of $MIX_PENDING pending exports that complete $MIX_PENDING_AFTER after first asked about;"
+	echo "  (e) sends it to (a), export_download with its cache; (f) to (c), reverse_proxy to the app that presigns per request"
+	printf '%-8s %14s %14s %9s   %14s %14s\n' round e_rps f_rps e/f e_cpu_us f_cpu_us
+	for ((r = 1; r <= MIX_ROUNDS; r++)); do
+		awk -v r="$r" -v e="${RPS_OF[e,$r]}" -v f="${RPS_OF[f,$r]}" \
+			-v ec="$(awk -v x="${CADDY_US[e,$r]}" -v y="${APP_US[e,$r]}" 'BEGIN { print x + y }')" \
+			-v fc="$(awk -v x="${CADDY_US[f,$r]}" -v y="${APP_US[f,$r]}" 'BEGIN { print x + y }')" \
+			'BEGIN { printf "%-8s %14.0f %14.0f %9.3f   %14.1f %14.1f\n", r, e, f, (f > 0 ? e / f : 0), ec, fc }'
+	done
+	printf '%-8s %14.0f %14.0f %9.3f   %14.1f %14.1f\n' median "${MED_RPS[e]}" "${MED_RPS[f]}" "$T_MIX" \
+		"$(awk -v x="${MED_CADDY[e]}" -v y="${MED_APP[e]}" 'BEGIN { print x + y }')" \
+		"$(awk -v x="${MED_CADDY[f]}" -v y="${MED_APP[f]}" 'BEGIN { print x + y }')"
+	for s in "${MIX_SCENARIOS[@]}"; do
+		printf '  (%s) median Caddy %6.1f us + altapp %6.1f us per request\n' "$s" "${MED_CADDY[$s]}" "${MED_APP[$s]}"
+	done
+	printf '  %-4s %10s %14s %14s %10s %16s %8s %8s\n' "" requests metadata_calls download_calls 302 "400_not_ready" other errors
+	for s in "${MIX_SCENARIOS[@]}"; do
+		printf '  (%s)  %10d %14d %14d %10d %16d %8d %8d\n' "$s" "${MIX_REQS[$s]}" "${MIX_META[$s]}" "${MIX_DOWN[$s]}" \
+			"${MIX_302[$s]}" "${MIX_400[$s]}" "${MIX_BAD[$s]}" "${MIX_ERR[$s]}"
+	done
+	echo "  metadata-API calls saved by the cache: $MIX_SAVED of ${MIX_REQS[e]} requests ($MIX_SAVED_PCT%); the status quo asks the app on every request"
+	echo
+	echo "targets (SPEC §7), as ratios of this run; never pass/fail"
+	printf '  %-58s %8s  %-8s %s\n' \
+		"cache hit vs redir, paired a/b" "$(awk -v x="$T_HIT" 'BEGIN { printf "%.3f", x }')" ">= 0.95" "$(verdict "$T_HIT" ge 0.95)" \
+		"cache hit vs status quo, a/c" "$T_ALT" ">= 5" "$(verdict "$T_ALT" ge 5)" \
+		"cache off vs status quo, d/c requests/s" "$T_COLD" ">= 1.1" "$(verdict "$T_COLD" ge 1.1) (paired $(awk -v x="$T_COLD_PAIRED" 'BEGIN { printf "%.3f", x }'))" \
+		"Caddy CPU per cold request vs proxying, Caddy (d)/(c)" "$T_CPU" "<= 1.5" "$(verdict "$T_CPU" le 1.5)" \
+		"realistic mix vs status quo, e/f requests/s" "$T_MIX" ">= 2" "$(verdict "$T_MIX" ge 2) (paired $(awk -v x="$T_MIX_PAIRED" 'BEGIN { printf "%.3f", x }'))"
 } >"$RESULTS_FILE"
+
+# The picture: requests/s and CPU per request of each scenario (medians),
+# the target ratios under them.
+PLOT_DATA=${RESULTS_FILE%.txt}.dat
+declare -A LABEL=([a]="(a) cache hit" [b]="(b) redir" [c]="(c) proxy+app" [d]="(d) cache off"
+	[e]="(e) mix: handler" [f]="(f) mix: proxy+app")
+for s in "${SCENARIOS[@]}" "${MIX_SCENARIOS[@]}"; do
+	printf '"%s" %s %s %s\n' "${LABEL[$s]}" "${MED_RPS[$s]}" "${MED_CADDY[$s]}" "${MED_APP[$s]}"
+done >"$PLOT_DATA"
+plot_ratios=$(sed -n '/^targets/,$p' "$RESULTS_FILE" | sed 's/^  //; s/"/'"'"'/g' | awk '{ printf "%s\\n", $0 }')
+plot_heading="caddy-export-download benchmark ($MODE run$([[ $MODE == smoke ]] && echo ', numbers not meaningful'), $(date -u +%Y-%m-%d), $(nproc) CPUs, load $LOAD_BEFORE / $LOAD_AFTER)"
+gnuplot -e "datafile='$PLOT_DATA'; outfile='$PLOT_FILE'; heading='$plot_heading'; ratios=\"$plot_ratios\"" "$BENCH/plot.gp" \
+	>"$RUN/gnuplot.log" 2>&1 || die "gnuplot failed: $(cat "$RUN/gnuplot.log")"
+[[ -s $PLOT_FILE ]] || die "gnuplot wrote no $PLOT_FILE"
 
 cat "$RESULTS_FILE"
 if [[ $MODE == full ]]; then
-	cp "$RESULTS_FILE" "$RESULTS_DIR/$(date -u +%Y%m%d-%H%M%S).txt"
+	stamp=$(date -u +%Y%m%d-%H%M%S)
+	cp "$RESULTS_FILE" "$RESULTS_DIR/$stamp.txt"
+	cp "$PLOT_FILE" "$RESULTS_DIR/$stamp.svg"
+	cp "$PLOT_FILE" "$COMMITTED_PLOT"
 fi
-log "results written to ${RESULTS_FILE#"$ROOT"/}"
+log "results written to ${RESULTS_FILE#"$ROOT"/}, picture to ${PLOT_FILE#"$ROOT"/}"
+[[ $MODE == full ]] && log "picture also copied to ${COMMITTED_PLOT#"$ROOT"/} (shown in BENCHMARKS.md)"
 
 bad=0
 for s in "${SCENARIOS[@]}"; do bad=$((bad + BAD_OF[$s])); done
 ((bad == 0)) || die "$bad answers were not 2xx/3xx during the measured rounds"
+bad=$((MIX_BAD[e] + MIX_BAD[f]))
+((bad == 0)) || die "$bad answers of the realistic mix were neither 302 nor 400 (not ready)"
+((MIX_302[e] > 0 && MIX_302[f] > 0)) || die "the realistic mix got no 302 from one of the sites"
+((MIX_ERR[e] + MIX_ERR[f] == 0)) || log "run.sh: warning: $((MIX_ERR[e] + MIX_ERR[f])) requests of the realistic mix failed (connection errors)"
