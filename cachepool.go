@@ -8,52 +8,17 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
-	"github.com/exportedge/caddy-export-download/internal/decision"
-	"github.com/exportedge/caddy-export-download/internal/presign"
 )
 
 // pool holds the caches across config reloads: the next config is
 // provisioned before the old one is cleaned up, so a config with the same
 // settings loads the same caches, and the last Cleanup closes them.
 var pool = caddy.NewUsagePool()
-
-// record is a cached upstream answer, with the object it grants rendered
-// once when it was stored.
-type record struct {
-	answer decision.Answer // in the record: one allocation less per entry
-	obj    presign.Object
-	objErr error // a template named a field the answer lacks
-	url    atomic.Pointer[memoURL]
-}
-
-// CacheTags are the answer's surrogate keys.
-func (r *record) CacheTags() []string { return r.answer.SurrogateKeys }
-
-// CacheRefutes says what a refusal proves: a 401/403 revokes every cached
-// answer of the credential, a 404 the credential's answer for the export
-// (README, "Revoking a key").
-func (r *record) CacheRefutes() cache.Refutation {
-	switch r.answer.Kind {
-	case decision.KindUnauthorized:
-		return cache.RefutesCredential
-	case decision.KindNotFound:
-		return cache.RefutesEntry
-	}
-	return cache.RefutesNothing
-}
-
-// memoURL is the last presigned URL a record handed out, valid until until.
-type memoURL struct {
-	urls   *cache.URLs // the URL cache it came from
-	signed *presign.Signed
-	until  time.Time
-}
 
 type caches struct {
 	decisions *cache.Cache[*record]

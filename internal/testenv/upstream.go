@@ -53,7 +53,7 @@ type Upstream struct {
 	requests []Request
 }
 
-// exportsPrefix is the default upstream_path of SPEC §5 without its {id}.
+// exportsPrefix is the default upstream_path of the README "Configuration reference" without its {id}.
 const exportsPrefix = "/v1/exports/"
 
 // NewUpstream starts a fake upstream that the test closes when it ends.
