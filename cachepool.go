@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 )
 
 // pool holds the caches across config reloads: the next config is
@@ -26,7 +27,17 @@ type caches struct {
 	release   func()
 }
 
-type pooledDecisions struct{ *cache.Cache[*record] }
+type pooledDecisions struct {
+	*cache.Cache[*record]
+	fleet *fleet.Client // the fleet whose stream it follows; nil: none
+}
+
+func fleetClientOf(h *Handler) *fleet.Client {
+	if h.fleet == nil {
+		return nil
+	}
+	return h.fleet.client
+}
 
 func (p pooledDecisions) Destruct() error { p.Close(); return nil }
 
@@ -43,21 +54,21 @@ func poolKey(kind string, settings any) string {
 	return kind + ":" + hex.EncodeToString(sum[:])
 }
 
-func loadCaches(h *Handler) (*caches, error) {
+func loadCaches(h *Handler, fleetKey string) (*caches, error) {
 	// Everything that changes what an entry holds or how long it may be
 	// served: two sites that differ in a TTL must not serve each other's
 	// answers.
 	dKey := poolKey("decisions", []any{h.Upstream, h.UpstreamPath, h.UpstreamHeader, h.forward,
 		h.Bucket, h.ObjectKey, h.Filename, h.ContentType, h.Cache.MaxEntries, h.Cache.StaleIfError,
-		h.ttls, h.SurrogateKeyHeader})
+		h.ttls, h.SurrogateKeyHeader, fleetKey})
 	uKey := poolKey("urls", []any{h.Region, h.Endpoint, h.PathStyle, h.AccessKeyID, h.SecretAccessKey, h.SessionToken,
 		h.PresignExpiry, h.Cache.PresignReuse, h.Cache.MaxEntries})
 	d, _, err := pool.LoadOrNew(dKey, func() (caddy.Destructor, error) {
-		return pooledDecisions{cache.New[*record](cache.Config{
+		return pooledDecisions{Cache: cache.New[*record](cache.Config{
 			MaxEntries:   h.Cache.MaxEntries,
 			StaleIfError: time.Duration(*h.Cache.StaleIfError),
 			Now:          h.now,
-		})}, nil
+		}), fleet: fleetClientOf(h)}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -131,6 +142,7 @@ func (d pooledDecisions) purge(sel purgeSelection) int {
 type cacheReport struct {
 	Name string // the pool key: a digest of the settings that share it
 	cache.Stats
+	Fleet *fleet.Stats // nil without the fleet tier
 }
 
 // cachesStats reports every decisions cache of this process, sorted by name.
@@ -138,7 +150,12 @@ func cachesStats() []cacheReport {
 	var out []cacheReport
 	pool.Range(func(k, v any) bool {
 		if d, ok := v.(pooledDecisions); ok {
-			out = append(out, cacheReport{Name: k.(string), Stats: d.Stats()})
+			r := cacheReport{Name: k.(string), Stats: d.Stats()}
+			if d.fleet != nil {
+				fs := d.fleet.Stats()
+				r.Fleet = &fs
+			}
+			out = append(out, r)
 		}
 		return true
 	})
@@ -146,7 +163,24 @@ func cachesStats() []cacheReport {
 	return out
 }
 
-// publishPurge sends a purge to the fleet; "off" without the fleet tier.
+// publishPurge sends a purge to every fleet this process belongs to:
+// "published", "queued" (Redis unreachable: it is sent when Redis answers
+// again) or "off" without the fleet tier.
 func publishPurge(ctx context.Context, sel purgeSelection) string {
-	return "off" // the fleet tier fills this in
+	state := "off"
+	pool.Range(func(_, v any) bool {
+		f, ok := v.(pooledFleet)
+		if !ok {
+			return true
+		}
+		if f.Publish(ctx, fleet.Event{IDs: sel.IDs, Tags: sel.Tags, All: sel.All}) {
+			if state == "off" {
+				state = "published"
+			}
+		} else {
+			state = "queued"
+		}
+		return true
+	})
+	return state
 }

@@ -52,6 +52,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        presign_reuse  5m
 //	    }
 //	    surrogate_key_header Surrogate-Key
+//	    fleet {
+//	        redis      <host:port ...>                   # required; repeatable
+//	        username   <user>
+//	        password   <password>
+//	        tls        [ca_file <pem>] [server_name <name>]
+//	        prefix     export_download
+//	        secret     <at least 32 bytes>               # required
+//	        timeout    50ms
+//	        lock_wait  750ms
+//	    }
 //	}
 //
 // Placeholders such as {env.S3_SECRET} are expanded at provision.
@@ -171,6 +181,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &h.SurrogateKeyHeader); err != nil {
 				return err
 			}
+		case "fleet":
+			if err := h.unmarshalFleet(d); err != nil {
+				return err
+			}
 		case "{":
 			// The block of a one-line subdirective: blame that one.
 			return d.Errf("%s: takes no block", prev)
@@ -254,6 +268,80 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 			return d.Errf("%s: takes no block", prev)
 		default:
 			return d.Errf("cache: unrecognized subdirective %q", name)
+		}
+		prev = name
+	}
+	return nil
+}
+
+func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.Errf("fleet: takes a block, not arguments")
+	}
+	f := new(FleetConfig)
+	h.Fleet = f
+	seen := map[string]bool{}
+	var prev string
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] && name != "redis" {
+			return d.Errf("fleet: %s: duplicate subdirective", name)
+		}
+		seen[name] = true
+		switch name {
+		case "redis":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("fleet: redis: want at least one host:port")
+			}
+			f.Redis = append(f.Redis, args...)
+		case "username":
+			if err := oneArg(d, &f.Username); err != nil {
+				return err
+			}
+		case "password":
+			if err := oneArg(d, &f.Password); err != nil {
+				return err
+			}
+		case "prefix":
+			if err := oneArg(d, &f.Prefix); err != nil {
+				return err
+			}
+		case "secret":
+			if err := oneArg(d, &f.Secret); err != nil {
+				return err
+			}
+		case "timeout":
+			if err := durationArg(d, &f.Timeout); err != nil {
+				return err
+			}
+			if f.Timeout == 0 {
+				return d.Errf("fleet: timeout: must be positive")
+			}
+		case "lock_wait":
+			if err := durationArg(d, &f.LockWait); err != nil {
+				return err
+			}
+		case "tls":
+			f.TLS = new(FleetTLS)
+			args := d.RemainingArgs()
+			if len(args)%2 != 0 {
+				return d.Errf("fleet: tls: want [ca_file <pem>] [server_name <name>]")
+			}
+			for i := 0; i < len(args); i += 2 {
+				switch args[i] {
+				case "ca_file":
+					f.TLS.CAFile = args[i+1]
+				case "server_name":
+					f.TLS.ServerName = args[i+1]
+				default:
+					return d.Errf("fleet: tls: unknown option %q (want ca_file or server_name; there is no skip-verify)", args[i])
+				}
+			}
+		case "{":
+			return d.Errf("fleet: %s: takes no block", prev)
+		default:
+			return d.Errf("fleet: unrecognized subdirective %q", name)
 		}
 		prev = name
 	}

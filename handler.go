@@ -14,6 +14,7 @@ import (
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/presign"
 	"github.com/exportedge/caddy-export-download/internal/requestid"
 	"github.com/exportedge/caddy-export-download/internal/route"
@@ -43,6 +44,7 @@ type exchange struct {
 	status string        // Cache-Status
 	lookup lookupResult  // the cache_lookups_total label
 	waited time.Duration // time spent on the upstream (or another's call)
+	fleet  fleet.Source  // how the fleet tier answered; 0: not asked
 }
 
 // ServeHTTP answers GET and HEAD on the download path; it passes every
@@ -209,7 +211,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		x.status, x.lookup = csHit, lookupHit
 		return e.Value, nil
 	case cache.Refresh:
-		if c.RefreshAsync(key, e, h.loader(x)) {
+		if c.RefreshAsync(key, e, h.refresher(x, e)) {
 			h.metrics.refreshes.Inc()
 		}
 		x.status, x.lookup = csHit, lookupHit
@@ -229,6 +231,9 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		return e.Value, nil
 	case err != nil:
 		x.status, x.lookup = csFailed, lookupMiss
+		if fs := fleetStatus[x.fleet]; fs != "" {
+			x.status = fs + ", " + x.status
+		}
 		return nil, err
 	case how == cache.Collapsed:
 		x.status, x.lookup = csCollapsed, lookupCollapsed
@@ -241,13 +246,42 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	default:
 		x.status, x.lookup = csNotStored, lookupMiss
 	}
+	if fs := fleetStatus[x.fleet]; fs != "" {
+		x.status = fs + ", " + x.status
+	}
 	return v, nil
 }
 
-// loader returns the upstream call for one export with this request's
+// loader returns the call that fills a miss: the fleet tier over the
+// upstream when configured, else the upstream.
+func (h *Handler) loader(x *exchange) cache.Loader[*record] {
+	if h.fleet != nil {
+		return h.fleetLoader(x, x.now, &x.fleet)
+	}
+	fetch := h.fetcher(x)
+	id := x.id
+	return func(ctx context.Context) (*record, time.Duration, error) {
+		a, err := fetch(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		return h.newRecord(id, a), h.ttls.FreshFor(a, h.now()), nil
+	}
+}
+
+// refresher is loader for a background refresh of entry e: it reports to
+// no request, and takes a shared decision only if it is newer than e.
+func (h *Handler) refresher(x *exchange, e *cache.Entry[*record]) cache.Loader[*record] {
+	if h.fleet != nil {
+		return h.fleetLoader(x, e.FreshUntil(), nil)
+	}
+	return h.loader(x)
+}
+
+// fetcher returns the upstream call for one export with this request's
 // forwarded headers. The headers are copied: the call may outlive the
 // request (a shared call, or a background refresh).
-func (h *Handler) loader(x *exchange) cache.Loader[*record] {
+func (h *Handler) fetcher(x *exchange) func(context.Context) (*decision.Answer, error) {
 	fwd := make(http.Header, len(h.forward)+len(x.extra))
 	for _, name := range h.forward {
 		if v := x.r.Header[name]; len(v) > 0 {
@@ -258,20 +292,19 @@ func (h *Handler) loader(x *exchange) cache.Loader[*record] {
 		fwd[h.perRequest[i].name] = []string{v}
 	}
 	id, reqID := x.id, x.reqID
-	return func(ctx context.Context) (*record, time.Duration, error) {
+	return func(ctx context.Context) (*decision.Answer, error) {
 		a, res, err := h.upstream.Fetch(ctx, id, fwd, reqID)
 		h.metrics.observeUpstream(res.Status, res.Duration, err)
 		if err != nil {
 			h.logger.Warn("upstream failure", zap.String("request_id", reqID), zap.String("export_id", id),
 				zap.Int("upstream_status", res.Status), zap.Error(err))
-			return nil, 0, err
+			return nil, err
 		}
 		if res.BadSurrogateKeys > 0 {
 			h.logger.Debug("surrogate keys ignored", zap.String("request_id", reqID), zap.String("export_id", id),
 				zap.Int("ignored", res.BadSurrogateKeys))
 		}
-		rec := h.newRecord(id, a)
-		return rec, h.ttls.FreshFor(&rec.answer, h.now()), nil
+		return a, nil
 	}
 }
 
@@ -314,8 +347,17 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	sw := &successWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		onSuccess: func() {
+			// Local entries first: this node never answers from them
+			// again. Then the fleet, still before the client sees its 2xx
+			// (each Redis call is bounded; unreachable, it waits in the
+			// outbox).
 			n := h.caches.decisions.InvalidateID(id)
-			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n))
+			published := false
+			if h.fleet != nil {
+				published = h.fleet.client.Publish(context.WithoutCancel(r.Context()), fleet.Event{IDs: []string{id}})
+			}
+			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n),
+				zap.Bool("fleet", h.fleet != nil), zap.Bool("published", published))
 		},
 	}
 	err := next.ServeHTTP(sw, r)

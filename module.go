@@ -147,11 +147,19 @@ type Handler struct {
 	// Default: Surrogate-Key
 	SurrogateKeyHeader string `json:"surrogate_key_header,omitempty"`
 
+	// Fleet shares decisions and invalidations with every node of the
+	// fleet through Redis or Valkey (README, "Running a fleet"). Default:
+	// off (node-local cache only)
+	Fleet *FleetConfig `json:"fleet,omitempty"`
+
 	// Runtime state.
 	path, invalidate  route.Template
 	bucket, key, file tmpl.Template
 	forward           []string // canonical names, Authorization first
 	perRequest        []perRequestHeader
+	templateFields    []string // the export fields the templates name
+	fleet             *fleetTier
+	fleetMetrics      *fleetMetrics
 	upstream          *upstream.Client
 	presigner         *presign.Presigner
 	caches            *caches
@@ -216,6 +224,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key, _ = tmpl.Parse(h.ObjectKey)
 	h.file, _ = tmpl.Parse(h.Filename)
 	h.passthrough = h.OnUpstreamError == "passthrough"
+	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
+		for _, f := range t.Fields() {
+			if !slices.Contains(h.templateFields, f) {
+				h.templateFields = append(h.templateFields, f)
+			}
+		}
+	}
 
 	h.forward = []string{"Authorization"}
 	for _, name := range h.ForwardHeader {
@@ -246,6 +261,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Forward:            sent,
 		UserAgent:          "caddy-export-download/" + Version,
 		SurrogateKeyHeader: h.SurrogateKeyHeader,
+		Fields:             h.templateFields,
 	})
 	if err != nil {
 		return err
@@ -270,9 +286,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.metrics, err = newMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
-	if !h.Cache.Disabled {
-		if h.caches, err = loadCaches(h); err != nil {
+	fleetKey := ""
+	if h.Fleet != nil && !h.Cache.Disabled {
+		if h.fleetMetrics, err = newFleetMetrics(ctx.GetMetricsRegistry()); err != nil {
 			return err
+		}
+		if h.fleet, fleetKey, err = loadFleet(h); err != nil {
+			return err
+		}
+		h.fleet.client.SetObserver(h.fleetMetrics)
+		h.fleetMetrics.Up(h.fleet.client.Up())
+	}
+	if !h.Cache.Disabled {
+		if h.caches, err = loadCaches(h, fleetKey); err != nil {
+			return err
+		}
+		if h.fleet != nil {
+			h.fleet.subscribe(h, h.caches.decisions)
 		}
 	}
 	h.logger.Info("export_download provisioned",
@@ -289,6 +319,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.String("on_upstream_error", h.OnUpstreamError),
 		zap.Bool("cache", !h.Cache.Disabled),
 		zap.Int("max_entries", h.Cache.MaxEntries),
+		zap.Bool("fleet", h.fleet != nil),
 	)
 	return nil
 }
@@ -311,6 +342,9 @@ func (h *Handler) expandPlaceholders() {
 	}
 	for i, p := range h.KeyPrefixes {
 		h.KeyPrefixes[i] = repl.ReplaceKnown(p, "")
+	}
+	if h.Fleet != nil {
+		h.Fleet.expand(repl)
 	}
 }
 
@@ -344,6 +378,9 @@ func (h *Handler) setDefaults() {
 	}
 	if h.SurrogateKeyHeader == "" {
 		h.SurrogateKeyHeader = defaultSurrogateKeyHeader
+	}
+	if h.Fleet != nil {
+		h.Fleet.setDefaults()
 	}
 	if h.Cache == nil {
 		h.Cache = new(CacheConfig)
@@ -476,6 +513,9 @@ func (h *Handler) validate(expanded bool) error {
 		if bad := unknownPlaceholder(v); bad != "" {
 			errs = append(errs, fmt.Errorf("export_download: upstream_header: the value of %s holds {%s}, which is neither a global placeholder ({env.*}, {file.*}) nor a request one ({http.*}, e.g. {http.vars.client_ip})", name, bad))
 		}
+	}
+	if h.Fleet != nil {
+		errs = append(errs, h.Fleet.validate(known)...)
 	}
 	if h.SurrogateKeyHeader != "" && !validHeaderName(h.SurrogateKeyHeader) {
 		bad("surrogate_key_header", "%q is not a valid header name", h.SurrogateKeyHeader)
@@ -620,6 +660,9 @@ func validHeaderName(name string) bool {
 // It changes no field: requests of this config may still be finishing
 // (Caddy drains the old servers after cleaning the old config up).
 func (h *Handler) Cleanup() error {
+	if h.fleet != nil {
+		h.fleet.close()
+	}
 	if h.caches != nil {
 		h.caches.release()
 	}
