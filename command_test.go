@@ -242,6 +242,10 @@ http://%s {
 	if out := ok("purge", "--surrogate-key", "key_8f2a", "--address", adminAddr); out != "dropped 1 entry in 1 cache; fleet: off (this node only)\n" {
 		t.Errorf("purge --surrogate-key: %q", out)
 	}
+	if log := serverOut.String(); !strings.Contains(log, `"logger":"admin.api.export_download","msg":"purge"`) ||
+		!strings.Contains(log, `"surrogate_keys_first":["key_8f2a"],"dropped":1,"caches":1,"fleet":"off"`) {
+		t.Errorf("want the purge logged at info by the admin logger, got:\n%s", log)
+	}
 	if cs := get(testID); cs != csStored || up.CallsFor(testID) != 2 {
 		t.Errorf("after the purge: Cache-Status %q, %d upstream calls, want a miss and 2", cs, up.CallsFor(testID))
 	}
