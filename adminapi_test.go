@@ -169,6 +169,9 @@ func (a *adminEdge) cacheStatus(t *testing.T, id, key string, status int) string
 	if resp.StatusCode != status {
 		t.Fatalf("GET %s with %s: %d %s, want %d", id, key, resp.StatusCode, body, status)
 	}
+	if sk := resp.Header.Values("Surrogate-Key"); len(sk) > 0 {
+		t.Errorf("GET %s: the client got Surrogate-Key %q, want it kept at the edge", id, sk)
+	}
 	return resp.Header.Get("Cache-Status")
 }
 
