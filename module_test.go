@@ -507,7 +507,17 @@ const fullConfig = `{
 		"stale_if_error": 0,
 		"presign_reuse": 120000000000
 	},
-	"surrogate_key_header": "Xkey"
+	"surrogate_key_header": "Xkey",
+	"fleet": {
+		"redis": ["{env.REDIS_ADDR}", "10.0.0.2:6379"],
+		"username": "edge",
+		"password": "{file./run/secrets/redis}",
+		"tls": {"ca_file": "/etc/redis-ca.pem", "server_name": "redis.internal"},
+		"prefix": "edge1",
+		"secret": "{env.FLEET_SECRET}",
+		"timeout": 100000000,
+		"lock_wait": 500000000
+	}
 }`
 
 // TestModuleJSONRoundTrip decodes the full config and encodes it again:
@@ -538,6 +548,8 @@ func TestModuleJSONRoundTrip(t *testing.T) {
 	}{
 		{reflect.TypeFor[Handler](), want},
 		{reflect.TypeFor[CacheConfig](), want["cache"].(map[string]any)},
+		{reflect.TypeFor[FleetConfig](), want["fleet"].(map[string]any)},
+		{reflect.TypeFor[FleetTLS](), want["fleet"].(map[string]any)["tls"].(map[string]any)},
 	} {
 		for _, f := range reflect.VisibleFields(typ.t) {
 			tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
