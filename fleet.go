@@ -327,12 +327,11 @@ func (h *Handler) fleetLoader(x *exchange, minFresh time.Time, note *fleet.Sourc
 				return nil, 0, err
 			}
 			mineTTL = h.ttls.FreshFor(a, h.now())
-			var shared []byte
-			if mineTTL > 0 && a.Kind != decision.KindRateLimited {
-				shared = h.encodeShared(a)
-			}
 			mine = h.newRecord(id, a)
-			return shared, mineTTL, nil
+			if mineTTL <= 0 || a.Kind == decision.KindRateLimited {
+				return nil, 0, nil // not cacheable here: not shared either
+			}
+			return h.encodeShared(a), mineTTL, nil
 		})
 		if note != nil {
 			*note = src
