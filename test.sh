@@ -4,7 +4,7 @@
 #
 #   ./test.sh                          # every package
 #   ./test.sh ./internal/cache/        # only that package
-#   ./test.sh -run TestDownload .      # any go test flags and packages
+#   ./test.sh -run TestCacheHit .      # any go test flags and packages
 #
 # It installs:
 #   - versitygw v1.8.0 (the S3 server the end-to-end tests start) with
@@ -97,6 +97,7 @@ has_versitygw() {
 if ! has_versitygw; then
 	say "Installing versitygw $VERSITYGW_VERSION into $gobin"
 	go install "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION"
+	hash -r
 	has_versitygw || die "installed versitygw $VERSITYGW_VERSION into $gobin, but $(command -v versitygw || echo versitygw) on PATH is not that version"
 fi
 
