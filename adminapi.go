@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/route"
 	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
@@ -119,7 +120,19 @@ type cacheStats struct {
 // fleetStats is the fleet tier's state for one cache. It is an object so
 // that it can grow fields without breaking clients.
 type fleetStats struct {
-	State string `json:"state"` // "off" without the fleet tier
+	State string `json:"state"` // "off" without the fleet tier, else "up" (reading the invalidation stream) or "down"
+	// The fleet client's counters (lookups, invalidations, outbox), inline.
+	*fleet.Stats
+}
+
+func fleetStateOf(s *fleet.Stats) fleetStats {
+	switch {
+	case s == nil:
+		return fleetStats{State: "off"}
+	case s.Up:
+		return fleetStats{State: "up", Stats: s}
+	}
+	return fleetStats{State: "down", Stats: s}
 }
 
 func statsOf(reports []cacheReport) statsResponse {
@@ -133,7 +146,7 @@ func statsOf(reports []cacheReport) statsResponse {
 			Collapsed:   r.Collapsed,
 			StaleServed: r.StaleServed,
 			Tags:        r.Tags,
-			Fleet:       fleetStats{State: "off"},
+			Fleet:       fleetStateOf(r.Fleet),
 		})
 	}
 	return out

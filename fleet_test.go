@@ -42,6 +42,18 @@ func TestFleetCacheStatus(t *testing.T) {
 		"export_download_fleet; hit, export_download; fwd=miss; stored")
 	checkCalls(t, up, testID, 1)
 
+	// The admin API shows the fleet, and a purge is published to it.
+	up2 := false
+	for _, c := range statsOf(cachesStats()).Caches {
+		up2 = up2 || (c.Fleet.State == "up" && c.Fleet.Stats != nil && c.Fleet.Lookups.Hit >= 1)
+	}
+	if !up2 {
+		t.Fatalf("stats show no cache with the fleet up: %+v", statsOf(cachesStats()))
+	}
+	if out := purgeCaches(context.Background(), purgeSelection{IDs: []string{testID}}); out.Fleet != "published" || out.Dropped != 1 {
+		t.Fatalf("purge with the fleet up = %+v, want 1 dropped and published", out)
+	}
+
 	// Redis gone: the node answers as if it had no fleet tier.
 	r.Kill()
 	completed(up, testID2, time.Time{})
