@@ -39,7 +39,7 @@ else
 	MODE=full
 fi
 # The realistic mix (bench/mixload): its parameters are reported with it.
-MIX_EXPORTS=100000 MIX_ZIPF_S=1.1 MIX_KEYS=8 MIX_POLL_SHARE=0.1 MIX_PENDING=200 MIX_PENDING_AFTER=2s
+MIX_EXPORTS=100000 MIX_ZIPF_S=1.1 MIX_KEYS=8 MIX_POLL_SHARE=0.1 MIX_PENDING=200 MIX_COMPLETE_BY=0.8
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 
@@ -129,7 +129,7 @@ wait_http() { # url what
 }
 
 "$BIN/altapp" -addr "127.0.0.1:$APP_PORT" -api-key "$API_KEY" -export-id "$EXPORT_ID" \
-	-mix-keys "$MIX_KEYS" -mix-pending-after "$MIX_PENDING_AFTER" >"$RUN/altapp.log" 2>&1 &
+	-mix-keys "$MIX_KEYS" >"$RUN/altapp.log" 2>&1 &
 APP_PID=$!
 PIDS+=("$APP_PID")
 wait_http "http://127.0.0.1:$APP_PORT/debug/counters" altapp
@@ -266,7 +266,8 @@ mixrun() {
 	local out kv
 	out=$("$BIN/mixload" -addr "127.0.0.1:${PORT[${MIX_SITE[$1]}]}" -connections "$CONNECTIONS" \
 		-requests "$3" -exports "$MIX_EXPORTS" -zipf-s "$MIX_ZIPF_S" -keys "$MIX_KEYS" \
-		-poll-share "$MIX_POLL_SHARE" -pending "$MIX_PENDING" \
+		-poll-share "$MIX_POLL_SHARE" -pending "$MIX_PENDING" -complete-by "$MIX_COMPLETE_BY" \
+		-app "http://127.0.0.1:$APP_PORT" \
 		-round "$2" -tag $((2 * $2 + MIX_TAG_OFFSET[$1])) 2>&1) || die "mixload failed on ($1): $out"
 	for kv in $out; do
 		[[ $kv == *=* ]] && printf -v "MX_${kv%%=*}" '%s' "${kv#*=}"
@@ -429,7 +430,8 @@ MIX_SAVED_PCT=$(awk -v s="$MIX_SAVED" -v n="${MIX_REQS[e]}" 'BEGIN { printf "%.1
 	echo
 	echo "realistic mix (bench/mixload, $MIX_REQUESTS requests per site and round, $CONNECTIONS connections, $MIX_ROUNDS rounds after a warm-up)"
 	echo "  $MIX_EXPORTS completed exports with Zipf popularity (s = $MIX_ZIPF_S), $MIX_KEYS API keys (each export has one owner),"
-	echo "  $(awk -v p="$MIX_POLL_SHARE" 'BEGIN { printf "%g", 100 * p }')% of requests poll one of $MIX_PENDING pending exports that complete $MIX_PENDING_AFTER after first asked about;"
+	echo "  $(awk -v p="$MIX_POLL_SHARE" 'BEGIN { printf "%g", 100 * p }')% of requests poll one of $MIX_PENDING pending exports, each completing at a point of the stream"
+	echo "  drawn from its first $(awk -v p="$MIX_COMPLETE_BY" 'BEGIN { printf "%g", 100 * p }')% (the same point for both sites);"
 	echo "  (e) sends it to (a), export_download with its cache; (f) to (c), reverse_proxy to the app that presigns per request"
 	printf '%-8s %14s %14s %9s   %14s %14s\n' round e_rps f_rps e/f e_cpu_us f_cpu_us
 	for ((r = 1; r <= MIX_ROUNDS; r++)); do

@@ -21,9 +21,10 @@
 //
 // (hex: R a round, P 0 for an export that is completed, 1 for one that is
 // pending, I its index) is an export owned by the API key
-// hb_test_mix_<I mod -mix-keys>. A pending one completes -mix-pending-after
-// after the application is first asked about it, so that clients polling
-// it see it complete during the run.
+// hb_test_mix_<I mod -mix-keys>. A pending one stays pending until
+// POST /debug/complete/{id} (which bench/mixload sends at a fixed point of
+// its stream), so that clients polling it see it complete during the run,
+// at the same point of the stream whatever the speed of the site.
 //
 // GET /debug/counters reports how many requests each role has answered, which
 // run.sh uses to show how often each scenario reaches the application.
@@ -71,8 +72,7 @@ type config struct {
 	presignExpiry   time.Duration
 	filename        string // template: {id}
 	contentType     string
-	mixKeys         int           // API keys of the mix's catalog
-	mixPendingAfter time.Duration // a pending export of the mix completes this long after it is first asked about
+	mixKeys         int // API keys of the mix's catalog
 }
 
 // export is the part of the "Get export" resource that the benchmark needs.
@@ -89,7 +89,7 @@ type app struct {
 	exports   map[string]export
 	presigner *s3.PresignClient
 
-	firstAsked sync.Map // mix id of a pending export -> time.Time
+	completed sync.Map // mix ids of pending exports that have completed
 
 	metadataRequests atomic.Int64
 	downloadRequests atomic.Int64
@@ -115,7 +115,6 @@ func main() {
 	flag.StringVar(&cfg.filename, "filename", "export-{id}.csv", "download filename template")
 	flag.StringVar(&cfg.contentType, "content-type", "text/csv", "response-content-type of the URL")
 	flag.IntVar(&cfg.mixKeys, "mix-keys", 8, "API keys of the realistic mix's catalog")
-	flag.DurationVar(&cfg.mixPendingAfter, "mix-pending-after", 2*time.Second, "a pending export of the mix completes this long after it is first asked about")
 	flag.IntVar(&freePorts, "free-ports", 0, "print this many free loopback ports and exit")
 	flag.Parse()
 
@@ -136,6 +135,7 @@ func run(cfg config) error {
 	mux.HandleFunc("GET /v1/exports/{id}", a.getExport)
 	mux.HandleFunc("GET /v1/exports/{id}/download", a.downloadExport)
 	mux.HandleFunc("GET /debug/counters", a.counters)
+	mux.HandleFunc("POST /debug/complete/{id}", a.complete)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, requestID(r), http.StatusNotFound, "NOT_FOUND", "Resource not found")
 	})
@@ -275,6 +275,12 @@ func (a *app) counters(w http.ResponseWriter, _ *http.Request) {
 	})
 }
 
+// complete marks a pending export of the mix as completed.
+func (a *app) complete(w http.ResponseWriter, r *http.Request) {
+	a.completed.Store(strings.ToLower(r.PathValue("id")), true)
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // mixPrefix starts the ids of the realistic mix's catalog.
 const mixPrefix = "b3000000-"
 
@@ -301,9 +307,7 @@ func (a *app) find(id string) (export, string, bool) {
 	switch id[19:23] {
 	case "8000":
 	case "8001":
-		now := time.Now()
-		first, _ := a.firstAsked.LoadOrStore(id, now)
-		if now.Sub(first.(time.Time)) < a.cfg.mixPendingAfter {
+		if _, done := a.completed.Load(id); !done {
 			exp.Status = "pending"
 		}
 	default:

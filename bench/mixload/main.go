@@ -4,9 +4,12 @@
 // The mix is a fixed stream of download requests, the same for every site
 // it is sent to in a round (it depends only on the flags and the round):
 //
-//   - -poll-share of the requests poll one of -pending exports that are
-//     pending when first asked about (the application completes them
-//     -mix-pending-after later, see bench/altapp), picked uniformly;
+//   - -poll-share of the requests poll one of -pending exports, picked
+//     uniformly; each is pending until a point of the stream drawn
+//     uniformly from its first -complete-by share, where mixload tells the
+//     application (-app, POST /debug/complete/{id}, see bench/altapp) that
+//     it completed: the same point of the stream for every site, whatever
+//     its speed;
 //   - the others download one of -exports completed exports picked with
 //     Zipf popularity (P(i) proportional to (1+i)^-s, s = -zipf-s): most
 //     are downloaded once in a round, a few very often;
@@ -34,6 +37,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"sync"
@@ -52,11 +56,20 @@ type Mix struct {
 	Round     int // with Seed, chooses the stream
 	Tag       int // goes into the ids: a new tag, a new set of exports
 	Seed      uint64
+	// CompleteBy is the share of the stream by which every pending export
+	// has completed.
+	CompleteBy float64
 }
 
-// Stream returns the request targets and API keys of the mix, in order.
-func (m Mix) Stream() (paths, keys []string) {
+// Stream returns the request targets and API keys of the mix, in order,
+// and the pending exports that complete before each position.
+func (m Mix) Stream() (paths, keys []string, completeAt map[int][]string) {
 	r := rand.New(rand.NewPCG(m.Seed, uint64(m.Round)))
+	completeAt = map[int][]string{}
+	for j := range m.Pending {
+		at := int(r.Float64() * m.CompleteBy * float64(m.Requests))
+		completeAt[at] = append(completeAt[at], ExportID(m.Tag, 1, j))
+	}
 	zipf := rand.NewZipf(r, m.ZipfS, 1, m.Exports-1)
 	paths = make([]string, m.Requests)
 	keys = make([]string, m.Requests)
@@ -71,7 +84,7 @@ func (m Mix) Stream() (paths, keys []string) {
 		paths[i] = "/v1/exports/" + ExportID(m.Tag, kind, index) + "/download"
 		keys[i] = "hb_test_mix_" + strconv.FormatUint(index%uint64(m.Keys), 10)
 	}
-	return paths, keys
+	return paths, keys, completeAt
 }
 
 // ExportID is the id bench/altapp knows: kind 0 completed, 1 pending.
@@ -91,6 +104,8 @@ func main() {
 	var m Mix
 	addr := flag.String("addr", "", "host:port of the site (loopback)")
 	conns := flag.Int("connections", 32, "keep-alive connections")
+	app := flag.String("app", "", "base URL of bench/altapp, told when a pending export completes (empty: never)")
+	flag.Float64Var(&m.CompleteBy, "complete-by", 0.8, "share of the stream by which every pending export has completed")
 	flag.IntVar(&m.Requests, "requests", 40000, "requests in the stream")
 	flag.Uint64Var(&m.Exports, "exports", 100000, "completed exports in the catalog")
 	flag.Float64Var(&m.ZipfS, "zipf-s", 1.1, "Zipf exponent of their popularity (> 1)")
@@ -105,7 +120,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "mixload: need -addr, and positive sizes (zipf-s > 1)")
 		os.Exit(2)
 	}
-	res, err := Run(*addr, m, *conns)
+	res, err := Run(*addr, *app, m, *conns)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mixload:", err)
 		os.Exit(1)
@@ -115,9 +130,10 @@ func main() {
 		res.Status["302"], res.Status["400"], res.Status["4xx"], res.Status["5xx"], res.Status["other"], res.Errors)
 }
 
-// Run sends the stream of m to addr over conns connections.
-func Run(addr string, m Mix, conns int) (Result, error) {
-	paths, keys := m.Stream()
+// Run sends the stream of m to addr over conns connections, and tells app
+// when a pending export completes.
+func Run(addr, app string, m Mix, conns int) (Result, error) {
+	paths, keys, completeAt := m.Stream()
 	reqs := make([][]byte, len(paths))
 	for i := range paths {
 		reqs[i] = []byte("GET " + paths[i] + " HTTP/1.1\r\nHost: " + addr +
@@ -143,6 +159,14 @@ func Run(addr string, m Mix, conns int) (Result, error) {
 				i := int(next.Add(1)) - 1
 				if i >= len(reqs) {
 					return
+				}
+				if app != "" {
+					for _, id := range completeAt[i] {
+						if err := complete(app, id); err != nil {
+							errOnce.Do(func() { firstErr = err })
+							errs[c]++
+						}
+					}
 				}
 				// One retry on a fresh connection: a server may close an
 				// idle keep-alive connection as the request goes out.
@@ -185,7 +209,23 @@ func Run(addr string, m Mix, conns int) (Result, error) {
 	if res.Errors == len(reqs) {
 		return res, fmt.Errorf("every request failed: %v", firstErr)
 	}
+	if firstErr != nil {
+		fmt.Fprintln(os.Stderr, "mixload: first error:", firstErr)
+	}
 	return res, nil
+}
+
+// complete tells the application that a pending export has completed.
+func complete(app, id string) error {
+	resp, err := http.Post(app+"/debug/complete/"+id, "text/plain", nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("completing %s: status %d", id, resp.StatusCode)
+	}
+	return nil
 }
 
 func class(status int) string {

@@ -10,25 +10,35 @@ import (
 )
 
 func testMix() Mix {
-	return Mix{Requests: 20000, Exports: 100000, ZipfS: 1.1, Keys: 8, PollShare: 0.1, Pending: 200, Round: 3, Tag: 3, Seed: 7}
+	return Mix{Requests: 20000, Exports: 100000, ZipfS: 1.1, Keys: 8, PollShare: 0.1, Pending: 200, Round: 3, Tag: 3, Seed: 7, CompleteBy: 0.8}
 }
 
 // TestStream: the stream is the same for the same flags and round, another
 // in another round, and has the mix's shape.
 func TestStream(t *testing.T) {
 	m := testMix()
-	paths, keys := m.Stream()
-	again, againKeys := m.Stream()
+	paths, keys, completeAt := m.Stream()
+	again, againKeys, _ := m.Stream()
 	if !slices.Equal(paths, again) || !slices.Equal(keys, againKeys) {
 		t.Fatal("the same mix gave two streams")
 	}
+	n := 0
+	for at, ids := range completeAt {
+		if at < 0 || float64(at) >= m.CompleteBy*float64(m.Requests) {
+			t.Errorf("%q complete at %d, past %v of the stream", ids, at, m.CompleteBy)
+		}
+		n += len(ids)
+	}
+	if n != int(m.Pending) {
+		t.Errorf("%d pending exports complete, want %d", n, m.Pending)
+	}
 	m.Tag = 4
-	other, _ := m.Stream()
+	other, _, _ := m.Stream()
 	if len(other) != len(paths) || other[0] == paths[0] || strings.Replace(other[0], "-0004-", "-0003-", 1) != paths[0] {
 		t.Fatalf("another tag: %q, want %q with tag 4", other[0], paths[0])
 	}
 	m.Round = 4
-	if again, _ := m.Stream(); slices.Equal(again, other) {
+	if again, _, _ := m.Stream(); slices.Equal(again, other) {
 		t.Fatal("two rounds gave the same stream")
 	}
 	counts := map[string]int{}
@@ -62,8 +72,13 @@ func TestStream(t *testing.T) {
 // TestRun sends a stream to a server that answers in the ways a site may:
 // Content-Length, chunked, closing the connection.
 func TestRun(t *testing.T) {
-	var n atomic.Int64
+	var n, completed atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/debug/complete/") {
+			completed.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
 		i := n.Add(1)
 		if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer hb_test_mix_") {
 			w.WriteHeader(401)
@@ -86,11 +101,14 @@ func TestRun(t *testing.T) {
 	defer srv.Close()
 	m := testMix()
 	m.Requests = 2000
-	res, err := Run(strings.TrimPrefix(srv.URL, "http://"), m, 4)
+	res, err := Run(strings.TrimPrefix(srv.URL, "http://"), srv.URL, m, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Errors != 0 || res.Status["302"]+res.Status["400"] != m.Requests || res.Status["400"] == 0 || int(n.Load()) != m.Requests {
 		t.Errorf("result %+v, server saw %d requests", res, n.Load())
+	}
+	if completed.Load() != int64(m.Pending) {
+		t.Errorf("the app was told of %d completions, want %d", completed.Load(), m.Pending)
 	}
 }
