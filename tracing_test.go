@@ -33,17 +33,18 @@ func TestEndToEndTraceContext(t *testing.T) {
 	e := startEdge(t, "")
 	const offID = "01935abc-def0-7123-4567-000000000001"
 	const onID = "01935abc-def0-7123-4567-000000000002"
-	for _, id := range []string{offID, onID} {
+	const unsampledID = "01935abc-def0-7123-4567-000000000003"
+	for _, id := range []string{offID, onID, unsampledID} {
 		completed(e.up, id, time.Now().Add(time.Hour))
 	}
-	get := func(id string) {
+	get := func(id, traceparent string) {
 		t.Helper()
 		req, err := http.NewRequest(http.MethodGet, e.base+"/v1/exports/"+id+"/download", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		req.Header.Set("Authorization", "Bearer "+testKey)
-		req.Header.Set("Traceparent", clientTraceparent)
+		req.Header.Set("Traceparent", traceparent)
 		req.Header.Set("Tracestate", "client=1")
 		resp, err := noRedirects.Do(req)
 		if err != nil {
@@ -65,14 +66,14 @@ func TestEndToEndTraceContext(t *testing.T) {
 		return nil
 	}
 
-	get(offID)
+	get(offID, clientTraceparent)
 	if h := lookupOf(offID); h.Values("Traceparent") != nil || h.Values("Tracestate") != nil {
 		t.Errorf("tracing off: the application got traceparent %q, tracestate %q; want none",
 			h.Values("Traceparent"), h.Values("Tracestate"))
 	}
 
 	runCaddy(t, e.cfg("tracing"))
-	get(onID)
+	get(onID, clientTraceparent)
 	h := lookupOf(onID)
 	parts := strings.Split(h.Get("Traceparent"), "-")
 	if len(parts) != 4 || parts[0] != "00" || len(parts[2]) != 16 || parts[3] != "01" {
@@ -86,6 +87,14 @@ func TestEndToEndTraceContext(t *testing.T) {
 	}
 	if v := h.Values("Traceparent"); len(v) != 1 {
 		t.Errorf("tracing on: %d traceparent values, want 1", len(v))
+	}
+
+	// A client whose trace is not sampled: the application continues the
+	// same trace, unsampled.
+	get(unsampledID, "00-"+clientTraceID+"-"+clientSpanID+"-00")
+	parts = strings.Split(lookupOf(unsampledID).Get("Traceparent"), "-")
+	if len(parts) != 4 || parts[1] != clientTraceID || parts[3] != "00" {
+		t.Errorf("tracing on, unsampled: the application got traceparent %q, want the client's trace, flags 00", strings.Join(parts, "-"))
 	}
 }
 

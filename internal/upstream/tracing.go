@@ -54,18 +54,23 @@ func WithLink(ctx context.Context, from trace.Span) context.Context {
 // startSpan starts the span of one upstream call: a child of ctx's span
 // when that one records, else a new root linked by WithLink. With neither
 // it returns ctx and a nil span without allocating: tracing off costs a
-// context lookup or two.
-func startSpan(ctx context.Context, id string) (context.Context, trace.Span) {
-	if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
-		return parent.TracerProvider().Tracer(tracerName).Start(ctx, SpanName,
+// context lookup or two. propagate says whether ctx carries a trace
+// context to send: also when the request's trace is not sampled, so that
+// the application continues it unsampled (W3C Trace Context).
+func startSpan(ctx context.Context, id string) (_ context.Context, span trace.Span, propagate bool) {
+	parent := trace.SpanFromContext(ctx)
+	if parent.IsRecording() {
+		ctx, span = parent.TracerProvider().Tracer(tracerName).Start(ctx, SpanName,
 			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(AttrExportID.String(id)))
+		return ctx, span, true
 	}
 	if l, ok := ctx.Value(linkKey{}).(link); ok {
-		return l.tp.Tracer(tracerName).Start(ctx, SpanName,
+		ctx, span = l.tp.Tracer(tracerName).Start(ctx, SpanName,
 			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(AttrExportID.String(id)),
 			trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: l.sc}))
+		return ctx, span, true
 	}
-	return ctx, nil
+	return ctx, nil, parent.SpanContext().IsValid()
 }
 
 // injectTraceContext sets traceparent (and tracestate) of ctx's span.

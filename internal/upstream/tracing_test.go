@@ -117,6 +117,27 @@ func TestFetchTraceContext(t *testing.T) {
 	}
 }
 
+// TestFetchTraceUnsampled: a request whose trace is not sampled (its span
+// does not record) still passes its trace context on, unsampled, so the
+// application continues the same trace; no span is made for the call.
+func TestFetchTraceUnsampled(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, nil)})
+	c := newTestClient(t, up.URL, nil)
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:  trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+	})
+	ctx := trace.ContextWithSpanContext(context.Background(), sc)
+	if _, _, err := c.Fetch(ctx, testID, http.Header{}, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	reqs := up.Requests()
+	if got, want := reqs[0].Header.Get("Traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"; got != want {
+		t.Errorf("traceparent %q, want %q", got, want)
+	}
+}
+
 // TestFetchTraceFailure: a failed call's span says why, with the bounded
 // reason.
 func TestFetchTraceFailure(t *testing.T) {
@@ -168,7 +189,7 @@ func TestNewRefusesForwardingTraceContext(t *testing.T) {
 func TestFetchTracingOffAllocs(t *testing.T) {
 	ctx := context.Background()
 	n := testing.AllocsPerRun(100, func() {
-		if c, s := startSpan(ctx, testID); s != nil || c != ctx {
+		if c, s, p := startSpan(ctx, testID); s != nil || c != ctx || p {
 			t.Fatal("a span without tracing")
 		}
 	})

@@ -235,7 +235,7 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	start := time.Now()
-	ctx, span := startSpan(ctx, id)
+	ctx, span, propagate := startSpan(ctx, id)
 	if span != nil {
 		defer func() { endSpan(span, res, err) }()
 	}
@@ -252,7 +252,7 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 		hdr[h.name] = h.values
 	}
 	hdr["X-Request-Id"] = []string{requestID}
-	if span != nil {
+	if propagate {
 		injectTraceContext(ctx, hdr)
 	}
 	u := c.urlFor(id)
