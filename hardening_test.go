@@ -235,7 +235,11 @@ func FuzzExportFields(f *testing.F) {
 		if rec.objErr != nil {
 			return
 		}
-		s, err := h.presigner.Presign(context.Background(), rec.obj, clock.Now(), time.Time{})
+		obj, err := h.object(rec)
+		if err != nil {
+			t.Fatalf("the object of a checked record does not render again: %v", err)
+		}
+		s, err := h.presigner.Presign(context.Background(), obj, clock.Now(), time.Time{})
 		if err != nil {
 			return
 		}

@@ -2,6 +2,8 @@ package exportdownload
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -11,17 +13,27 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/presign"
 )
 
-// record is a cached upstream answer, with the object it grants rendered
-// once when it was stored.
+// record is a cached upstream answer. For a completed export it keeps what
+// the object's templates are rendered from (the export id and the fields
+// they name), not the rendered object: a million cached answers then hold
+// a million short field values instead of a million object keys and file
+// names. The object is rendered again only when no URL is remembered.
 type record struct {
 	answer decision.Answer // in the record: one allocation less per entry
-	obj    presign.Object
-	objErr error // a template named a field the answer lacks
+	uuid   [16]byte        // the export id, when it is a canonical UUID
+	oddID  bool            // the id is not a canonical UUID: it is the first of vals
+	vals   string          // the values of h.templateFields, each length-prefixed
+	objErr error           // a template named a field the answer lacks
 	url    atomic.Pointer[memoURL]
 }
 
-// CacheTags are the answer's surrogate keys.
-func (r *record) CacheTags() []string { return r.answer.SurrogateKeys }
+// CacheTags are the answer's surrogate keys. The cache keeps its own copy
+// of them when it takes the record, so the record forgets them.
+func (r *record) CacheTags() []string {
+	tags := r.answer.SurrogateKeys
+	r.answer.SurrogateKeys = nil
+	return tags
+}
 
 // CacheRefutes says what a refusal proves: a 401/403 revokes every cached
 // answer of the credential, a 404 the credential's answer for the export
@@ -43,43 +55,139 @@ type memoURL struct {
 	until  time.Time
 }
 
-// newRecord renders the object a completed export grants, once per answer.
+// newRecord checks that a completed export's object renders, once per
+// answer, and keeps what renders it.
 func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 	rec := &record{answer: *a}
 	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
 	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
 		return rec
 	}
-	rec.obj.ContentType = h.ContentType
-	if rec.obj.Bucket, rec.objErr = h.bucket.Render(id, a.Fields); rec.objErr != nil {
+	if _, rec.objErr = h.renderObject(id, a.Fields); rec.objErr != nil {
 		return rec
 	}
-	if rec.obj.Key, rec.objErr = h.key.Render(id, a.Fields); rec.objErr != nil {
-		return rec
+	var b []byte
+	if !parseUUID(id, &rec.uuid) {
+		rec.oddID = true
+		b = appendVal(b, id)
 	}
-	if rec.obj.Key == "" || rec.obj.Bucket == "" {
-		rec.objErr = errors.New("the bucket or object key rendered empty")
-		return rec
+	for _, f := range h.templateFields {
+		b = appendVal(b, a.Fields[f])
 	}
-	rec.obj.Filename, rec.objErr = h.file.Render(id, a.Fields)
+	rec.vals = string(b)
 	return rec
+}
+
+// renderObject renders the object that the templates name for export id.
+func (h *Handler) renderObject(id string, fields map[string]string) (presign.Object, error) {
+	obj := presign.Object{ContentType: h.ContentType}
+	var err error
+	if obj.Bucket, err = h.bucket.Render(id, fields); err != nil {
+		return obj, err
+	}
+	if obj.Key, err = h.key.Render(id, fields); err != nil {
+		return obj, err
+	}
+	if obj.Key == "" || obj.Bucket == "" {
+		return obj, errors.New("the bucket or object key rendered empty")
+	}
+	obj.Filename, err = h.file.Render(id, fields)
+	return obj, err
+}
+
+// object renders the record's object again, as newRecord checked it.
+func (h *Handler) object(rec *record) (presign.Object, error) {
+	if rec.objErr != nil {
+		return presign.Object{}, rec.objErr
+	}
+	vals := rec.vals
+	var id string
+	if rec.oddID {
+		id, vals = nextVal(vals)
+	} else {
+		var buf [36]byte
+		hex.Encode(buf[0:8], rec.uuid[0:4])
+		hex.Encode(buf[9:13], rec.uuid[4:6])
+		hex.Encode(buf[14:18], rec.uuid[6:8])
+		hex.Encode(buf[19:23], rec.uuid[8:10])
+		hex.Encode(buf[24:36], rec.uuid[10:16])
+		buf[8], buf[13], buf[18], buf[23] = '-', '-', '-', '-'
+		id = string(buf[:])
+	}
+	var fields map[string]string
+	if len(h.templateFields) > 0 {
+		fields = make(map[string]string, len(h.templateFields))
+		for _, f := range h.templateFields {
+			fields[f], vals = nextVal(vals)
+		}
+	}
+	return h.renderObject(id, fields)
+}
+
+// appendVal appends v to b, prefixed by its length.
+func appendVal(b []byte, v string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(v))), v...)
+}
+
+// nextVal splits the first value appendVal wrote off vals.
+func nextVal(vals string) (v, rest string) {
+	n, k := binary.Uvarint([]byte(vals[:min(len(vals), binary.MaxVarintLen64)]))
+	if k <= 0 || uint64(len(vals)-k) < n {
+		return "", ""
+	}
+	return vals[k : k+int(n)], vals[k+int(n):]
+}
+
+// parseUUID decodes a canonical (lowercase) UUID.
+func parseUUID(s string, b *[16]byte) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	for i, j := 0, 0; i < 36; j++ {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++ // a dash
+		}
+		hi, lo := unhex(s[i]), unhex(s[i+1])
+		if hi > 15 || lo > 15 {
+			return false
+		}
+		b[j] = hi<<4 | lo
+		i += 2
+	}
+	return true
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
 }
 
 // presignURL returns a URL for the record's object: a reused one while its
 // reuse window lasts, else a new one (one presign per object at a time).
 func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*presign.Signed, error) {
 	exp := rec.answer.Export.ExpiresAt
+	// The record remembers the last URL it handed out: a hit then needs no
+	// second lookup, nor the object rendered. It is the shared cache's URL,
+	// with the shared window, and only from this config's URL cache (a
+	// reload with other S3 settings has another one).
 	if h.caches != nil {
-		urls := h.caches.urls
-		// The record remembers the last URL it handed out: a hit then
-		// needs no second lookup. It is the shared cache's URL, with the
-		// shared window, and only from this config's URL cache (a reload
-		// with other S3 settings has another one).
-		if m := rec.url.Load(); m != nil && m.urls == urls && now.Before(m.until) {
+		if m := rec.url.Load(); m != nil && m.urls == h.caches.urls && now.Before(m.until) {
 			h.metrics.presignReused.Inc()
 			return m.signed, nil
 		}
-		if s, until, ok := urls.LookupAt(rec.obj, exp, now); ok {
+	}
+	obj, err := h.object(rec)
+	if err != nil {
+		return nil, err
+	}
+	if h.caches != nil {
+		urls := h.caches.urls
+		if s, until, ok := urls.LookupAt(obj, exp, now); ok {
 			rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
 			h.metrics.presignReused.Inc()
 			return s, nil
@@ -87,13 +195,13 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 	}
 	sign := func(ctx context.Context) (*presign.Signed, error) {
 		h.metrics.presignNew.Inc()
-		return h.presigner.Presign(ctx, rec.obj, h.now(), exp)
+		return h.presigner.Presign(ctx, obj, h.now(), exp)
 	}
 	if h.caches == nil {
 		return sign(ctx)
 	}
 	urls := h.caches.urls
-	s, reused, err := urls.Sign(ctx, rec.obj, exp, sign)
+	s, reused, err := urls.Sign(ctx, obj, exp, sign)
 	if err != nil {
 		return nil, err
 	}

@@ -7,12 +7,14 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/maypok86/otter/v2"
 	"golang.org/x/sync/singleflight"
@@ -27,17 +29,71 @@ type Key struct {
 
 func (k Key) flightKey() string { return hex.EncodeToString(k.Cred[:]) + k.ID }
 
+// skey is a Key as the cache keeps it: the id as 16 bytes, so that an
+// entry holds no string (and no slice of a request's URL path). A
+// canonical (lowercase) UUID is its own 16 bytes; any other id is the
+// first half of its SHA-256, as collision-free in practice as the
+// credential digest beside it.
+type skey struct {
+	cred [32]byte
+	id   idBytes
+}
+
+type idBytes [16]byte
+
+func (k Key) stored() skey { return skey{k.Cred, idOf(k.ID)} }
+
+func idOf(id string) idBytes {
+	var b idBytes
+	if parseUUID(id, &b) {
+		return b
+	}
+	sum := sha256.Sum256([]byte(id))
+	copy(b[:], sum[:])
+	return b
+}
+
+// parseUUID decodes a canonical UUID: 8-4-4-4-12 lowercase hex digits.
+func parseUUID(s string, b *idBytes) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	for i, j := 0, 0; i < 36; j++ {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++ // a dash
+		}
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		b[j] = hi<<4 | lo
+		i += 2
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
 // Entry is a stored answer. Value and the times never change after it is
 // stored; a purge or a fleet resync only demotes it.
 type Entry[V any] struct {
 	Value V
-	key   Key
+	key   skey
 	// Unix nanoseconds: a third of the size of time.Time, and the hit path
-	// compares integers.
-	freshUntil, staleUntil, refreshAt int64
-	flags                             atomic.Uint32
-	state                             linkState // guarded by the index's mutex
-	links                             links[V]  // guarded by the index's mutex
+	// compares integers. Stale-if-error ends staleIfError after freshUntil.
+	freshUntil, refreshAt int64
+	flags                 atomic.Uint32
+	state                 linkState // guarded by the index's mutex
+	links                 links[V]  // guarded by the index's mutex
 }
 
 const (
@@ -66,7 +122,9 @@ const (
 // Described is implemented by values that carry surrogate keys or refute
 // earlier answers. Values that do not implement it have neither.
 type Described interface {
-	// CacheTags are the surrogate keys the entry can be purged by.
+	// CacheTags are the surrogate keys the entry can be purged by. The
+	// cache asks once, before anyone else sees the value, and keeps its
+	// own copy: the value may forget them then.
 	CacheTags() []string
 	// CacheRefutes says which stored answers this one proves wrong; they
 	// are dropped whether or not this one is stored.
@@ -83,7 +141,11 @@ type Config struct {
 
 // Cache is safe for concurrent use. Close stops its goroutines.
 type Cache[V any] struct {
-	store        *otter.Cache[Key, *Entry[V]]
+	// The store is keyed by a seeded 64-bit hash of the key, and an entry
+	// found is checked against the full key (a mismatch is a miss; a
+	// store over a colliding key replaces it): the store's node holds 8
+	// bytes of key, not 48.
+	store        *otter.Cache[uint64, *Entry[V]]
 	flights      singleflight.Group
 	staleIfError time.Duration
 	now          func() time.Time
@@ -135,8 +197,8 @@ func New[V any](cfg Config) *Cache[V] {
 	if c.now == nil {
 		c.now = time.Now
 	}
-	c.idx.init()
-	opts := &otter.Options[Key, *Entry[V]]{
+	c.idx.init(c.seed)
+	opts := &otter.Options[uint64, *Entry[V]]{
 		MaximumSize: cfg.MaxEntries,
 		// Freshness is the entries' own (checked against c.now, so a fake
 		// clock drives tests); the store only bounds the count. Without
@@ -145,7 +207,7 @@ func New[V any](cfg Config) *Cache[V] {
 		Clock: noClock{},
 		// Runs atomically with every deletion (eviction, replacement,
 		// purge), so the indexes never hold an entry the store dropped.
-		OnAtomicDeletion: func(ev otter.DeletionEvent[Key, *Entry[V]]) { c.idx.unlink(ev.Value) },
+		OnAtomicDeletion: func(ev otter.DeletionEvent[uint64, *Entry[V]]) { c.idx.unlink(ev.Value) },
 	}
 	c.store = otter.Must(opts)
 	c.base, c.cancel = context.WithCancel(context.Background())
@@ -179,14 +241,16 @@ const (
 
 // PeekAt is Peek at time now, read once by the caller: the hit path.
 func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
-	e, ok := c.store.GetIfPresent(key)
-	if !ok {
+	k := key.stored()
+	e, ok := c.store.GetIfPresent(c.hash(&k))
+	if !ok || e.key != k {
 		c.stats.misses.Add(1)
 		return nil, Absent
 	}
 	n := now.UnixNano()
+	staleUntil := e.freshUntil + int64(c.staleIfError)
 	if e.flags.Load()&flagDemoted != 0 {
-		if n < e.staleUntil {
+		if n < staleUntil {
 			return e, Stale
 		}
 		return nil, Absent
@@ -198,7 +262,7 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	case n < e.freshUntil:
 		c.stats.hits.Add(1)
 		return e, Refresh
-	case n < e.staleUntil:
+	case n < staleUntil:
 		return e, Stale
 	}
 	c.stats.misses.Add(1)
@@ -286,7 +350,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 			c.InvalidateCredential(key.Cred)
 			before = c.gensOf(key) // this answer postdates that purge
 		case RefutesEntry:
-			c.drop(key, nil)
+			c.drop(key.stored(), nil)
 		}
 	}
 	if ttl <= 0 || c.gensOf(key) != before || c.base.Err() != nil {
@@ -300,28 +364,27 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 	now := c.now().UnixNano()
 	e := &Entry[V]{
 		Value:      v,
-		key:        key,
+		key:        key.stored(),
 		freshUntil: now + int64(ttl),
-		staleUntil: now + int64(ttl+c.staleIfError),
 		refreshAt:  now + int64(ttl*8/10),
 	}
-	c.store.Set(key, e)
+	c.store.Set(c.hash(&e.key), e)
 	c.idx.link(e, tags)
 	// A purge that ran between the check above and the link did not see
 	// this entry: its generation moved first, so look again.
 	if c.gensOf(key) != before {
-		c.drop(key, e)
+		c.drop(e.key, e)
 		return result[V]{v: v}, nil
 	}
 	return result[V]{v: v, stored: true}, nil
 }
 
-// drop removes key's entry if it is e (any entry when e is nil) and says
-// whether it removed one.
-func (c *Cache[V]) drop(key Key, e *Entry[V]) bool {
+// drop removes key's entry if it is e (any entry of key when e is nil)
+// and says whether it removed one.
+func (c *Cache[V]) drop(key skey, e *Entry[V]) bool {
 	dropped := false
-	c.store.ComputeIfPresent(key, func(old *Entry[V]) (*Entry[V], otter.ComputeOp) {
-		if e != nil && old != e {
+	c.store.ComputeIfPresent(c.hash(&key), func(old *Entry[V]) (*Entry[V], otter.ComputeOp) {
+		if (e != nil && old != e) || old.key != key {
 			return old, otter.CancelOp
 		}
 		dropped = true
@@ -368,7 +431,7 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 // drops, not what the cache holds.
 func (c *Cache[V]) InvalidateID(id string) int {
 	c.idStripe(id).Add(1)
-	return c.dropAll(c.idx.byID(id))
+	return c.dropAll(c.idx.byID(idOf(id)))
 }
 
 // InvalidateCredential drops every entry of one credential digest, for all
@@ -423,6 +486,11 @@ func (c *Cache[V]) Stats() Stats {
 }
 
 const genStripes = 256
+
+// hash is the store's key for k.
+func (c *Cache[V]) hash(k *skey) uint64 {
+	return maphash.Bytes(c.seed, unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k)))
+}
 
 func (c *Cache[V]) idStripe(id string) *atomic.Uint64 {
 	return &c.idGens[maphash.String(c.seed, id)%genStripes]

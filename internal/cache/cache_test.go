@@ -110,7 +110,7 @@ func TestPeekStates(t *testing.T) {
 				return
 			}
 			if e.Value != "v" || !e.FreshUntil().Equal(stored.Add(ttl)) ||
-				e.staleUntil != stored.Add(ttl+staleIfError).UnixNano() {
+				e.freshUntil+int64(c.staleIfError) != stored.Add(ttl+staleIfError).UnixNano() {
 				t.Fatalf("entry = %+v, want v stored at %v, fresh for %v, stale for %v more", e, stored, ttl, staleIfError)
 			}
 		})

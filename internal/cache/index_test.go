@@ -235,9 +235,9 @@ func BenchmarkInvalidateID1M(b *testing.B) {
 	}
 	fill := func(i int) {
 		for cred := byte(1); cred <= 2; cred++ {
-			k := testKey(cred, ids[i])
-			c.store.Set(k, &Entry[tagged]{key: k, freshUntil: 1 << 62, staleUntil: 1 << 62, refreshAt: 1 << 62})
-			e, _ := c.store.GetIfPresent(k)
+			k := testKey(cred, ids[i]).stored()
+			c.store.Set(c.hash(&k), &Entry[tagged]{key: k, freshUntil: 1 << 62, refreshAt: 1 << 62})
+			e, _ := c.store.GetIfPresent(c.hash(&k))
 			c.idx.link(e, []string{fmt.Sprintf("key_%d", cred), "proj_" + ids[i][:4]})
 		}
 	}
@@ -253,5 +253,63 @@ func BenchmarkInvalidateID1M(b *testing.B) {
 		b.StopTimer()
 		fill(j)
 		b.StartTimer()
+	}
+}
+
+// TestStoredKeys: a canonical UUID is kept as its 16 bytes and any other
+// id as a digest, so ids that differ in any way stay apart, including a
+// UUID in upper case (the handler lowercases ids before the cache).
+func TestStoredKeys(t *testing.T) {
+	const id = "01935abc-def0-7123-4567-890abcdef012"
+	b := idOf(id)
+	if want := [16]byte{0x01, 0x93, 0x5a, 0xbc, 0xde, 0xf0, 0x71, 0x23, 0x45, 0x67, 0x89, 0x0a, 0xbc, 0xde, 0xf0, 0x12}; b != want {
+		t.Fatalf("idOf(%q) = %x, want %x", id, b, want)
+	}
+	ids := []string{id, "01935ABC-DEF0-7123-4567-890ABCDEF012", "01935abc-def0-7123-4567-890abcdef013",
+		"01935abcdef0-7123-4567-890abcdef012-", "a", "b", ""}
+	c := newTestCache(t, newFakeClock(), 100, time.Minute)
+	for i, id := range ids {
+		mustStore(t, c, testKey(1, id), answer(id, time.Minute))
+		for _, other := range ids[:i] {
+			if idOf(other) == idOf(id) {
+				t.Fatalf("ids %q and %q are kept alike", other, id)
+			}
+		}
+	}
+	for _, id := range ids {
+		if e, st := c.Peek(testKey(1, id)); st != Fresh || e.Value != id {
+			t.Fatalf("Peek(%q) = %v, want its own answer", id, st)
+		}
+	}
+	if n := c.InvalidateID(ids[1]); n != 1 {
+		t.Fatalf("InvalidateID(%q) dropped %d entries, want 1", ids[1], n)
+	}
+	if _, st := c.Peek(testKey(1, ids[0])); st != Fresh {
+		t.Fatalf("the lowercase id went with the uppercase one: %v", st)
+	}
+}
+
+// TestHashCollision: the store is keyed by a 64-bit hash of the key. An
+// entry found under a key's hash that belongs to another key is a miss,
+// and dropping a key never drops another key's entry.
+func TestHashCollision(t *testing.T) {
+	c := newTaggedCache(t, newFakeClock(), 100)
+	a, b := testKey(1, "a"), testKey(2, "b")
+	mustStore(t, c, b, taggedAnswer(tagged{v: "b"}, time.Minute))
+	eb, _ := c.Peek(b)
+	// Put b's entry where a's hash leads, as a collision would.
+	ka := a.stored()
+	c.store.Set(c.hash(&ka), eb)
+	if e, st := c.Peek(a); st != Absent || e != nil {
+		t.Fatalf("Peek(a) found b's entry under a colliding hash: %v", st)
+	}
+	if c.drop(ka, nil) {
+		t.Fatal("dropping a removed b's entry stored under a colliding hash")
+	}
+	if _, _, err := c.Load(context.Background(), a, taggedAnswer(tagged{v: "a"}, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if e, st := c.Peek(b); st != Fresh || e.Value.v != "b" {
+		t.Fatalf("b's own entry: %v", st)
 	}
 }
