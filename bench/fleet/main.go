@@ -77,6 +77,7 @@ type config struct {
 	invalidations, nodes    int
 	fleetTimeout            time.Duration
 	appDelay                time.Duration
+	idle                    time.Duration
 }
 
 func main() {
@@ -86,13 +87,14 @@ func main() {
 	flag.StringVar(&c.wrk, "wrk", "wrk", "the wrk binary")
 	flag.StringVar(&c.dir, "dir", "", "directory for configs and logs (default: a new temporary one, removed at the end)")
 	flag.StringVar(&c.only, "only", "hit,latency,invalidation", "benchmarks to run, comma-separated")
-	flag.IntVar(&c.rounds, "rounds", 5, "hit: paired wrk rounds")
-	flag.DurationVar(&c.duration, "duration", 5*time.Second, "hit: length of one wrk run")
+	flag.IntVar(&c.rounds, "rounds", 15, "hit: paired wrk rounds")
+	flag.DurationVar(&c.duration, "duration", 2*time.Second, "hit: length of one wrk run (whole seconds)")
 	flag.DurationVar(&c.warmup, "warmup", 2*time.Second, "hit: wrk warm-up of each site")
 	flag.IntVar(&c.threads, "threads", 2, "hit: wrk threads")
 	flag.IntVar(&c.connections, "connections", 32, "hit: wrk connections")
 	flag.IntVar(&c.samples, "samples", 1000, "latency: requests of each kind")
-	flag.IntVar(&c.invalidations, "invalidations", 300, "invalidation: DELETEs")
+	flag.IntVar(&c.invalidations, "invalidations", 250, "invalidation: DELETEs")
+	flag.DurationVar(&c.idle, "idle", time.Second, "invalidation: longest random pause before each DELETE, so that the stream is idle at times, as in a real fleet")
 	flag.IntVar(&c.nodes, "nodes", 10, "invalidation: Caddy nodes")
 	flag.DurationVar(&c.fleetTimeout, "fleet-timeout", 0, "the fleet block's timeout (0: the module's default, 50ms)")
 	flag.DurationVar(&c.appDelay, "app-delay", 0, "how long the fake metadata API takes to answer")
@@ -545,7 +547,7 @@ func (b *bench) hitAndLatency(ctx context.Context, want map[string]bool) error {
 	time.Sleep(300 * time.Millisecond) // the stream readers connect
 
 	if want["hit"] {
-		if err := b.hitOnOff(ctx, p.bases[0], p.bases[1]); err != nil {
+		if err := b.hitOnOff(ctx, p.cmd.Process.Pid, p.bases[0], p.bases[1]); err != nil {
 			return err
 		}
 	}
@@ -577,7 +579,24 @@ func (b *bench) runWrk(ctx context.Context, url string, d time.Duration) (float6
 	return strconv.ParseFloat(string(m[1]), 64)
 }
 
-func (b *bench) hitOnOff(ctx context.Context, on, off string) error {
+// cpuTicks is the user+system CPU time of process pid, in clock ticks
+// (1/100 s on Linux), or -1.
+func cpuTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name (field 2) may hold blanks: count from after it.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+func (b *bench) hitOnOff(ctx context.Context, pid int, on, off string) error {
 	c := b.cfg
 	id := newID()
 	// Warm both sites: the second answer of each must be a local hit.
@@ -601,35 +620,42 @@ func (b *bench) hitOnOff(ctx context.Context, on, off string) error {
 	gets := b.app.gets.Load()
 	fmt.Printf("## 1. Local hit, fleet tier on vs off (one Caddy process, two sites; wrk -t%d -c%d, %v per run)\n\n",
 		c.threads, c.connections, c.duration)
-	fmt.Printf("| round | order | fleet on (req/s) | fleet off (req/s) | on/off | Redis commands during the on run | per hit |\n|---|---|---|---|---|---|---|\n")
-	var ratios, ons, offs []float64
+	fmt.Printf("CPU is the Caddy process's user+system time per request during the run (less sensitive than req/s to\n" +
+		"the other processes of a shared machine).\n\n")
+	fmt.Printf("| round | order | fleet on (req/s) | fleet off (req/s) | on/off req/s | CPU on (µs/req) | CPU off (µs/req) | off/on CPU | Redis commands during the on run |\n|---|---|---|---|---|---|---|---|---|\n")
+	var ratios, cpuRatios, ons, offs, cpuOns, cpuOffs []float64
 	for r := range c.rounds {
 		order := []bool{true, false}
 		if r%2 == 1 {
 			order = []bool{false, true}
 		}
-		rps := map[bool]float64{}
+		rps, cpu := map[bool]float64{}, map[bool]float64{}
 		var cmds int64
 		for _, fl := range order {
-			before := b.redisCommands()
+			before, ticks := b.redisCommands(), cpuTicks(pid)
 			v, err := b.runWrk(ctx, url[fl], c.duration)
 			if err != nil {
 				return err
 			}
+			used := cpuTicks(pid) - ticks
 			if fl {
 				cmds = b.redisCommands() - before
 			}
 			rps[fl] = v
+			// 100 ticks a second on Linux.
+			cpu[fl] = float64(used) * 1e4 / (v * float64(max(1, int(c.duration.Round(time.Second).Seconds()))))
 		}
-		ratio := rps[true] / rps[false]
+		ratio, cpuRatio := rps[true]/rps[false], cpu[false]/cpu[true]
 		ratios, ons, offs = append(ratios, ratio), append(ons, rps[true]), append(offs, rps[false])
-		hits := rps[true] * c.duration.Seconds()
+		cpuRatios, cpuOns, cpuOffs = append(cpuRatios, cpuRatio), append(cpuOns, cpu[true]), append(cpuOffs, cpu[false])
 		names := map[bool]string{true: "on", false: "off"}
-		fmt.Printf("| %d | %s, %s | %.0f | %.0f | %.3f | %d | %.5f |\n", r+1, names[order[0]], names[order[1]],
-			rps[true], rps[false], ratio, cmds, float64(cmds)/hits)
+		fmt.Printf("| %d | %s, %s | %.0f | %.0f | %.3f | %.1f | %.1f | %.3f | %d |\n", r+1, names[order[0]], names[order[1]],
+			rps[true], rps[false], ratio, cpu[true], cpu[false], cpuRatio, cmds)
 	}
-	fmt.Printf("\nmedian: fleet on %.0f req/s, fleet off %.0f req/s, ratio on/off %.3f (min %.3f, max %.3f over %d paired rounds)\n",
-		median(ons), median(offs), median(ratios), slices.Min(ratios), slices.Max(ratios), len(ratios))
+	fmt.Printf("\nmedian over %d paired rounds: fleet on %.0f req/s, fleet off %.0f req/s, ratio on/off %.3f (min %.3f, max %.3f);\n",
+		len(ratios), median(ons), median(offs), median(ratios), slices.Min(ratios), slices.Max(ratios))
+	fmt.Printf("CPU per request: fleet on %.1f µs, fleet off %.1f µs, ratio off/on %.3f (min %.3f, max %.3f); 1 means no difference\n",
+		median(cpuOns), median(cpuOffs), median(cpuRatios), slices.Min(cpuRatios), slices.Max(cpuRatios))
 	fmt.Printf("upstream calls during the rounds: %d (every answer was a local hit)\n", b.app.gets.Load()-gets)
 	fmt.Printf("Redis commands during an on run are the two nodes' stream readers (a blocking XREAD every 500ms, a\n" +
 		"MULTI/XINFO/EXEC read and an incarnation check once a second): none is caused by a hit.\n\n")
@@ -803,8 +829,10 @@ func (b *bench) invalidation(ctx context.Context) error {
 			return werr
 		}
 		burstCalls[b.app.gets.Load()-gets]++
-		// Not in step with the readers' 500ms heartbeat.
-		time.Sleep(time.Duration(5+rand.IntN(40)) * time.Millisecond)
+		// A random pause: not in step with the readers' 500ms heartbeat,
+		// and at times long enough for the stream to be idle, as it mostly
+		// is in a real fleet.
+		time.Sleep(5*time.Millisecond + time.Duration(rand.Int64N(int64(max(c.idle, time.Millisecond)))))
 
 		origin := k % len(nodes)
 		sent := time.Now()
@@ -855,7 +883,8 @@ func (b *bench) invalidation(ctx context.Context) error {
 		fromSend = append(fromSend, last.Sub(sent))
 	}
 	a, s, p, d := summarize(from2xx), summarize(fromSend), summarize(perNode), summarize(deleteTook)
-	fmt.Printf("## 3. Invalidation latency, DELETE-2xx to dropped on every node (%d nodes, %d invalidations)\n\n", c.nodes, c.invalidations)
+	fmt.Printf("## 3. Invalidation latency, DELETE-2xx to dropped on every node (%d nodes, %d invalidations, a random pause of up to %v before each)\n\n",
+		c.nodes, c.invalidations, c.idle)
 	fmt.Printf("| measured from | to | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|\n")
 	fmt.Printf("| the DELETE's 2xx at the client | the last of the %d other nodes dropped it | %s | %s | %s | %s |\n", c.nodes-1, ms(a.p50), ms(a.p90), ms(a.p99), ms(a.max))
 	fmt.Printf("| the DELETE sent by the client | the last of the %d other nodes dropped it | %s | %s | %s | %s |\n", c.nodes-1, ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max))

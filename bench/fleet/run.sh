@@ -10,7 +10,7 @@
 # The report goes to stdout and to bench/fleet/results/latest.txt
 # (smoke.txt with --smoke). See bench/fleet/README.md.
 #
-#   bench/fleet/run.sh                        # full: 5 rounds of 5s, 300 invalidations, 10 nodes
+#   bench/fleet/run.sh                        # full: 15 rounds of 2s, 250 invalidations, 10 nodes (about 4 minutes)
 #   bench/fleet/run.sh --smoke                # CI-sized: seconds, 3 nodes
 #   bench/fleet/run.sh -fleet-timeout 250ms   # any further flags go to the driver
 #
@@ -52,7 +52,7 @@ log "building $BIN/caddy and $BIN/fleetbench"
 (cd "$ROOT" && go build -o "$BIN/fleetbench" ./bench/fleet) || die "go build ./bench/fleet"
 
 if [[ $SMOKE == 1 ]]; then
-	SIZE=(-rounds 1 -duration 1s -warmup 1s -samples 50 -invalidations 20 -nodes 3)
+	SIZE=(-rounds 1 -duration 1s -warmup 1s -samples 50 -invalidations 20 -idle 100ms -nodes 3)
 	RESULTS_FILE=${RESULTS_FILE:-$RESULTS_DIR/smoke.txt}
 else
 	SIZE=()
