@@ -47,13 +47,12 @@ func traceLookup(span trace.Span, id, result string) {
 }
 
 // tracePresign records whether the URL handed out was presigned for this
-// request or reused.
-func tracePresign(span trace.Span, id string, reused bool) {
+// request or reused (the export id is on the span already: traceOutcome).
+func tracePresign(span trace.Span, reused bool) {
 	if span == nil {
 		return
 	}
-	span.AddEvent("export_download.presign", trace.WithAttributes(
-		upstream.AttrExportID.String(id), attrReused.Bool(reused)))
+	span.AddEvent("export_download.presign", trace.WithAttributes(attrReused.Bool(reused)))
 }
 
 // traceOutcome puts what the request got on its span, as attributes a

@@ -113,7 +113,7 @@ func TestTraceHelpers(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() {
 		span := requestSpan(off)
 		traceLookup(span, testID, "hit")
-		tracePresign(span, testID, true)
+		tracePresign(span, true)
 		traceOutcome(span, testID, "redirect")
 		_ = linkRefresh(span, load)
 	}); n != 0 {
@@ -127,7 +127,7 @@ func TestTraceHelpers(t *testing.T) {
 		t.Fatal("no span with tracing on")
 	}
 	traceLookup(span, testID, "miss")
-	tracePresign(span, testID, false)
+	tracePresign(span, false)
 	traceOutcome(span, testID, "redirect")
 	// A refresh in the background: a real upstream call, in a context
 	// without the request's span.
@@ -166,7 +166,7 @@ func TestTraceHelpers(t *testing.T) {
 	if a := events["export_download.cache_lookup"]; a["export_download.export_id"] != testID || a["export_download.cache_result"] != "miss" {
 		t.Errorf("cache lookup event = %v", a)
 	}
-	if a := events["export_download.presign"]; a["export_download.export_id"] != testID || a["export_download.presign.reused"] != "false" {
+	if a := events["export_download.presign"]; a["export_download.presign.reused"] != "false" {
 		t.Errorf("presign event = %v", a)
 	}
 	attrs := map[string]string{}
@@ -186,4 +186,65 @@ func TestTraceHelpers(t *testing.T) {
 		return
 	}
 	t.Error("the refresh made no lookup span")
+}
+
+// TestServeHTTPTraceEvents: with a recording span in the request's
+// context, a miss shows the upstream call as a child span and the cache
+// lookup, the new presign and the outcome on the request's span; a hit
+// shows the lookup and the reused URL. It needs the handler to call the
+// helpers of tracing.go.
+func TestServeHTTPTraceEvents(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Now().Add(time.Hour))
+	h := newHandler(t, up, nil)
+
+	spans := make([]string, 2)
+	for i, wantLookup := range []string{"miss", "hit"} {
+		ctx, span := tp.Tracer("test").Start(context.Background(), "request "+wantLookup)
+		resp := serve(t, h, request{path: "/v1/exports/" + testID + "/download", ctx: ctx,
+			header: map[string]string{"Authorization": "Bearer " + testKey}})
+		span.End()
+		if resp.Code != http.StatusFound {
+			t.Fatalf("%s: status %d", wantLookup, resp.Code)
+		}
+		spans[i] = span.SpanContext().SpanID().String()
+	}
+
+	byName := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		byName[s.Name()] = s
+	}
+	lookup := byName[upstream.SpanName]
+	if lookup == nil || lookup.Parent().SpanID().String() != spans[0] {
+		t.Fatalf("the miss's upstream call is not a child span of its request (%v)", lookup)
+	}
+	for i, want := range []struct{ lookup, reused string }{{"miss", "false"}, {"hit", "true"}} {
+		s := byName["request "+want.lookup]
+		events := map[string]map[string]string{}
+		for _, ev := range s.Events() {
+			attrs := map[string]string{}
+			for _, kv := range ev.Attributes {
+				attrs[string(kv.Key)] = kv.Value.Emit()
+			}
+			events[ev.Name] = attrs
+		}
+		if got := events["export_download.cache_lookup"]["export_download.cache_result"]; got != want.lookup {
+			t.Errorf("request %d: cache_lookup event result %q, want %q (the handler must call traceLookup, tracing.go)", i, got, want.lookup)
+		}
+		if got := events["export_download.presign"]["export_download.presign.reused"]; got != want.reused {
+			t.Errorf("request %d: presign event reused %q, want %q (the handler must call tracePresign, tracing.go)", i, got, want.reused)
+		}
+		outcome := ""
+		for _, kv := range s.Attributes() {
+			if kv.Key == attrOutcome {
+				outcome = kv.Value.Emit()
+			}
+		}
+		if outcome != "redirect" {
+			t.Errorf("request %d: outcome attribute %q, want redirect (the handler must call traceOutcome, tracing.go)", i, outcome)
+		}
+	}
 }
