@@ -31,17 +31,18 @@ const (
 
 // Tunables that are not configuration.
 const (
-	breakerFailures = 3                      // consecutive failures that open the breaker
-	breakerOpen     = time.Second            // how long an open breaker refuses calls
-	retryEvery      = 250 * time.Millisecond // outbox retries and reconnects
-	pollEvery       = 5 * time.Millisecond   // a waiter's first look at the shared decision
-	pollMax         = 25 * time.Millisecond  // and its slowest
-	blockFor        = 500 * time.Millisecond // XREAD BLOCK: the heartbeat period
-	bootCheckEvery  = time.Second            // incarnation check while connected
-	outboxMax       = 10000                  // events held while Redis is unreachable
-	streamMaxLen    = 100000                 // XADD MAXLEN ~
-	readCount       = 1000                   // events per stream read
-	minDialTimeout  = time.Second
+	breakerFailures  = 3                      // consecutive failures that open the breaker
+	breakerOpen      = time.Second            // how long an open breaker refuses calls
+	retryEvery       = 250 * time.Millisecond // outbox retries and reconnects
+	pollEvery        = 5 * time.Millisecond   // a waiter's first look at the shared decision
+	pollMax          = 25 * time.Millisecond  // and its slowest
+	blockFor         = 500 * time.Millisecond // XREAD BLOCK: the heartbeat period
+	readerMinTimeout = 250 * time.Millisecond // the stream reader's own calls, off the request path
+	bootCheckEvery   = time.Second            // incarnation check while connected
+	outboxMax        = 10000                  // events held while Redis is unreachable
+	streamMaxLen     = 100000                 // XADD MAXLEN ~
+	readCount        = 1000                   // events per stream read
+	minDialTimeout   = time.Second
 )
 
 // Config configures a Client. Addrs and Secret are required.

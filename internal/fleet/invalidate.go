@@ -261,7 +261,13 @@ type reader struct {
 	boot     string
 	bootAt   time.Time
 	needSync bool
+	reported bool // the current outage was logged
 }
+
+// readerTimeout bounds the reader's own calls. They run in the background,
+// never on a request's path, so a busy Redis or host gets more time than
+// Config.Timeout before the node reports the stream down.
+func (c *Client) readerTimeout() time.Duration { return max(c.cfg.Timeout, readerMinTimeout) }
 
 // readLoop is the one stream reader of the client. Its blocking read is
 // also the heartbeat behind Up.
@@ -285,9 +291,12 @@ func (c *Client) readLoop() {
 				c.setUp(false)
 				return
 			}
-			if c.Up() {
-				// Once per outage; rueidis errors never carry the password.
+			if !r.reported {
+				// Once per outage, the first one included (a wrong
+				// password or an ACL that refuses the prefix shows here);
+				// rueidis errors never carry the password.
 				c.log.Warn("fleet: invalidation stream unreachable, retrying", zap.Error(err))
+				r.reported = true
 			}
 			c.setUp(false)
 			r.needSync = true
@@ -313,6 +322,7 @@ func (r *reader) step() error {
 		return err
 	}
 	c.setUp(true)
+	r.reported = false
 	if r.last == "" {
 		// First read: start after what is already there.
 		r.last, r.added, r.applied = info.lastGenerated, info.added, 0
@@ -348,7 +358,7 @@ func (r *reader) step() error {
 	}
 	// Caught up: wait for the next event (the heartbeat). What it returns
 	// is read again atomically with the trim check above.
-	ctx, cancel := context.WithTimeout(c.rootCtx, blockFor+c.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(c.rootCtx, blockFor+c.readerTimeout())
 	defer cancel()
 	err = r.cl.Do(ctx, r.cl.B().Xread().Count(1).Block(blockFor.Milliseconds()).Streams().
 		Key(c.prefix+"inv").Id(r.last).Build()).Error()
@@ -365,7 +375,7 @@ func (r *reader) checkBoot() error {
 	c := r.c
 	key := c.prefix + "boot"
 	var got string
-	ctx, cancel := context.WithTimeout(c.rootCtx, c.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
 	defer cancel()
 	res := r.cl.DoMulti(ctx,
 		r.cl.B().Set().Key(key).Value(randomHex(16)).Nx().Build(),
@@ -397,7 +407,7 @@ type streamInfo struct {
 func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	c := r.c
 	stream := c.prefix + "inv"
-	ctx, cancel := context.WithTimeout(c.rootCtx, c.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
 	defer cancel()
 	cmds := rueidis.Commands{
 		r.cl.B().Multi().Build(),
