@@ -218,7 +218,16 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		return e.Value, nil
 	}
 	start := time.Now()
-	v, how, err := c.Load(x.r.Context(), key, h.loader(x))
+	var note *fleet.Source // how the fleet tier answered; allocated on a miss only
+	if h.fleet != nil {
+		note = new(fleet.Source)
+	}
+	v, how, err := c.Load(x.r.Context(), key, h.loaderNoting(x, note))
+	if note != nil && x.r.Context().Err() == nil {
+		// Load returned after the call ended (unless this client left:
+		// then the call may still be writing note).
+		x.fleet = *note
+	}
 	x.waited = time.Since(start)
 	switch {
 	case err != nil && x.r.Context().Err() != nil:
@@ -254,9 +263,13 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 
 // loader returns the call that fills a miss: the fleet tier over the
 // upstream when configured, else the upstream.
-func (h *Handler) loader(x *exchange) cache.Loader[*record] {
+func (h *Handler) loader(x *exchange) cache.Loader[*record] { return h.loaderNoting(x, nil) }
+
+// loaderNoting is loader; note, when not nil, learns how the fleet tier
+// answered. (x itself must not escape: the hit path would allocate it.)
+func (h *Handler) loaderNoting(x *exchange, note *fleet.Source) cache.Loader[*record] {
 	if h.fleet != nil {
-		return h.fleetLoader(x, x.now, &x.fleet)
+		return h.fleetLoader(x, x.now, note)
 	}
 	fetch := h.fetcher(x)
 	id := x.id
