@@ -8,13 +8,37 @@
 # and the error answers. It keeps running until Ctrl-C, which stops
 # everything it started. With DEMO_EXIT=1 it exits after the checks (CI runs
 # it that way as a smoke test); it exits non-zero when an answer is wrong.
+#
+# `./demo.sh fleet` runs a fleet instead of one Caddy: redis-server (port
+# 6390) and two Caddy nodes (ports 8081 and 8082, admin and /metrics on
+# localhost:2019 and localhost:2020) with the same `fleet` block, in front of
+# the same API and S3. It shows a shared hit (node B answers from node A's
+# decision, the API asked once) and a DELETE through node A taking effect on
+# node B. DEMO_EXIT=1 works the same way.
 set -euo pipefail
 
 cd "$(dirname "$0")"
 
+MODE=single
+case ${1:-} in
+"") ;;
+fleet) MODE=fleet ;;
+-h | --help)
+	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+	exit 0
+	;;
+*)
+	echo "usage: ./demo.sh [fleet]" >&2
+	exit 2
+	;;
+esac
+
 readonly VERSITYGW_PKG=github.com/versity/versitygw/cmd/versitygw@v1.8.0
 readonly S3_PORT=7070 API_PORT=9080 CADDY_PORT=8080 ADMIN_PORT=2019
 readonly BASE=http://127.0.0.1:${CADDY_PORT}
+# Fleet mode: redis-server and two nodes.
+readonly REDIS_PORT=6390 NODE_A_PORT=8081 NODE_B_PORT=8082 NODE_A_ADMIN=2019 NODE_B_ADMIN=2020
+readonly NODE_A=http://127.0.0.1:${NODE_A_PORT} NODE_B=http://127.0.0.1:${NODE_B_PORT}
 
 # Read by Caddyfile.example ({env.*}) and by `demo-api -seed`. S3 is reached
 # as "localhost" while the API is 127.0.0.1: curl -L (like Go's client)
@@ -55,6 +79,12 @@ show() {
 for tool in go curl; do
 	command -v "$tool" >/dev/null || { echo "demo.sh needs $tool" >&2; exit 1; }
 done
+if [[ $MODE == fleet ]]; then
+	command -v redis-server >/dev/null || {
+		echo "./demo.sh fleet needs redis-server: install Debian's redis-server package (apt-get install redis-server)" >&2
+		exit 1
+	}
+fi
 
 # --- processes and cleanup ---------------------------------------------------
 
@@ -116,12 +146,150 @@ wait_for() {
 
 # A port someone else already serves would make the readiness checks pass
 # against the wrong program.
-for port in $S3_PORT $API_PORT $CADDY_PORT $ADMIN_PORT; do
+PORTS=("$S3_PORT" "$API_PORT" "$CADDY_PORT" "$ADMIN_PORT")
+[[ $MODE == fleet ]] && PORTS=("$S3_PORT" "$API_PORT" "$REDIS_PORT" "$NODE_A_PORT" "$NODE_B_PORT" "$NODE_A_ADMIN" "$NODE_B_ADMIN")
+for port in "${PORTS[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 		echo "port $port on 127.0.0.1 is already in use; stop what uses it first" >&2
 		exit 1
 	fi
 done
+
+# --- show helpers ------------------------------------------------------------
+
+# status_of ARGS...: print only the HTTP status of a request to Caddy.
+status_of() { curl -sS -o /dev/null -w '%{http_code}' "$@"; }
+
+# api_lookups ID: how many times the metadata API was asked about ID.
+api_lookups() { grep -c "GET /v1/exports/$1 -> " "$WORK/demo-api.log" || true; }
+
+# --- fleet mode --------------------------------------------------------------
+
+# fleet_demo starts redis-server and two Caddy nodes sharing it, and shows a
+# shared hit and a DELETE on one node taking effect on the other.
+fleet_demo() {
+	local caddyfile=$WORK/Caddyfile.fleet
+	# One Caddyfile for both nodes: {$NODE_PORT} and {$NODE_ADMIN} are read
+	# when the file is parsed, {env.*} when the handler is provisioned.
+	cat >"$caddyfile" <<'CADDYFILE'
+{
+	default_bind 127.0.0.1
+	auto_https off
+	admin localhost:{$NODE_ADMIN}
+	persist_config off
+}
+
+:{$NODE_PORT} {
+	export_download {
+		upstream http://127.0.0.1:9080
+		key_prefixes hb_live_ hb_test_
+		bucket {env.S3_BUCKET}
+		object_key exports/{export.project_id}/{id}.csv
+		endpoint {env.S3_ENDPOINT}
+		path_style
+		access_key_id {env.S3_ACCESS_KEY_ID}
+		secret_access_key {env.S3_SECRET_ACCESS_KEY}
+		# Shared decisions and invalidations: every node has the same block.
+		fleet {
+			redis {env.FLEET_REDIS}
+			# The HMAC key of the fleet, at least 32 bytes, the same on every node.
+			secret {env.FLEET_SECRET}
+		}
+	}
+	reverse_proxy 127.0.0.1:9080
+}
+CADDYFILE
+
+	say "Starting redis-server on 127.0.0.1:$REDIS_PORT (no persistence)"
+	start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK"
+	local i
+	for i in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
+		kill -0 "${PIDS[-1]}" 2>/dev/null || fail "redis-server exited (its log follows)"
+		sleep 0.1
+	done
+
+	export FLEET_REDIS=127.0.0.1:$REDIS_PORT
+	# A throwaway secret for the demo; a real fleet reads it from a file or
+	# a secret store, e.g. {file./run/secrets/fleet_secret}.
+	FLEET_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	export FLEET_SECRET
+	say "Starting Caddy node A on $NODE_A and node B on $NODE_B, with this fleet block"
+	sed -n '/fleet {/,/^\t\t}/p' "$caddyfile"
+	start caddy-a env NODE_PORT=$NODE_A_PORT NODE_ADMIN=$NODE_A_ADMIN bin/caddy run --config "$caddyfile" --adapter caddyfile
+	wait_for "caddy node A" "$NODE_A/v1/health"
+	start caddy-b env NODE_PORT=$NODE_B_PORT NODE_ADMIN=$NODE_B_ADMIN bin/caddy run --config "$caddyfile" --adapter caddyfile
+	wait_for "caddy node B" "$NODE_B/v1/health"
+
+	# cache_status NODE ID [KEY]: the status and Cache-Status of a download.
+	cache_status() {
+		local hdrs=$WORK/hdrs.txt
+		show curl -sS -o /dev/null -D "$hdrs" -H "${3:-$ALICE}" "$1/v1/exports/$2/download"
+		tr -d '\r' <"$hdrs" | awk 'NR == 1 || tolower($1) == "cache-status:" || tolower($1) == "location:" { print "  " substr($0, 1, 110) }'
+		STATUS=$(awk 'NR == 1 { print $2 }' "$hdrs")
+		CACHE_STATUS=$(tr -d '\r' <"$hdrs" | awk 'tolower($1) == "cache-status:" { sub(/^[^:]*: */, ""); print }')
+	}
+
+	say "Node A: first download of an export. A asks the API and shares the decision"
+	cache_status "$NODE_A" "$ID_COMPLETED"
+	[[ $STATUS == 302 ]] || fail "node A: expected 302, got $STATUS"
+	[[ $CACHE_STATUS == "export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored" ]] ||
+		fail "node A: unexpected Cache-Status '$CACHE_STATUS'"
+
+	say "Node B never saw it: the shared decision answers, the API is not asked"
+	cache_status "$NODE_B" "$ID_COMPLETED"
+	[[ $STATUS == 302 ]] || fail "node B: expected 302, got $STATUS"
+	[[ $CACHE_STATUS == "export_download_fleet; hit, export_download; fwd=miss; stored" ]] ||
+		fail "node B: expected a shared hit, got Cache-Status '$CACHE_STATUS'"
+	cache_status "$NODE_B" "$ID_COMPLETED"
+	[[ $CACHE_STATUS == "export_download; hit" ]] || fail "node B, again: expected a local hit, got '$CACHE_STATUS'"
+	lookups=$(api_lookups "$ID_COMPLETED")
+	echo "(the metadata API was asked about this export $lookups time(s) for three downloads on two nodes)"
+	[[ $lookups -eq 1 ]] || fail "expected 1 metadata lookup, got $lookups"
+	show curl -sS -L -H "$ALICE" "$NODE_B/v1/exports/$ID_COMPLETED/download" >"$WORK/fleet-download.csv"
+	bin/demo-api -csv "$ID_COMPLETED" >"$WORK/expected.csv"
+	cmp -s "$WORK/fleet-download.csv" "$WORK/expected.csv" || fail "the CSV downloaded through node B differs"
+	echo "(the CSV downloaded through node B is the one uploaded)"
+
+	say "Both nodes cache another export, then a DELETE goes through node A"
+	cache_status "$NODE_A" "$ID_DISPOSABLE"
+	cache_status "$NODE_B" "$ID_DISPOSABLE"
+	[[ $STATUS == 302 ]] || fail "node B: expected 302 before the DELETE, got $STATUS"
+	show curl -sS -o /dev/null -w '  HTTP %{http_code}\n' -X DELETE -H "$ALICE" "$NODE_A/v1/exports/$ID_DISPOSABLE"
+
+	say "Node B no longer answers from its cache: the app says the export is gone"
+	# Polled, so that the first answer after the DELETE is the one shown.
+	local start_ns elapsed_ms hdrs=$WORK/hdrs.txt
+	start_ns=$(date +%s%N)
+	echo "\$ curl -sS -o /dev/null -D $hdrs -H '$ALICE' $NODE_B/v1/exports/$ID_DISPOSABLE/download"
+	for i in $(seq 100); do
+		curl -sS -o /dev/null -D "$hdrs" -H "$ALICE" "$NODE_B/v1/exports/$ID_DISPOSABLE/download"
+		[[ $(awk 'NR == 1 { print $2 }' "$hdrs") == 404 ]] && break
+		sleep 0.02
+	done
+	elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
+	tr -d '\r' <"$hdrs" | awk 'NR == 1 || tolower($1) == "cache-status:" { print "  " $0 }'
+	[[ $(awk 'NR == 1 { print $2 }' "$hdrs") == 404 ]] || fail "node B still answers from its cache 2s after the DELETE"
+	echo "(node B's answer changed $elapsed_ms ms after the DELETE's 204, in $i request(s); the time includes starting curl)"
+
+	say "Node B's fleet metrics"
+	show curl -sS "http://localhost:$NODE_B_ADMIN/metrics" | grep -E '^caddy_export_download_fleet_(lookups_total|invalidations_total|up)' || true
+
+	if command -v redis-cli >/dev/null; then
+		say "What Redis holds: HMAC-named keys under the prefix, no API key"
+		show redis-cli -p "$REDIS_PORT" --scan --pattern 'export_download:*' | sort | sed 's/^/  /'
+		if redis-cli -p "$REDIS_PORT" --scan --pattern '*' | grep -q 'hb_test_'; then
+			fail "an API key appears in a Redis key name"
+		fi
+	fi
+
+	say "All fleet checks passed"
+	echo "Node A:       $NODE_A   (admin and /metrics: http://localhost:$NODE_A_ADMIN/metrics)"
+	echo "Node B:       $NODE_B   (admin and /metrics: http://localhost:$NODE_B_ADMIN/metrics)"
+	echo "Redis:        127.0.0.1:$REDIS_PORT"
+	echo "metadata API: http://127.0.0.1:$API_PORT"
+	echo "Keys:         hb_test_demo_alice (owns every export), hb_test_demo_bob (owns none)"
+}
 
 # --- build -------------------------------------------------------------------
 
@@ -158,6 +326,16 @@ wait_for demo-api "http://127.0.0.1:$API_PORT/v1/health"
 say "Uploading the demo CSVs to s3://$S3_BUCKET"
 bin/demo-api -seed
 
+if [[ $MODE == fleet ]]; then
+	fleet_demo
+	if [[ ${DEMO_EXIT:-0} == 1 ]]; then
+		exit 0
+	fi
+	echo
+	echo "Running; press Ctrl-C to stop everything."
+	wait
+fi
+
 say "Starting Caddy with Caddyfile.example on $BASE"
 start caddy bin/caddy run --config Caddyfile.example --adapter caddyfile
 # /v1/health is not the handler's: answered through reverse_proxy.
@@ -165,11 +343,6 @@ wait_for caddy "$BASE/v1/health"
 
 # --- show --------------------------------------------------------------------
 
-# status_of ARGS...: print only the HTTP status of a request to Caddy.
-status_of() { curl -sS -o /dev/null -w '%{http_code}' "$@"; }
-
-# api_lookups ID: how many times the metadata API was asked about ID.
-api_lookups() { grep -c "GET /v1/exports/$1 -> " "$WORK/demo-api.log" || true; }
 
 say "Download a completed export (302 to a presigned S3 URL, followed by curl -L)"
 show curl -sS -L -H "$ALICE" "$BASE/v1/exports/$ID_COMPLETED/download" | tee "$WORK/download.csv"
