@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
@@ -45,6 +46,7 @@ type exchange struct {
 	lookup lookupResult  // the cache_lookups_total label
 	waited time.Duration // time spent on the upstream (or another's call)
 	fleet  fleet.Source  // how the fleet tier answered; 0: not asked
+	span   trace.Span    // the request's span when tracing records; else nil
 }
 
 // ServeHTTP answers GET and HEAD on the download path; it passes every
@@ -64,7 +66,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	x := &exchange{w: w, r: r, reqID: requestid.FromHeader(r.Header.Get("X-Request-Id")),
-		id: rawID, status: csBypass, lookup: lookupBypass}
+		id: rawID, status: csBypass, lookup: lookupBypass, span: requestSpan(r)}
 	if !h.apiKeyOK(r.Header) {
 		return h.finish(x, decision.BadKey, "")
 	}
@@ -76,6 +78,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	x.now = h.now()
 	rec, err := h.lookupExport(x)
+	traceLookup(x.span, x.id, x.lookup.String())
 	if err != nil {
 		if r.Context().Err() != nil {
 			// The client went away while waiting: not an outage, and
@@ -104,7 +107,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			zap.String("export_id", x.id), zap.Error(rec.objErr))
 		return h.finish(x, decision.Internal, "")
 	}
-	signed, err := h.presignURL(r.Context(), rec, x.now)
+	signed, reused, err := h.presignURL(r.Context(), rec, x.now)
+	tracePresign(x.span, reused)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return nil // the client left while the URL was being signed
@@ -211,7 +215,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		x.status, x.lookup = csHit, lookupHit
 		return e.Value, nil
 	case cache.Refresh:
-		if c.RefreshAsync(key, e, h.refresher(x, e)) {
+		if c.RefreshAsync(key, e, linkRefresh(x.span, h.refresher(x, e))) {
 			h.metrics.refreshes.Inc()
 		}
 		x.status, x.lookup = csHit, lookupHit
@@ -333,6 +337,7 @@ func (h *Handler) finish(x *exchange, v *decision.Verdict, retryAfter string) er
 }
 
 func (h *Handler) logRequest(x *exchange, o decision.Outcome) {
+	traceOutcome(x.span, x.id, o.String())
 	if ce := h.logger.Check(zap.DebugLevel, "export download"); ce != nil {
 		id := x.id
 		if len(id) > 64 {

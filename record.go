@@ -169,7 +169,7 @@ func unhex(c byte) byte {
 
 // presignURL returns a URL for the record's object: a reused one while its
 // reuse window lasts, else a new one (one presign per object at a time).
-func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*presign.Signed, error) {
+func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (s *presign.Signed, reused bool, err error) {
 	exp := rec.answer.Export.ExpiresAt
 	// The record remembers the last URL it handed out: a hit then needs no
 	// second lookup, nor the object rendered. It is the shared cache's URL,
@@ -178,19 +178,19 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 	if h.caches != nil {
 		if m := rec.url.Load(); m != nil && m.urls == h.caches.urls && now.Before(m.until) {
 			h.metrics.presignReused.Inc()
-			return m.signed, nil
+			return m.signed, true, nil
 		}
 	}
 	obj, err := h.object(rec)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if h.caches != nil {
 		urls := h.caches.urls
 		if s, until, ok := urls.LookupAt(obj, exp, now); ok {
 			rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
 			h.metrics.presignReused.Inc()
-			return s, nil
+			return s, true, nil
 		}
 	}
 	sign := func(ctx context.Context) (*presign.Signed, error) {
@@ -198,12 +198,13 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 		return h.presigner.Presign(ctx, obj, h.now(), exp)
 	}
 	if h.caches == nil {
-		return sign(ctx)
+		s, err = sign(ctx)
+		return s, false, err
 	}
 	urls := h.caches.urls
-	s, reused, err := urls.Sign(ctx, obj, exp, sign)
+	s, reused, err = urls.Sign(ctx, obj, exp, sign)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if reused {
 		h.metrics.presignReused.Inc()
@@ -211,5 +212,5 @@ func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (*
 	if until := urls.ReuseUntil(s); now.Before(until) {
 		rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
 	}
-	return s, nil
+	return s, reused, nil
 }
