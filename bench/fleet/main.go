@@ -692,7 +692,8 @@ func (b *bench) hitOnOff(ctx context.Context, pid int, on, off string) error {
 		fmt.Printf("| %d | %s, %s | %.0f | %.0f | %.3f | %.1f | %.1f | %.3f | %d |\n", r+1, names[order[0]], names[order[1]],
 			rps[true], rps[false], ratio, cpu[true], cpu[false], cpuRatio, cmds)
 	}
-	fmt.Printf("\nmedian over %d paired rounds: fleet on %.0f req/s, fleet off %.0f req/s, ratio on/off %.3f (min %.3f, max %.3f);\n",
+	fmt.Printf("\nat the end: %s", loadavg())
+	fmt.Printf("median over %d paired rounds: fleet on %.0f req/s, fleet off %.0f req/s, ratio on/off %.3f (min %.3f, max %.3f);\n",
 		len(ratios), median(ons), median(offs), median(ratios), slices.Min(ratios), slices.Max(ratios))
 	fmt.Printf("CPU per request: fleet on %.1f µs, fleet off %.1f µs, ratio off/on %.3f (min %.3f, max %.3f); 1 means no difference\n",
 		median(cpuOns), median(cpuOffs), median(cpuRatios), slices.Min(cpuRatios), slices.Max(cpuRatios))
@@ -746,7 +747,8 @@ func (b *bench) latency(ctx context.Context, pFleet, pPlain, qFleet string) erro
 		s := summarize(lat[i])
 		fmt.Printf("| %s | %d | %s | %s | %s | %s |\n", k, len(lat[i]), ms(s.p50), ms(s.p90), ms(s.p99), ms(s.mean))
 	}
-	fmt.Printf("\nsamples not measured because a request took another path (a Redis call over the fleet timeout on a busy host): %s\n", skip)
+	fmt.Printf("\nat the end: %s", loadavg())
+	fmt.Printf("samples not measured because a request took another path (a Redis call over the fleet timeout on a busy host): %s\n", skip)
 	up, sh := summarize(lat[2]), summarize(lat[1])
 	fmt.Printf("upstream call (fleet on) / shared hit, p50: %.2f; the fake metadata API answers in %v on loopback,\n"+
 		"so a real app's own latency adds to every upstream call and to nothing else.\n\n", float64(up.p50)/float64(sh.p50), b.cfg.appDelay)
@@ -939,6 +941,7 @@ func (b *bench) invalidation(ctx context.Context) error {
 	fmt.Printf("| the DELETE sent by the client | the last of the %d other nodes dropped it | %s | %s | %s | %s |\n", c.nodes-1, ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max))
 	fmt.Printf("| the DELETE's 2xx at the client | each other node dropped it | %s | %s | %s | %s |\n", ms(p.p50), ms(p.p90), ms(p.p99), ms(p.max))
 	fmt.Printf("| the DELETE sent | its 2xx at the client (app round trip + local drop + publish) | %s | %s | %s | %s |\n\n", ms(d.p50), ms(d.p90), ms(d.p99), ms(d.max))
+	fmt.Printf("at the end: %s", loadavg())
 	fmt.Printf("A negative time: the node had dropped the export before the client saw the 2xx (the origin publishes\n" +
 		"before it answers).\n")
 	fmt.Printf("nodes that applied an invalidation with no entry to drop: %d (each round first caches the export on every node)\n", notDropped)
