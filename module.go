@@ -224,6 +224,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key, _ = tmpl.Parse(h.ObjectKey)
 	h.file, _ = tmpl.Parse(h.Filename)
 	h.passthrough = h.OnUpstreamError == "passthrough"
+	h.templateFields = []string{} // none named: the upstream keeps none
 	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
 		for _, f := range t.Fields() {
 			if !slices.Contains(h.templateFields, f) {
@@ -414,15 +415,10 @@ func (h *Handler) validate(expanded bool) error {
 	}
 	if h.Upstream == "" {
 		bad("upstream", "required")
-	} else if u, err := url.Parse(h.Upstream); !known(h.Upstream) {
-		// checked at provision
-	} else if err != nil {
-		bad("upstream", "must be an http:// or https:// URL with a host") // not quoted: it may hold a password
-	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("upstream", "%q must be an http:// or https:// URL with a host", u.Redacted())
-	} else if strings.ContainsAny(h.Upstream, "?#") || u.User != nil {
-		// The URL is not quoted back: user info would be a secret.
-		bad("upstream", "%q must not hold a query, fragment or user info", u.Redacted())
+	} else if known(h.Upstream) {
+		if err := upstream.CheckBaseURL(h.Upstream); err != nil {
+			bad("upstream", "%v", err)
+		}
 	}
 	if h.Bucket == "" {
 		bad("bucket", "required")

@@ -72,18 +72,27 @@ type headerValues struct {
 	values []string
 }
 
-// New checks cfg and returns a Client.
-func New(cfg Config) (*Client, error) {
-	// Errors never quote the URL back: it may hold a password.
-	u, err := url.Parse(cfg.BaseURL)
+// CheckBaseURL checks an upstream base URL: http:// or https:// with a
+// host, and no query, fragment or user info. Its errors never quote the URL
+// unredacted: it may hold a password.
+func CheckBaseURL(raw string) error {
+	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, errors.New("upstream: must be an http:// or https:// URL with a host")
+		return errors.New("must be an http:// or https:// URL with a host")
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("upstream: %q must be an http:// or https:// URL with a host", u.Redacted())
+		return fmt.Errorf("%q must be an http:// or https:// URL with a host", u.Redacted())
 	}
-	if strings.ContainsAny(cfg.BaseURL, "?#") || u.User != nil {
-		return nil, fmt.Errorf("upstream: %q must not hold a query, fragment or user info", u.Redacted())
+	if strings.ContainsAny(raw, "?#") || u.User != nil {
+		return fmt.Errorf("%q must not hold a query, fragment or user info", u.Redacted())
+	}
+	return nil
+}
+
+// New checks cfg and returns a Client.
+func New(cfg Config) (*Client, error) {
+	if err := CheckBaseURL(cfg.BaseURL); err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	if _, err := route.Parse(cfg.Path); err != nil {
 		return nil, fmt.Errorf("upstream_path: %v", err)
