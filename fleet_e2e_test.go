@@ -1126,3 +1126,55 @@ func TestFleetAdaptInvalid(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkFleetLocalHit is a local cache hit with the fleet tier off and
+// on, side by side in one process (no network, no wrk, so much less noise
+// than bench/fleet's): the fleet tier must not change a hit's cost, since a
+// hit makes no Redis call. redis-cmds/op counts what Redis processed per
+// hit during the run (the stream reader's heartbeat, divided by b.N).
+func BenchmarkFleetLocalHit(b *testing.B) {
+	r := testenv.StartRedis(b)
+	for _, bc := range []struct {
+		name  string
+		fleet bool
+	}{{"fleet off", false}, {"fleet on", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			up := testenv.NewUpstream(b)
+			completed(up, testID, time.Now().Add(24*time.Hour))
+			var h *Handler
+			if bc.fleet {
+				h = newHandler(b, up, nil, withFleet(r.Addr))
+			} else {
+				h = newHandler(b, up, nil)
+			}
+			h.logger = productionLogger()
+			download(b, h, testID, testKey)
+			checkReply(b, download(b, h, testID, testKey), http.StatusFound, wantHit)
+			req, w := benchRequest(testID, testKey, ""), newBenchWriter()
+			before := redisCommandsProcessed(b, r)
+			b.ReportAllocs()
+			for b.Loop() {
+				w.reset()
+				_ = h.ServeHTTP(w, req, noNext)
+			}
+			b.ReportMetric(float64(redisCommandsProcessed(b, r)-before)/float64(b.N), "redis-cmds/op")
+			checkBenchHit(b, w)
+		})
+	}
+}
+
+// redisCommandsProcessed is Redis's count of commands processed so far.
+func redisCommandsProcessed(tb testing.TB, r *testenv.Redis) int64 {
+	tb.Helper()
+	info := r.MustDo(tb, "INFO", "stats")
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			var n int64
+			if _, err := fmt.Sscan(v, &n); err == nil {
+				return n
+			}
+		}
+	}
+	tb.Fatalf("no total_commands_processed in INFO stats")
+	return 0
+}
