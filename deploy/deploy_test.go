@@ -29,12 +29,6 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// fleetEnabled turns on the checks that need the fleet tier's metrics and
-// its `fleet` subdirective: fleet-alerts.yml and the dashboard's fleet
-// panels against a running Caddy's /metrics, and the Caddyfiles' commented
-// fleet block adapted uncommented. Flip it when the fleet tier lands.
-const fleetEnabled = false
-
 // repoRoot is the module's root directory, the parent of deploy/.
 var repoRoot string
 
@@ -374,9 +368,7 @@ func TestCaddyfilesAdapt(t *testing.T) {
 			if err := os.WriteFile(fleet, []byte(uncommentFleet(t, readFile(t, rel))), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if fleetEnabled {
-				adapt(t, bin, fleet, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/x"})
-			}
+			adapt(t, bin, fleet, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/x"})
 		})
 	}
 }
@@ -504,9 +496,7 @@ func TestCompose(t *testing.T) {
 		}
 	}
 	caddyfile := readFile(t, "deploy/docker/Caddyfile")
-	if fleetEnabled {
-		caddyfile = uncommentFleet(t, caddyfile)
-	}
+	caddyfile = uncommentFleet(t, caddyfile)
 	provision, _ := placeholders(caddyfile)
 	nodes := 0
 	for name, s := range compose.Services {
@@ -839,9 +829,7 @@ func TestKubernetesManifests(t *testing.T) {
 			env[e.Name] = e.Value
 		}
 	}
-	if fleetEnabled {
-		caddyfile = uncommentFleet(t, caddyfile)
-	}
+	caddyfile = uncommentFleet(t, caddyfile)
 	provision, adaptRequired := placeholders(caddyfile)
 	for _, v := range append(provision, adaptRequired...) {
 		if _, ok := env[v]; !ok {
@@ -1034,10 +1022,6 @@ func dashboardQueries(t *testing.T) []string {
 	return out
 }
 
-func isFleetMetric(name string) bool {
-	return strings.HasPrefix(name, "caddy_export_download_fleet_")
-}
-
 // TestMetricNamesExist runs the container Caddyfile (the Kubernetes
 // ConfigMap's) against a fake app, checks the probe and the answers, then
 // reads /metrics and fails on any metric name or label value used by the
@@ -1056,7 +1040,7 @@ func TestMetricNamesExist(t *testing.T) {
 		"EDGE_TOKEN":   "edge-token-from-env",
 	}
 	caddyfile := filepath.Join(repoRoot, "deploy/docker/Caddyfile")
-	if fleetEnabled {
+	{
 		// The fleet block on, against a real redis-server, so that the
 		// fleet tier's series exist.
 		redis := testenv.StartRedis(t)
@@ -1102,10 +1086,7 @@ func TestMetricNamesExist(t *testing.T) {
 
 	series := scrape(t, metricsBase+"/metrics")
 	var uses []metricUse
-	files := []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml"}
-	if fleetEnabled {
-		files = append(files, "deploy/prometheus/fleet-alerts.yml")
-	}
+	files := []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/prometheus/fleet-alerts.yml"}
 	for _, rel := range files {
 		for _, g := range loadRules(t, rel).Groups {
 			for _, r := range g.Rules {
@@ -1136,9 +1117,6 @@ func TestMetricNamesExist(t *testing.T) {
 
 	checked := 0
 	for _, u := range uses {
-		if isFleetMetric(u.name) && !fleetEnabled {
-			continue
-		}
 		labels, ok := series[u.name]
 		if !ok {
 			t.Errorf("%s: metric %s is not on Caddy's /metrics", u.source, u.name)
@@ -1171,7 +1149,7 @@ func TestMetricNamesExist(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d metric selectors checked against /metrics (fleet metrics %s)", checked, map[bool]string{true: "included", false: "skipped: fleetEnabled is false"}[fleetEnabled])
+	t.Logf("%d metric selectors checked against /metrics, the fleet tier's included", checked)
 }
 
 // TestPrometheusRules runs promtool on the rule files and their unit tests.
