@@ -4,7 +4,7 @@
 //
 //   - GET /v1/exports/{id}: the application's metadata API (the public "Get
 //     export" endpoint) that the export_download handler asks on a cache miss;
-//   - GET /v1/exports/{id}/download: "the usual alternative" of SPEC §7, an app
+//   - GET /v1/exports/{id}/download: "the usual alternative" of the targets (BENCHMARKS.md), an app
 //     endpoint that checks the key against the same metadata and presigns a
 //     fresh S3 URL on every request with aws-sdk-go-v2, so that Caddy's
 //     reverse_proxy in front of it can be compared with the handler.
@@ -394,7 +394,7 @@ func isUUID(s string) bool {
 	return true
 }
 
-// contentDisposition builds the header value of SPEC §2: an "attachment" with
+// contentDisposition builds the header value of the README "Responses": an "attachment" with
 // an ASCII fallback filename and the RFC 5987 filename* parameter.
 func contentDisposition(name string) string {
 	var fallback strings.Builder

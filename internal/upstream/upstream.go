@@ -1,5 +1,5 @@
 // Package upstream asks the application's metadata API about an export
-// (SPEC §3) and classifies the reply into a decision.Answer or a failure.
+// (README "The upstream contract") and classifies the reply into a decision.Answer or a failure.
 package upstream
 
 import (
@@ -200,7 +200,7 @@ func (c *Client) Close() {
 	}
 }
 
-// Failure is an upstream failure (SPEC §3): the caller may serve a stale
+// Failure is an upstream failure (README "The upstream contract"): the caller may serve a stale
 // answer, answer 503, or pass the request on.
 type Failure struct {
 	Reason string

@@ -125,11 +125,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestFetchClassification is the fault table of SPEC §3: each upstream
+// TestFetchClassification is the fault table of the README "The upstream contract": each upstream
 // reply is either a usable answer of the right kind or a *Failure.
 func TestFetchClassification(t *testing.T) {
 	// A redirect target that must never be asked: redirects are failures,
-	// not followed (SPEC §3).
+	// not followed (README "The upstream contract").
 	var redirected atomic.Int32
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		redirected.Add(1)
@@ -346,7 +346,7 @@ func TestFetchClassification(t *testing.T) {
 
 // TestFetchExpiredExportsDecideGone follows past expires_at values through
 // the decision table: whatever the representation, a completed export whose
-// expires_at has passed must get 410, never a redirect (SPEC §2 rule 8).
+// expires_at has passed must get 410, never a redirect (rule 8 of the README's decision table).
 // Year 1 is Go's zero time, what a Go backend emits for an unset time.Time:
 // it is a valid RFC 3339 instant in the past, not "no expiry".
 func TestFetchExpiredExportsDecideGone(t *testing.T) {
@@ -653,7 +653,7 @@ func TestFetchCanceled(t *testing.T) {
 	})
 }
 
-// TestFetchHeaders checks what the upstream receives (SPEC §3): the
+// TestFetchHeaders checks what the upstream receives (README "The upstream contract"): the
 // forwarded headers and only those, the request id, Accept, User-Agent and
 // the static upstream headers.
 func TestFetchHeaders(t *testing.T) {
