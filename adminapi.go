@@ -272,8 +272,12 @@ func bodyError(err error) error {
 		return badRequest(http.StatusBadRequest, "invalid JSON body: %s wants %s, got %s", wrongType.Field, jsonKind(wrongType.Type), wrongType.Value)
 	}
 	// encoding/json's messages name the field and the offending token
-	// (`json: unknown field "x"`), never the whole body.
-	return badRequest(http.StatusBadRequest, "invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
+	// (`json: unknown field "x"`), never the whole body; the name is the
+	// caller's text, so it is bounded like any quoted value.
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return badRequest(http.StatusBadRequest, "invalid JSON body: unknown field %s", clip(name))
+	}
+	return badRequest(http.StatusBadRequest, "invalid JSON body: %s", clip(strings.TrimPrefix(err.Error(), "json: ")))
 }
 
 // jsonKind names what a field of purgeRequest holds, in JSON's words.

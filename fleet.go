@@ -113,8 +113,13 @@ func (c *FleetConfig) validate(known func(string) bool) []error {
 		if !known(a) {
 			continue
 		}
-		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
-			bad("redis", "%q is not host:port", a)
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" || strings.ContainsAny(a, "@/") {
+			if strings.Contains(a, "@") {
+				// A URL with user info: never quote it, it holds a password.
+				bad("redis", "want host:port, not a URL (give username and password as their own subdirectives)")
+			} else {
+				bad("redis", "%q is not host:port", a)
+			}
 		}
 	}
 	if c.Secret == "" {
@@ -321,17 +326,22 @@ func (h *Handler) fleetLoader(x *exchange, minFresh time.Time, note *fleet.Sourc
 	return func(ctx context.Context) (*record, time.Duration, error) {
 		var mine *record
 		var mineTTL time.Duration
-		payload, freshUntil, src, err := h.fleet.client.Load(ctx, id, cred, minFresh, func(ctx context.Context) ([]byte, time.Duration, error) {
+		payload, freshUntil, src, err := h.fleet.client.Load(ctx, id, cred, h.sharedNotBefore(cred, minFresh), func(ctx context.Context) ([]byte, time.Duration, error) {
 			a, err := fetch(ctx)
 			if err != nil {
 				return nil, 0, err
 			}
 			mineTTL = h.ttls.FreshFor(a, h.now())
 			mine = h.newRecord(id, a)
-			if mineTTL <= 0 || a.Kind == decision.KindRateLimited {
-				return nil, 0, nil // not cacheable here: not shared either
+			switch {
+			case mineTTL > 0 && a.Kind != decision.KindRateLimited:
+				return h.encodeShared(a), mineTTL, nil
+			case a.Kind == decision.KindUnauthorized || a.Kind == decision.KindNotFound:
+				// A refusal this node does not cache still refutes the
+				// shared decision: delete it, so no node takes it again.
+				return nil, -1, nil
 			}
-			return h.encodeShared(a), mineTTL, nil
+			return nil, 0, nil // not cacheable here: not shared either
 		})
 		if note != nil {
 			*note = src
@@ -343,10 +353,14 @@ func (h *Handler) fleetLoader(x *exchange, minFresh time.Time, note *fleet.Sourc
 			return mine, mineTTL, nil
 		}
 		a, derr := decodeShared(payload)
+		if derr == nil {
+			derr = h.lacksTemplateField(a)
+		}
 		if derr != nil {
-			// Authenticated, so written by a node of this fleet: a newer
-			// version's format. Ask the app rather than guess.
-			h.logger.Warn("unreadable shared decision", zap.String("export_id", id), zap.Error(derr))
+			// Authenticated, so written by a node of this fleet, but with
+			// another version's format or templates (a rolling deploy).
+			// Ask the app rather than guess.
+			h.logger.Warn("unusable shared decision", zap.String("export_id", id), zap.Error(derr))
 			a, err = fetch(ctx)
 			if err != nil {
 				return nil, 0, err
@@ -355,6 +369,39 @@ func (h *Handler) fleetLoader(x *exchange, minFresh time.Time, note *fleet.Sourc
 		}
 		return h.newRecord(id, a), freshUntil.Sub(h.now()), nil
 	}
+}
+
+// sharedNotBefore is how long a shared decision must stay fresh to be
+// taken, beyond minFresh: not at all while this node's own invalidations
+// wait to be published (Redis may still hold what they drop), and past the
+// longest TTL after this credential was last refused here (a decision that
+// fresh was filled after the refusal).
+func (h *Handler) sharedNotBefore(cred [32]byte, minFresh time.Time) time.Time {
+	if h.fleet.client.Pending() {
+		return minFresh.Add(100 * 365 * 24 * time.Hour)
+	}
+	if h.caches != nil {
+		if at, ok := h.caches.decisions.RefusedAt(cred); ok {
+			if nb := at.Add(h.maxTTL); nb.After(minFresh) {
+				return nb
+			}
+		}
+	}
+	return minFresh
+}
+
+// lacksTemplateField reports a completed shared decision that lacks a field
+// this node's templates name: another node, with other templates, shared it.
+func (h *Handler) lacksTemplateField(a *decision.Answer) error {
+	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
+		return nil
+	}
+	for _, f := range h.templateFields {
+		if _, ok := a.Fields[f]; !ok {
+			return fmt.Errorf("the shared decision lacks the field %q that the templates name", f)
+		}
+	}
+	return nil
 }
 
 // fleetMetrics are the fleet tier's series; the pooled client reports to

@@ -813,7 +813,7 @@ func testFleetRedisKilled(t *testing.T, bin string) {
 		completed(up, id, time.Time{})
 		c.warm(t, id, e2eKeyA)
 	}
-	fresh := idSource(up, 1000, 2000)
+	fresh := idSource(up, 1000, 20000)
 
 	var killedAt time.Time
 	replies := c.runLoad(2*time.Second, 4, cachedID, fresh, 700*time.Millisecond, func() {
@@ -916,7 +916,7 @@ func testFleetPartition(t *testing.T, bin string) {
 		completed(up, id, time.Time{})
 		c.warm(t, id, e2eKeyA)
 	}
-	fresh := idSource(up, 1000, 2000)
+	fresh := idSource(up, 1000, 20000)
 
 	proxy.Freeze()
 	frozen := true

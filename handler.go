@@ -238,7 +238,9 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		// The client left: serve nothing, count nothing as an outage.
 		x.status, x.lookup = csFailed, lookupMiss
 		return nil, err
-	case err != nil && state == cache.Stale:
+	case err != nil && state == cache.Stale && c.Holds(key, e):
+		// Only if nothing dropped it meanwhile: a DELETE or a refusal
+		// that landed during the failed call must win.
 		c.ServedStale()
 		x.status, x.lookup = csStale, lookupStale
 		return e.Value, nil
@@ -365,17 +367,13 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	sw := &successWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		onSuccess: func() {
-			// Local entries first: this node never answers from them
-			// again. Then the fleet, still before the client sees its 2xx
-			// (each Redis call is bounded; unreachable, it waits in the
-			// outbox).
-			n := h.caches.decisions.InvalidateID(id)
-			published := false
-			if h.fleet != nil {
-				published = h.fleet.client.Publish(context.WithoutCancel(r.Context()), fleet.Event{IDs: []string{id}})
-			}
-			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", n),
-				zap.Bool("fleet", h.fleet != nil), zap.Bool("published", published))
+			// Every cache of this node first (other sites may hold the
+			// export too): this node never answers from them again. Then
+			// the fleet, still before the client sees its 2xx (each Redis
+			// call is bounded; unreachable, it waits in the outbox).
+			out := purgeCaches(context.WithoutCancel(r.Context()), purgeSelection{IDs: []string{id}})
+			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", out.Dropped),
+				zap.Int("caches", out.Caches), zap.String("fleet", out.Fleet))
 		},
 	}
 	err := next.ServeHTTP(sw, r)

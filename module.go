@@ -158,6 +158,7 @@ type Handler struct {
 	forward           []string // canonical names, Authorization first
 	perRequest        []perRequestHeader
 	templateFields    []string // the export fields the templates name
+	maxTTL            time.Duration
 	fleet             *fleetTier
 	fleetMetrics      *fleetMetrics
 	upstream          *upstream.Client
@@ -284,6 +285,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		c, _ := decision.ParseClass(name) // checked by Validate
 		h.ttls[c] = time.Duration(d)
 	}
+	h.maxTTL = slices.Max(h.ttls[:])
 	if h.metrics, err = newMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}

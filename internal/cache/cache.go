@@ -147,7 +147,11 @@ type Cache[V any] struct {
 	// found is checked against the full key (a mismatch is a miss; a
 	// store over a colliding key replaces it): the store's node holds 8
 	// bytes of key, not 48.
-	store        *otter.Cache[uint64, *Entry[V]]
+	store *otter.Cache[uint64, *Entry[V]]
+	// refused remembers when each credential was last refused (a 401/403
+	// dropped its entries), bounded: for a tier below this cache that must
+	// not hand back an answer from before the refusal (RefusedAt).
+	refused      *otter.Cache[[32]byte, int64]
 	flights      singleflight.Group
 	staleIfError time.Duration
 	now          func() time.Time
@@ -212,9 +216,13 @@ func New[V any](cfg Config) *Cache[V] {
 		OnAtomicDeletion: func(ev otter.DeletionEvent[uint64, *Entry[V]]) { c.idx.unlink(ev.Value) },
 	}
 	c.store = otter.Must(opts)
+	c.refused = otter.Must(&otter.Options[[32]byte, int64]{MaximumSize: min(max(cfg.MaxEntries, 1), maxRefused), Clock: noClock{}})
 	c.base, c.cancel = context.WithCancel(context.Background())
 	return c
 }
+
+// maxRefused bounds the credentials whose refusal time is remembered.
+const maxRefused = 100_000
 
 // Close stops background refreshes and waits for them. Requests still
 // draining may use the cache afterwards; it starts no goroutine then.
@@ -228,6 +236,7 @@ func (c *Cache[V]) Close() {
 	// (Caddy cleans a config up before its servers finish); the garbage
 	// collector takes the store with the last of them.
 	c.store.StopAllGoroutines()
+	c.refused.StopAllGoroutines()
 }
 
 // State says what Peek found.
@@ -269,6 +278,15 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	}
 	c.stats.misses.Add(1)
 	return nil, Absent
+}
+
+// Holds reports whether e is still key's entry: not dropped (a purge, an
+// invalidation, a refusal) nor replaced since it was looked up. A stale
+// answer is served only while it holds.
+func (c *Cache[V]) Holds(key Key, e *Entry[V]) bool {
+	k := key.stored()
+	cur, ok := c.store.GetIfPresent(c.hash(&k))
+	return ok && cur == e
 }
 
 // ServedStale counts an answer served past its freshness because the
@@ -440,7 +458,18 @@ func (c *Cache[V]) InvalidateID(id string) int {
 // exports: a revoked key stops downloading at once.
 func (c *Cache[V]) InvalidateCredential(cred [32]byte) int {
 	c.credStripe(cred).Add(1)
+	c.refused.Set(cred, c.now().UnixNano())
 	return c.dropAll(c.idx.byCred(cred))
+}
+
+// RefusedAt says when the credential was last refused (InvalidateCredential),
+// if this cache still remembers it.
+func (c *Cache[V]) RefusedAt(cred [32]byte) (time.Time, bool) {
+	n, ok := c.refused.GetIfPresent(cred)
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n), true
 }
 
 // PurgeTags drops every entry that carries one of tags (surrogate keys).

@@ -413,6 +413,15 @@ func (c *Client) Stats() Stats {
 	return s
 }
 
+// Pending reports whether invalidations of this client wait in its outbox
+// (Redis unreachable): until they are out, shared decisions may predate
+// them.
+func (c *Client) Pending() bool {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	return len(c.outbox) > 0
+}
+
 // call runs one Redis exchange bounded by Timeout, and feeds the breaker:
 // a failure that is not the caller's own cancellation counts, a success
 // resets the count.

@@ -47,8 +47,9 @@ func (s Source) String() string {
 
 // FetchFunc asks the upstream. payload is what to share (opaque bytes in
 // the caller's encoding: the outcome and the fields the templates name,
-// never a credential), ttl how long it stays fresh; ttl <= 0 or an error
-// means "do not share".
+// never a credential), ttl how long it stays fresh; ttl 0 or an error
+// means "do not share", and ttl < 0 "do not share, and delete the shared
+// decision of this key": the answer refutes it (a refusal not cached).
 type FetchFunc func(ctx context.Context) (payload []byte, ttl time.Duration, err error)
 
 // decisionVersion is the first byte of a stored decision's content.
@@ -242,6 +243,13 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 	// The store and the release must happen even when the caller has gone:
 	// they are bounded by Timeout on their own.
 	bg := context.WithoutCancel(ctx)
+	if ferr == nil && ttl < 0 {
+		// The answer refutes the shared decision (a refusal this node does
+		// not cache): no node may take it from Redis any more.
+		_ = c.call(bg, func(ctx context.Context) error {
+			return cl.Do(ctx, cl.B().Del().Key(k.decision).Build()).Error()
+		})
+	}
 	if ferr != nil || ttl <= 0 {
 		if token != "" {
 			c.release(bg, cl, k, token)
@@ -254,6 +262,11 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 	now := c.now()
 	fresh := now.Add(ttl)
 	if !c.breaker.allow() {
+		// Not stored; the lease is still released (one bounded call): Redis
+		// may well answer, and others would wait for the lease otherwise.
+		if token != "" {
+			c.release(bg, cl, k, token)
+		}
 		return payload, fresh, Fetched, nil
 	}
 	value := c.encodeDecision(k.decision, st.gen, st.epoch, fresh, payload)
@@ -275,9 +288,8 @@ func (c *Client) fill(ctx context.Context, cl rueidis.Client, k keys, st shared,
 // release deletes the lease if it still holds token, so that the next miss
 // of the key does not wait for it to expire.
 func (c *Client) release(ctx context.Context, cl rueidis.Client, k keys, token string) {
-	if !c.breaker.allow() {
-		return
-	}
+	// Even with the breaker open: a held lease makes every other node's miss
+	// of the key wait for it, and this is one call bounded by Timeout.
 	_ = c.call(context.WithoutCancel(ctx), func(ctx context.Context) error {
 		return releaseScript.Exec(ctx, cl, []string{k.lease}, []string{token}).Error()
 	})
