@@ -243,6 +243,9 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		// that landed during the failed call must win.
 		c.ServedStale()
 		x.status, x.lookup = csStale, lookupStale
+		if fs := fleetStatus[x.fleet]; fs != "" {
+			x.status = fs + ", " + x.status
+		}
 		return e.Value, nil
 	case err != nil:
 		x.status, x.lookup = csFailed, lookupMiss

@@ -84,7 +84,8 @@ func CheckBaseURL(raw string) error {
 		return fmt.Errorf("%q must be an http:// or https:// URL with a host", u.Redacted())
 	}
 	if strings.ContainsAny(raw, "?#") || u.User != nil {
-		return fmt.Errorf("%q must not hold a query, fragment or user info", u.Redacted())
+		// Not quoted: a query or user info may hold a secret.
+		return errors.New("must not hold a query, fragment or user info")
 	}
 	return nil
 }
