@@ -121,16 +121,8 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 	}
 	k := c.keysFor(id, c.MAC(cred))
 	st, err := c.read(ctx, cl, k, leaseNone, "")
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, time.Time{}, Fetched, ctx.Err()
-		}
-		c.countLookup(ResultUnavailable)
-		return c.fetchDirect(ctx, fetch, Unavailable)
-	}
-	if st.badCounter {
-		c.countLookup(ResultInvalid)
-		return c.fetchDirect(ctx, fetch, Fetched)
+	if p, f, s, e, done := c.fallBack(ctx, st, err, fetch); done {
+		return p, f, s, e
 	}
 	if st.usable(c.now(), minFresh) {
 		c.countLookup(ResultHit)
@@ -143,16 +135,8 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 
 	token := randomHex(16)
 	st, err = c.read(ctx, cl, k, leaseTake, token)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, time.Time{}, Fetched, ctx.Err()
-		}
-		c.countLookup(ResultUnavailable)
-		return c.fetchDirect(ctx, fetch, Unavailable)
-	}
-	if st.badCounter {
-		c.countLookup(ResultInvalid)
-		return c.fetchDirect(ctx, fetch, Fetched)
+	if p, f, s, e, done := c.fallBack(ctx, st, err, fetch); done {
+		return p, f, s, e
 	}
 	if st.invalid {
 		result = ResultInvalid
@@ -189,16 +173,8 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 			return c.fetchDirect(ctx, fetch, Unavailable)
 		}
 		next, err := c.read(ctx, cl, k, leaseCheck, "")
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, time.Time{}, Fetched, ctx.Err()
-			}
-			c.countLookup(ResultUnavailable)
-			return c.fetchDirect(ctx, fetch, Unavailable)
-		}
-		if next.badCounter {
-			c.countLookup(ResultInvalid)
-			return c.fetchDirect(ctx, fetch, Fetched)
+		if p, f, s, e, done := c.fallBack(ctx, next, err, fetch); done {
+			return p, f, s, e
 		}
 		if next.invalid {
 			result = ResultInvalid
@@ -221,6 +197,25 @@ func (c *Client) Load(ctx context.Context, id string, cred [32]byte, minFresh ti
 		every = min(every+pollEvery, pollMax)
 		timer.Reset(max(0, min(every, time.Until(deadline))))
 	}
+}
+
+// fallBack ends a lookup whose Redis read failed (err) or found a counter
+// that is not one: the caller's own cancellation, else a direct fetch, as
+// without the fleet tier. done is false when the read can be used.
+func (c *Client) fallBack(ctx context.Context, st shared, err error, fetch FetchFunc) (payload []byte, fresh time.Time, src Source, ferr error, done bool) {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, time.Time{}, Fetched, ctx.Err(), true
+	case err != nil:
+		c.countLookup(ResultUnavailable)
+		payload, fresh, src, ferr = c.fetchDirect(ctx, fetch, Unavailable)
+		return payload, fresh, src, ferr, true
+	case st.badCounter:
+		c.countLookup(ResultInvalid)
+		payload, fresh, src, ferr = c.fetchDirect(ctx, fetch, Fetched)
+		return payload, fresh, src, ferr, true
+	}
+	return nil, time.Time{}, 0, nil, false
 }
 
 func (c *Client) fetchDirect(ctx context.Context, fetch FetchFunc, src Source) ([]byte, time.Time, Source, error) {
