@@ -19,35 +19,35 @@ func BenchmarkLoad(b *testing.B) {
 	a := node(b, r.Addr)
 	waitUp(b, a)
 	payload := []byte(`{"outcome":"completed","bucket":"exports","key":"2026/11/report.csv","filename":"report.csv"}`)
-	upstream := func(context.Context) ([]byte, time.Duration, error) {
+	upstream := func(context.Context) (Fill, error) {
 		time.Sleep(upstreamDelay)
-		return payload, time.Minute, nil
+		return Fill{Payload: payload, TTL: time.Minute}, nil
 	}
 	key := cred("bench")
 	ctx := context.Background()
-	if _, _, src, _ := a.Load(ctx, "exp_hit", key, time.Now(), upstream); src != Stored {
-		b.Fatalf("setup: %v", src)
+	if d, _ := a.Load(ctx, query("exp_hit", key), upstream); d.Source != Stored {
+		b.Fatalf("setup: %v", d.Source)
 	}
 
 	b.Run("shared_hit", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, _, src, _ := a.Load(ctx, "exp_hit", key, time.Now(), upstream); src != Hit {
-				b.Fatalf("src %v", src)
+			if d, _ := a.Load(ctx, query("exp_hit", key), upstream); d.Source != Hit {
+				b.Fatalf("src %v", d.Source)
 			}
 		}
 	})
 	b.Run("upstream_direct_2ms", func(b *testing.B) {
 		for b.Loop() {
-			_, _, _ = upstream(ctx)
+			_, _ = upstream(ctx)
 		}
 	})
 	b.Run("miss_lease_upstream_2ms_store", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			if _, _, src, _ := a.Load(ctx, "exp_miss_"+strconv.Itoa(i), key, time.Now(), upstream); src != Stored {
-				b.Fatalf("src %v", src)
+			if d, _ := a.Load(ctx, query("exp_miss_"+strconv.Itoa(i), key), upstream); d.Source != Stored {
+				b.Fatalf("src %v", d.Source)
 			}
 		}
 	})

@@ -19,7 +19,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err) // only a bad configuration; Redis may well be down
 	}
-	defer c.Close()
+	// Close hands back what the outbox still holds, for a successor client.
+	defer func() { _ = c.Close() }()
 
 	// Other nodes' invalidations drop local entries; Demote marks them all stale.
 	unsubscribe := c.Subscribe(func(ev fleet.Event) {
@@ -34,18 +35,24 @@ func Example() {
 	})
 	defer unsubscribe()
 
+	// A local hit is served while the fleet trusts it (max_staleness).
+	// if !c.Trusts(entry.decidedAt, now) { treat the entry as stale }
+
 	// A local miss: the shared decision, or one upstream call fleet-wide.
 	digest := sha256.Sum256([]byte("Bearer sk_live_..."))
-	payload, freshUntil, src, err := c.Load(context.Background(), "exp_123", digest, time.Now(),
-		func(ctx context.Context) ([]byte, time.Duration, error) {
+	site := c.Site(sha256.Sum256([]byte("upstream, headers, TTLs, template fields")))
+	d, err := c.Load(context.Background(), fleet.Query{ID: "exp_123", Cred: digest, Site: site, MinFresh: time.Now()},
+		func(ctx context.Context) (fleet.Fill, error) {
 			// Ask the app; encode what the templates need; TTL 0 = do not share.
-			return []byte(`{"outcome":"completed"}`), 5 * time.Minute, nil
+			return fleet.Fill{Payload: []byte(`{"outcome":"completed"}`), Tags: []string{"key_8f2a"}, TTL: 5 * time.Minute}, nil
 		})
-	_, _, _, _ = payload, freshUntil, src, err // store locally until freshUntil
+	_, _ = d, err // store d.Payload locally until d.FreshUntil, decided at d.DecidedAt
 
-	// A DELETE answered 2xx: drop local entries first, then tell the fleet.
+	// A DELETE answered 2xx: drop local entries, tell the fleet, drop them
+	// again (a fill may have raced), then let the 2xx go to the client.
 	// localCache.Drop([]string{"exp_123"})
 	// false means queued: it goes out as soon as Redis answers again.
 	published := c.Publish(context.Background(), fleet.Event{IDs: []string{"exp_123"}})
+	// localCache.Drop([]string{"exp_123"})
 	_ = published
 }

@@ -25,6 +25,15 @@ const (
 	DefaultTimeout  = 50 * time.Millisecond
 	DefaultLockWait = 750 * time.Millisecond
 	DefaultLeaseTTL = 3 * time.Second
+	// DefaultMaxStaleness bounds how long a node answers from its cache
+	// without having confirmed that it applied every invalidation: long
+	// enough that a Redis outage costs the app one call per (export,
+	// credential) and node every 5 s instead of one per TTL, short enough
+	// that a revoked key stops within seconds whatever single part fails.
+	DefaultMaxStaleness = 5 * time.Second
+	// DefaultHorizon is the longest a shared decision can be used, when
+	// Config.Horizon is not set: the longest default TTL.
+	DefaultHorizon = 5 * time.Minute
 	// MinSecretLen is the shortest accepted Config.Secret.
 	MinSecretLen = 32
 )
@@ -36,22 +45,38 @@ const (
 	retryEvery       = 250 * time.Millisecond // outbox retries and reconnects
 	pollEvery        = 5 * time.Millisecond   // a waiter's first look at the shared decision
 	pollMax          = 25 * time.Millisecond  // and its slowest
-	blockFor         = 500 * time.Millisecond // XREAD BLOCK: the heartbeat period
+	maxBlock         = 500 * time.Millisecond // XREAD BLOCK: the longest heartbeat period
 	readerMinTimeout = 250 * time.Millisecond // the stream reader's own calls, off the request path
 	bootCheckEvery   = time.Second            // incarnation check while connected
-	outboxMax        = 10000                  // events held while Redis is unreachable
 	streamMaxLen     = 100000                 // XADD MAXLEN ~
 	readCount        = 1000                   // events per stream read
 	minDialTimeout   = time.Second
+	// DefaultClockSkew is how far apart the fleet's clocks may be: a shared
+	// decision must have been made this long after an invalidation that
+	// covers it to be used.
+	DefaultClockSkew = 250 * time.Millisecond
 )
 
 // Config configures a Client. Addrs and Secret are required.
 type Config struct {
-	// Addrs are host:port of the Redis/Valkey server, or Cluster seeds.
+	// Addrs are host:port of the Redis/Valkey server, of Cluster seeds, or
+	// of Sentinels when Sentinel is set.
 	Addrs []string
-	// Username and Password authenticate (Redis ACL); both may be empty.
+	// Sentinel is the master set name the Sentinels at Addrs monitor; the
+	// client follows its promoted master. Empty: Addrs are Redis servers.
+	Sentinel string
+	// SentinelUsername and SentinelPassword authenticate with the
+	// Sentinels, when they need it.
+	SentinelUsername, SentinelPassword string
+	// Username and Password authenticate with Redis (ACL); both may be
+	// empty.
 	Username, Password string
-	// TLS, when not nil, is used for every connection; nil is plain TCP.
+	// Credentials, when set, is asked for the username and password at
+	// every new connection instead of Username and Password, so that a
+	// rotated token is used without a reload.
+	Credentials func() (username, password string, err error)
+	// TLS, when not nil, is used for every connection (Sentinels
+	// included); nil is plain TCP.
 	TLS *tls.Config
 	// Prefix starts every key. Default: "export_download".
 	Prefix string
@@ -65,6 +90,20 @@ type Config struct {
 	// LeaseTTL is the lifetime of a fill lease: the upstream timeout plus a
 	// margin. Default: 3s.
 	LeaseTTL time.Duration
+	// MaxStaleness bounds how long this node trusts what it holds without
+	// having confirmed that it applied every invalidation up to a recent
+	// point (see Client.Trusts). Zero is DefaultMaxStaleness; negative
+	// turns the bound off (trust until the TTL).
+	MaxStaleness time.Duration
+	// Horizon is the longest fresh lifetime of any decision this client
+	// shares (the longest TTL of the sites using it): how long the client
+	// remembers invalidations, and how far back a new client reads the
+	// stream. Default: DefaultHorizon.
+	Horizon time.Duration
+	// ClockSkew is how far apart the nodes' clocks may be (NTP keeps them
+	// far closer): a shared decision is used only if it was made this long
+	// after every invalidation that covers it. Default: DefaultClockSkew.
+	ClockSkew time.Duration
 	// Logger receives warnings and debug lines; nil discards them.
 	Logger *zap.Logger
 	// Now is the clock for freshness; nil is time.Now. Timeouts, the
@@ -76,12 +115,13 @@ type Config struct {
 // because of Redis: every call is bounded, and a failed or refused call is
 // reported as Unavailable while the caller goes to the upstream directly.
 type Client struct {
-	cfg    Config
-	prefix string // with the trailing colon
-	node   string // random id of this client, carried by its events
-	log    *zap.Logger
-	now    func() time.Time
-	opt    rueidis.ClientOption
+	cfg     Config
+	prefix  string // with the trailing colon
+	node    string // random id of this client, carried by its events
+	started time.Time
+	log     *zap.Logger
+	now     func() time.Time
+	opt     rueidis.ClientOption
 
 	rc        atomic.Pointer[rueidis.Client]
 	connected chan struct{}
@@ -92,44 +132,46 @@ type Client struct {
 	cancel    context.CancelFunc
 
 	breaker breaker
-	obs     atomic.Pointer[observerBox]
+	obsMu   sync.Mutex
+	obs     atomic.Pointer[[]Observer]
 	up      atomic.Bool
+
+	// confirmed is when (Unix nanoseconds, c.now's clock) the stream
+	// reader last started a read that found every event up to then
+	// applied; 0 until the first.
+	confirmed atomic.Int64
+	purges    purgeLog
+	// replicas is how many replicas the stream's master had connected at
+	// the last look; -1 before the first.
+	replicas atomic.Int32
 
 	subMu  sync.Mutex
 	subs   map[int]func(Event)
 	subSeq int
 
-	outMu  sync.Mutex
-	outbox []Event
-	kick   chan struct{}
+	out outbox
 
 	st counters
 }
 
-type observerBox struct{ o Observer }
-
 // Observer receives the fleet tier's metrics. Implementations must be safe
 // for concurrent use and fast.
 type Observer interface {
-	// Lookup counts one Load by result: hit, miss, collapsed, invalid or
-	// unavailable.
+	// Lookup counts one Load by result, one of LookupResults.
 	Lookup(result string)
 	// Invalidation counts one event by direction: sent or received.
 	Invalidation(direction string)
 	// Lag observes the time from an event's write to its delivery here.
 	Lag(d time.Duration)
-	// Up reports the stream reader's state when it changes.
+	// Up reports the stream reader's state when it changes, and once when
+	// the observer is added.
 	Up(up bool)
 }
 
-// Lookup results, as passed to Observer.Lookup.
-const (
-	ResultHit         = "hit"
-	ResultMiss        = "miss"
-	ResultCollapsed   = "collapsed"
-	ResultInvalid     = "invalid"
-	ResultUnavailable = "unavailable"
-)
+// LookupResults are the values Observer.Lookup is given: a usable shared
+// decision, none (this node asked the app), another node's answer waited
+// for, a value that failed authentication, or Redis unavailable.
+var LookupResults = []string{"hit", "miss", "collapsed", "invalid", "unavailable"}
 
 type counters struct {
 	hit, miss, collapsed, invalid, unavailable atomic.Uint64
@@ -159,19 +201,32 @@ type Stats struct {
 	OutboxLen   int  `json:"outbox_len"`
 	Up          bool `json:"up"`
 	BreakerOpen bool `json:"breaker_open"`
+	// ConfirmedAgoMS is how long ago the stream reader last confirmed that
+	// every invalidation was applied; -1 if it never did.
+	ConfirmedAgoMS int64 `json:"confirmed_ago_ms"`
+}
+
+// ValidPrefix reports why prefix cannot start the fleet's keys, or nil:
+// at most 64 characters, without blanks, braces (hash tags) or glob
+// characters (so that one ACL pattern, ~<prefix>:*, covers the keys).
+func ValidPrefix(prefix string) error {
+	if prefix == "" || len(prefix) > 64 || strings.ContainsAny(prefix, " \t\r\n{}*?[]\\") {
+		return fmt.Errorf("%q must be 1 to 64 characters without blanks, braces, backslashes or glob characters", prefix)
+	}
+	return nil
 }
 
 // New checks cfg and returns a Client. It does not wait for Redis: a node
 // must start while Redis is down, so the connection is made in the
 // background and retried until it works; until then every Load is
 // Unavailable and every Publish is queued. Only a bad configuration is an
-// error, and its message never contains the password or the secret.
+// error, and its message never contains a password or the secret.
 func New(cfg Config) (*Client, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("fleet: at least one redis address is required")
 	}
 	for _, a := range cfg.Addrs {
-		if a == "" || !strings.Contains(a, ":") {
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
 			return nil, fmt.Errorf("fleet: redis address %q is not host:port", a)
 		}
 	}
@@ -181,11 +236,11 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
-	if strings.ContainsAny(cfg.Prefix, " \t\r\n{}") {
-		return nil, fmt.Errorf("fleet: prefix %q must not contain spaces or braces", cfg.Prefix)
+	if err := ValidPrefix(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("fleet: prefix %w", err)
 	}
-	if cfg.Timeout < 0 || cfg.LockWait < 0 || cfg.LeaseTTL < 0 {
-		return nil, errors.New("fleet: timeout, lock_wait and the lease lifetime must not be negative")
+	if cfg.Timeout < 0 || cfg.LockWait < 0 || cfg.LeaseTTL < 0 || cfg.Horizon < 0 {
+		return nil, errors.New("fleet: timeout, lock_wait, the lease lifetime and the horizon must not be negative")
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
@@ -195,6 +250,15 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.MaxStaleness == 0 {
+		cfg.MaxStaleness = DefaultMaxStaleness
+	}
+	if cfg.Horizon == 0 {
+		cfg.Horizon = DefaultHorizon
+	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = DefaultClockSkew
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -214,38 +278,13 @@ func New(cfg Config) (*Client, error) {
 		connected: make(chan struct{}),
 		done:      make(chan struct{}),
 		subs:      map[int]func(Event){},
-		kick:      make(chan struct{}, 1),
 	}
+	c.started = c.now()
+	c.replicas.Store(-1)
+	c.purges.init(cfg.Horizon, cfg.ClockSkew)
+	c.out.init()
 	c.rootCtx, c.cancel = context.WithCancel(context.Background())
-	dialTimeout := max(10*cfg.Timeout, minDialTimeout)
-	c.opt = rueidis.ClientOption{
-		InitAddress: cfg.Addrs,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
-		TLSConfig:   cfg.TLS,
-		// Decisions are read once per local miss; server-assisted client
-		// caching would only add tracking traffic and memory.
-		DisableCache: true,
-		// A retry inside one bounded call only moves the timeout; the
-		// breaker and the callers' own fallbacks handle failures.
-		DisableRetry: true,
-		// Not sent, so the ACL need not allow CLIENT SETINFO.
-		ClientSetInfo: rueidis.DisableClientSetInfo,
-		Dialer:        defaultDialer(dialTimeout),
-		// A connection that does not answer for this long is closed and
-		// dialled again; each call has its own shorter Timeout anyway.
-		ConnWriteTimeout: max(20*cfg.Timeout, minDialTimeout),
-		// One pipelined connection per node is plenty: Redis is asked only
-		// on local misses. It keeps a large fleet's connection count low.
-		PipelineMultiplex: -1,
-		// The stream reader's XREAD BLOCK takes one connection of its own.
-		BlockingPoolSize: 4,
-		// Small values: one pipeline per node is plenty for decisions.
-		ReadBufferEachConn:  64 << 10,
-		WriteBufferEachConn: 64 << 10,
-		// Lets a blocking read stop at once when the client closes.
-		AlwaysPipelining: true,
-	}
+	c.opt = c.clientOption()
 	c.wg.Add(3)
 	go c.connectLoop()
 	go c.readLoop()
@@ -253,10 +292,93 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close stops every goroutine of the client, waits for them and closes the
-// connections. Events still in the outbox are dropped (the local cache of
-// this node was already invalidated). Safe to call more than once.
-func (c *Client) Close() {
+func (c *Client) clientOption() rueidis.ClientOption {
+	cfg := c.cfg
+	dialTimeout := max(10*cfg.Timeout, minDialTimeout)
+	opt := rueidis.ClientOption{
+		InitAddress: cfg.Addrs,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
+		TLSConfig:   cfg.TLS,
+		// Decisions are read once per local miss; server-assisted client
+		// caching would only add tracking traffic and memory (and needs
+		// CLIENT TRACKING, which managed services refuse).
+		DisableCache: true,
+		// A retry inside one bounded call only moves the timeout; the
+		// breaker and the callers' own fallbacks handle failures.
+		DisableRetry: true,
+		// Not sent, so the ACL need not allow CLIENT SETINFO.
+		ClientSetInfo: rueidis.DisableClientSetInfo,
+		Dialer:        net.Dialer{Timeout: dialTimeout, KeepAlive: time.Second},
+		// Every dial ends when the client closes, so that Close never
+		// waits for a Redis that does not answer.
+		DialCtxFn: c.dial,
+		// A connection that does not answer for this long is closed and
+		// dialled again; each call has its own shorter Timeout anyway.
+		ConnWriteTimeout: max(20*cfg.Timeout, minDialTimeout),
+		// One pipelined connection per node is plenty: Redis is asked only
+		// on local misses. It keeps a large fleet's connection count low.
+		PipelineMultiplex: -1,
+		// The stream reader's XREAD BLOCK and the publishes' WAIT take
+		// connections of their own.
+		BlockingPoolSize: 4,
+		// Small values: one pipeline per node is plenty for decisions.
+		ReadBufferEachConn:  64 << 10,
+		WriteBufferEachConn: 64 << 10,
+		// Lets a blocking read stop at once when the client closes.
+		AlwaysPipelining: true,
+	}
+	if cfg.Credentials != nil {
+		opt.AuthCredentialsFn = func(rueidis.AuthCredentialsContext) (rueidis.AuthCredentials, error) {
+			u, p, err := cfg.Credentials()
+			return rueidis.AuthCredentials{Username: u, Password: p}, err
+		}
+	}
+	if cfg.Sentinel != "" {
+		opt.Sentinel = rueidis.SentinelOption{
+			MasterSet: cfg.Sentinel,
+			Username:  cfg.SentinelUsername,
+			Password:  cfg.SentinelPassword,
+			TLSConfig: cfg.TLS,
+			Dialer:    opt.Dialer,
+			// Reconcile with the Sentinels now and then besides their
+			// +switch-master events: one missed event would otherwise bind
+			// the client to a demoted master.
+			TopologyRefreshInterval: 2 * time.Second,
+		}
+	}
+	return opt
+}
+
+// dial connects like rueidis would, but gives up when the client closes,
+// and closes the connection then, so that a handshake with a Redis that
+// accepted the connection but never answers does not hold Close up.
+func (c *Client) dial(ctx context.Context, dst string, d *net.Dialer, tlsCfg *tls.Config) (net.Conn, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.rootCtx, cancel)
+	defer func() { stop(); cancel() }()
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", dst)
+	} else {
+		conn, err = d.DialContext(ctx, "tcp", dst)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Closed when the client closes; rueidis closes it earlier otherwise.
+	context.AfterFunc(c.rootCtx, func() { _ = conn.Close() })
+	return conn, nil
+}
+
+// Close stops every goroutine of the client and closes the connections,
+// without waiting for a Redis that does not answer. It returns the events
+// still waiting in the outbox, for a successor client to publish (a reload
+// that changes the fleet settings must not lose them). Safe to call more
+// than once; later calls return nothing.
+func (c *Client) Close() []Event {
+	var left []Event
 	c.closeOnce.Do(func() {
 		close(c.done)
 		c.cancel()
@@ -264,7 +386,9 @@ func (c *Client) Close() {
 		if cl := c.client(); cl != nil {
 			cl.Close()
 		}
+		left = c.out.drain()
 	})
+	return left
 }
 
 // connectLoop creates the rueidis client, retrying while Redis is
@@ -284,6 +408,9 @@ func (c *Client) connectLoop() {
 			c.rc.Store(&cl)
 			close(c.connected)
 			c.log.Debug("fleet: connected to redis", zap.Strings("addrs", c.cfg.Addrs))
+			return
+		}
+		if c.rootCtx.Err() != nil {
 			return
 		}
 		if !warned {
@@ -309,9 +436,9 @@ func (c *Client) client() rueidis.Client {
 	return nil
 }
 
-// usable is the client when a call may be made now: connected and the
+// reachable is the client when a call may be made now: connected and the
 // breaker closed.
-func (c *Client) usable() rueidis.Client {
+func (c *Client) reachable() rueidis.Client {
 	cl := c.client()
 	if cl == nil || !c.breaker.allow() {
 		return nil
@@ -319,11 +446,48 @@ func (c *Client) usable() rueidis.Client {
 	return cl
 }
 
-// MAC names a credential in keys: lowercase hex HMAC-SHA256(secret, digest).
-func (c *Client) MAC(cred [32]byte) string {
+// Trusts reports whether an answer decided at decided (Unix nanoseconds)
+// may still be served at now without asking again: always while the
+// stream reader has confirmed, within MaxStaleness, that every
+// invalidation up to a recent point is applied; otherwise only if it was
+// decided within MaxStaleness. It is on the hit path: two loads and a few
+// comparisons.
+func (c *Client) Trusts(decided, now int64) bool {
+	ms := int64(c.cfg.MaxStaleness)
+	return ms < 0 || now-c.confirmed.Load() <= ms || now-decided <= ms
+}
+
+// MaxStaleness is the configured bound; negative when it is off.
+func (c *Client) MaxStaleness() time.Duration { return c.cfg.MaxStaleness }
+
+// notBefore is the oldest decision that may be taken now: one decided after
+// the last confirmed point, when the reader has not confirmed lately.
+func (c *Client) notBefore(now time.Time) time.Time {
+	ms := c.cfg.MaxStaleness
+	if ms < 0 || now.UnixNano()-c.confirmed.Load() <= int64(ms) {
+		return time.Time{}
+	}
+	return now.Add(-ms)
+}
+
+// mac names a credential in keys: lowercase hex HMAC-SHA256(secret, digest).
+func (c *Client) mac(cred [32]byte) string {
 	h := hmac.New(sha256.New, c.cfg.Secret)
 	h.Write(cred[:])
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Site names a site's decision settings in keys: the lowercase hex of the
+// first 8 bytes of HMAC-SHA256(secret, "site" || digest), where digest is
+// the SHA-256 of everything that changes what a decision means for that
+// site (the upstream, its path and headers, the forwarded headers, the
+// TTLs, the fields its templates name). Sites that differ in any of them
+// never take each other's decisions.
+func (c *Client) Site(digest [32]byte) string {
+	h := hmac.New(sha256.New, c.cfg.Secret)
+	h.Write([]byte("site"))
+	h.Write(digest[:])
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // sign authenticates a value under its key name: HMAC-SHA256(secret,
@@ -341,37 +505,58 @@ func (c *Client) sign(key string, parts ...[]byte) []byte {
 	return h.Sum(nil)
 }
 
-// SetObserver sets the metrics observer; nil removes it. Safe to call at
-// any time (config reloads swap it).
-func (c *Client) SetObserver(o Observer) {
-	if o == nil {
-		c.obs.Store(nil)
-		return
+// AddObserver adds a metrics observer and tells it the current state; the
+// returned function removes it. Every observer added and not removed gets
+// every report: each Caddy config has its own metrics registry, and a
+// config that fails to load must not take the running one's series.
+func (c *Client) AddObserver(o Observer) (remove func()) {
+	c.obsMu.Lock()
+	cur := c.observers()
+	next := append(append(make([]Observer, 0, len(cur)+1), cur...), o)
+	c.obs.Store(&next)
+	c.obsMu.Unlock()
+	o.Up(c.Up())
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.obsMu.Lock()
+			defer c.obsMu.Unlock()
+			cur := c.observers()
+			next := make([]Observer, 0, len(cur))
+			removed := false
+			for _, x := range cur {
+				if x == o && !removed {
+					removed = true
+					continue
+				}
+				next = append(next, x)
+			}
+			c.obs.Store(&next)
+		})
 	}
-	c.obs.Store(&observerBox{o})
 }
 
-func (c *Client) observer() Observer {
-	if b := c.obs.Load(); b != nil {
-		return b.o
+func (c *Client) observers() []Observer {
+	if p := c.obs.Load(); p != nil {
+		return *p
 	}
 	return nil
 }
 
 func (c *Client) countLookup(result string) {
 	switch result {
-	case ResultHit:
+	case "hit":
 		c.st.hit.Add(1)
-	case ResultMiss:
+	case "miss":
 		c.st.miss.Add(1)
-	case ResultCollapsed:
+	case "collapsed":
 		c.st.collapsed.Add(1)
-	case ResultInvalid:
+	case "invalid":
 		c.st.invalid.Add(1)
-	case ResultUnavailable:
+	case "unavailable":
 		c.st.unavailable.Add(1)
 	}
-	if o := c.observer(); o != nil {
+	for _, o := range c.observers() {
 		o.Lookup(result)
 	}
 }
@@ -386,7 +571,7 @@ func (c *Client) setUp(up bool) {
 		} else {
 			c.log.Debug("fleet: stream reader down")
 		}
-		if o := c.observer(); o != nil {
+		for _, o := range c.observers() {
 			o.Up(up)
 		}
 	}
@@ -405,21 +590,14 @@ func (c *Client) Stats() Stats {
 	s.Invalidations.Queued = c.st.queued.Load()
 	s.Invalidations.Invalid = c.st.invalidEvents.Load()
 	s.Invalidations.Demotes = c.st.demotes.Load()
-	c.outMu.Lock()
-	s.OutboxLen = len(c.outbox)
-	c.outMu.Unlock()
+	s.OutboxLen = c.out.len()
 	s.Up = c.Up()
 	s.BreakerOpen = !c.breaker.allow()
+	s.ConfirmedAgoMS = -1
+	if at := c.confirmed.Load(); at != 0 {
+		s.ConfirmedAgoMS = c.now().Sub(time.Unix(0, at)).Milliseconds()
+	}
 	return s
-}
-
-// Pending reports whether invalidations of this client wait in its outbox
-// (Redis unreachable): until they are out, shared decisions may predate
-// them.
-func (c *Client) Pending() bool {
-	c.outMu.Lock()
-	defer c.outMu.Unlock()
-	return len(c.outbox) > 0
 }
 
 // call runs one Redis exchange bounded by Timeout, and feeds the breaker:
@@ -462,11 +640,6 @@ func (b *breaker) ok() { b.fails.Store(0) }
 func (b *breaker) reset() {
 	b.fails.Store(0)
 	b.openUntil.Store(0)
-}
-
-func defaultDialer(timeout time.Duration) net.Dialer {
-	// KeepAlive also paces rueidis's own PINGs on idle connections.
-	return net.Dialer{Timeout: timeout, KeepAlive: time.Second}
 }
 
 func randomHex(n int) string {

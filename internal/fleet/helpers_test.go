@@ -27,7 +27,9 @@ func node(t testing.TB, addr string, mod ...func(*Config)) *Client {
 	// A generous Timeout: two shared cores under -race miss 50 ms now and
 	// then, and most tests check what is shared, not the bounds. The tests
 	// of outages and partitions set the default back (fast).
-	cfg := Config{Addrs: []string{addr}, Secret: testSecret, Logger: zap.NewNop(), Timeout: time.Second}
+	// A tiny clock skew: the nodes share one clock, and decisions made
+	// right after an invalidation are what most tests look at.
+	cfg := Config{Addrs: []string{addr}, Secret: testSecret, Logger: zap.NewNop(), Timeout: time.Second, ClockSkew: time.Millisecond}
 	for _, m := range mod {
 		m(&cfg)
 	}
@@ -35,8 +37,16 @@ func node(t testing.TB, addr string, mod ...func(*Config)) *Client {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// testSite is the site scope of the tests' decisions.
+const testSite = "0123456789abcdef"
+
+// query is a miss's Query of (id, cr) in testSite.
+func query(id string, cr [32]byte) Query {
+	return Query{ID: id, Cred: cr, Site: testSite, MinFresh: time.Now()}
 }
 
 // fast restores the default Timeout (50ms) for tests of the bounds.
@@ -56,25 +66,27 @@ func cred(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }
 type fetcher struct {
 	calls   atomic.Int32
 	payload []byte
+	tags    []string
 	ttl     time.Duration
+	refutes bool
 	err     error
 	delay   time.Duration
 	gate    chan struct{} // when set, each call waits for it to close
 }
 
-func (f *fetcher) fetch(ctx context.Context) ([]byte, time.Duration, error) {
+func (f *fetcher) fetch(ctx context.Context) (Fill, error) {
 	f.calls.Add(1)
 	if f.gate != nil {
 		select {
 		case <-f.gate:
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			return Fill{}, ctx.Err()
 		}
 	}
 	if f.delay > 0 {
 		time.Sleep(f.delay)
 	}
-	return f.payload, f.ttl, f.err
+	return Fill{Payload: f.payload, Tags: f.tags, TTL: f.ttl, Refutes: f.refutes}, f.err
 }
 
 func newFetcher(payload string) *fetcher {
@@ -153,13 +165,32 @@ func isDemote(ev Event) bool { return ev.Demote }
 // the fetcher did not cause.
 func load(t testing.TB, c *Client, id string, cr [32]byte, f *fetcher) ([]byte, Source) {
 	t.Helper()
+	d := loadQ(t, c, query(id, cr), f)
+	return d.Payload, d.Source
+}
+
+// loadQ is load with a whole Query, returning the whole Decision.
+func loadQ(t testing.TB, c *Client, q Query, f *fetcher) Decision {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, _, src, err := c.Load(ctx, id, cr, time.Now(), f.fetch)
+	d, err := c.Load(ctx, q, f.fetch)
 	if err != nil && err != f.err {
-		t.Fatalf("Load(%s): unexpected error %v", id, err)
+		t.Fatalf("Load(%s): unexpected error %v", q.ID, err)
 	}
-	return p, src
+	return d
+}
+
+// decisionKey is the Redis key of (id, cr)'s decision in testSite.
+func decisionKey(c *Client, id string, cr [32]byte) string {
+	q := query(id, cr)
+	return c.keysFor(&q).decision
+}
+
+// leaseKey is the Redis key of (id, cr)'s fill lease in testSite.
+func leaseKey(c *Client, id string, cr [32]byte) string {
+	q := query(id, cr)
+	return c.keysFor(&q).lease
 }
 
 // percentile of sorted durations.

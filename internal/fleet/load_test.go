@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +52,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 func TestMACIsHMACOfDigest(t *testing.T) {
 	c := node(t, "127.0.0.1:1")
 	d := cred("sk_live_abc")
-	m := c.MAC(d)
+	m := c.mac(d)
 	if len(m) != 64 || strings.ToLower(m) != m {
 		t.Fatalf("MAC %q is not lowercase hex SHA-256", m)
 	}
@@ -61,8 +63,14 @@ func TestMACIsHMACOfDigest(t *testing.T) {
 		t.Fatal("MAC is the digest itself")
 	}
 	other := node(t, "127.0.0.1:1", func(c *Config) { c.Secret = bytes.Repeat([]byte("x"), 32) })
-	if other.MAC(d) == m {
+	if other.mac(d) == m {
 		t.Fatal("MAC does not depend on the secret")
+	}
+	// A site's scope is an HMAC too: 16 hex digits that depend on the
+	// secret and the settings' digest.
+	s1, s2 := c.Site(cred("site one")), c.Site(cred("site two"))
+	if len(s1) != 16 || s1 == s2 || other.Site(cred("site one")) == s1 {
+		t.Fatalf("Site scopes %q %q (other secret %q): want distinct 16-digit HMACs", s1, s2, other.Site(cred("site one")))
 	}
 }
 
@@ -80,12 +88,17 @@ func TestSharedHitAcrossNodes(t *testing.T) {
 
 	fb := newFetcher("must not be asked")
 	ctx := context.Background()
-	p, fresh, src, err := b.Load(ctx, "exp_1", key, time.Now(), fb.fetch)
-	if err != nil || src != Hit || string(p) != `{"outcome":"completed"}` || fb.calls.Load() != 0 {
-		t.Fatalf("second node: src %v payload %q err %v calls %d, want a shared hit", src, p, err, fb.calls.Load())
+	before := time.Now()
+	d, err := b.Load(ctx, query("exp_1", key), fb.fetch)
+	if err != nil || d.Source != Hit || string(d.Payload) != `{"outcome":"completed"}` || fb.calls.Load() != 0 {
+		t.Fatalf("second node: src %v payload %q err %v calls %d, want a shared hit", d.Source, d.Payload, err, fb.calls.Load())
 	}
-	if d := time.Until(fresh); d < 50*time.Second || d > time.Minute {
-		t.Errorf("freshUntil is %v away, want about the fetch's TTL (1m)", d)
+	fresh := d.FreshUntil
+	if left := time.Until(fresh); left < 50*time.Second || left > time.Minute {
+		t.Errorf("freshUntil is %v away, want about the fetch's TTL (1m)", left)
+	}
+	if d.DecidedAt.After(before) || time.Since(d.DecidedAt) > 10*time.Second {
+		t.Errorf("DecidedAt %v: want when node a asked the upstream", d.DecidedAt)
 	}
 	if b.Stats().Lookups.Hit != 1 || a.Stats().Lookups.Miss != 1 {
 		t.Errorf("stats: a %+v b %+v", a.Stats().Lookups, b.Stats().Lookups)
@@ -93,9 +106,10 @@ func TestSharedHitAcrossNodes(t *testing.T) {
 
 	// Refresh-ahead: a shared decision that is not fresh past minFresh is
 	// not taken; the node fetches a newer one.
-	_, _, src, _ = b.Load(ctx, "exp_1", key, fresh.Add(time.Second), fb.fetch)
-	if src != Stored || fb.calls.Load() != 1 {
-		t.Errorf("refresh-ahead past the shared freshness: src %v calls %d, want a new fetch", src, fb.calls.Load())
+	q := query("exp_1", key)
+	q.MinFresh = fresh.Add(time.Second)
+	if d, _ = b.Load(ctx, q, fb.fetch); d.Source != Stored || fb.calls.Load() != 1 {
+		t.Errorf("refresh-ahead past the shared freshness: src %v calls %d, want a new fetch", d.Source, fb.calls.Load())
 	}
 
 	// Key isolation: another credential's MAC names another key.
@@ -108,6 +122,14 @@ func TestSharedHitAcrossNodes(t *testing.T) {
 	fc := newFetcher("fleet two")
 	if _, src := load(t, c, "exp_1", key, fc); src == Hit {
 		t.Fatal("a node with another secret used this fleet's decision")
+	}
+	// Another site (other upstream, headers or TTLs) does not either: a site
+	// whose app would answer 404 must not redirect from this site's 302.
+	fs := newFetcher(`{"outcome":"not_found"}`)
+	qs := query("exp_1", key)
+	qs.Site = b.Site(cred("another site's decision settings"))
+	if d := loadQ(t, b, qs, fs); d.Source == Hit || fs.calls.Load() != 1 || string(d.Payload) != `{"outcome":"not_found"}` {
+		t.Fatalf("another site: src %v payload %q, want its own upstream call", d.Source, d.Payload)
 	}
 }
 
@@ -123,7 +145,7 @@ func TestNothingSecretReachesRedis(t *testing.T) {
 
 	keys := strings.Split(r.MustDo(t, "KEYS", "*"), "\n")
 	if len(keys) < 4 {
-		t.Fatalf("expected decision, generation, epoch, stream and boot keys, got %q", keys)
+		t.Fatalf("expected decision, generation, stream and boot keys, got %q", keys)
 	}
 	forbidden := [][]byte{[]byte(raw), d[:], []byte(hex.EncodeToString(d[:])), testSecret}
 	for _, k := range keys {
@@ -137,7 +159,7 @@ func TestNothingSecretReachesRedis(t *testing.T) {
 			}
 		}
 	}
-	want := DefaultPrefix + ":d:{exp_secret}:" + a.MAC(d)
+	want := DefaultPrefix + ":d:{exp_secret}:" + testSite + ":" + a.mac(d)
 	if !strings.Contains("\n"+strings.Join(keys, "\n")+"\n", "\n"+want+"\n") {
 		t.Errorf("decision key %q not found among %q", want, keys)
 	}
@@ -149,8 +171,8 @@ func TestTamperedValuesAreMisses(t *testing.T) {
 	a := node(t, r.Addr, withLog)
 	waitUp(t, a)
 	victim, attacker := cred("victim"), cred("attacker")
-	vkey := DefaultPrefix + ":d:{exp_t}:" + a.MAC(victim)
-	akey := DefaultPrefix + ":d:{exp_t}:" + a.MAC(attacker)
+	vkey := decisionKey(a, "exp_t", victim)
+	akey := decisionKey(a, "exp_t", attacker)
 	load(t, a, "exp_t", attacker, newFetcher(`{"outcome":"completed","attacker":true}`))
 	attackerValue := r.MustDo(t, "GET", akey)
 
@@ -161,28 +183,35 @@ func TestTamperedValuesAreMisses(t *testing.T) {
 		{"copied from another credential's key", func(string) string { return attackerValue }},
 		{"one byte edited", func(good string) string {
 			b := []byte(good)
-			b[decisionHeader] ^= 1 // inside the payload
+			b[len(b)-macLen-2] ^= 1 // inside the payload
 			return string(b)
 		}},
 		{"freshness edited", func(good string) string {
 			b := []byte(good)
-			b[20] ^= 0x40
+			b[2+16+8+3] ^= 0x40 // version, generation length, a 16-digit generation, decided at, fresh until
+			return string(b)
+		}},
+		{"decision time edited", func(good string) string {
+			b := []byte(good)
+			b[2+16+3] ^= 0x40
 			return string(b)
 		}},
 		{"truncated", func(good string) string { return good[:len(good)-5] }},
 		{"garbage", func(string) string { return "completed" }},
 	}
 	defer func() {
-		// A generation that is not a number: a miss, not a Redis failure.
-		r.MustDo(t, "SET", DefaultPrefix+":g:{exp_t}", "not-a-number")
-		for range 5 {
+		// A generation set to another value (tampering, or a failover that
+		// lost its last write): no decision matches it, a miss, not a
+		// Redis failure.
+		for i := range 5 {
+			r.MustDo(t, "SET", DefaultPrefix+":g:{exp_t}", fmt.Sprintf("tampered-%d", i))
 			f := newFetcher("direct")
-			if _, src := load(t, a, "exp_t", victim, f); src != Fetched || f.calls.Load() != 1 {
-				t.Fatalf("garbage generation: src %v", src)
+			if _, src := load(t, a, "exp_t", victim, f); src == Hit || f.calls.Load() != 1 {
+				t.Fatalf("tampered generation: src %v", src)
 			}
 		}
 		if a.Stats().BreakerOpen || a.Stats().Lookups.Unavailable != 0 {
-			t.Fatalf("garbage generation counted as a Redis failure: %+v", a.Stats())
+			t.Fatalf("tampered generation counted as a Redis failure: %+v", a.Stats())
 		}
 	}()
 	for _, tc := range cases {
@@ -230,13 +259,13 @@ func TestColdBurstOneFetch(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			p, _, src, err := nodes[i%3].Load(context.Background(), "exp_burst", key, time.Now(), f.fetch)
+			d, err := nodes[i%3].Load(context.Background(), query("exp_burst", key), f.fetch)
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil || string(p) != `{"outcome":"completed"}` {
-				t.Errorf("Load: %q %v", p, err)
+			if err != nil || string(d.Payload) != `{"outcome":"completed"}` {
+				t.Errorf("Load: %q %v", d.Payload, err)
 			}
-			bySource[src]++
+			bySource[d.Source]++
 		}()
 	}
 	close(start)
@@ -248,7 +277,7 @@ func TestColdBurstOneFetch(t *testing.T) {
 		t.Errorf("sources %v, want exactly one stored", bySource)
 	}
 	t.Logf("sources of 50 concurrent loads over 3 nodes: %v", bySource)
-	if n := r.MustDo(t, "EXISTS", DefaultPrefix+":l:{exp_burst}:"+nodes[0].MAC(key)); n != "0" {
+	if n := r.MustDo(t, "EXISTS", leaseKey(nodes[0], "exp_burst", key)); n != "0" {
 		t.Errorf("lease still held after the fill (EXISTS = %s)", n)
 	}
 
@@ -276,7 +305,7 @@ func TestHolderFailureReleasesWaiters(t *testing.T) {
 	fa.err = errors.New("upstream 503")
 	resA := make(chan error, 1)
 	go func() {
-		_, _, _, err := a.Load(context.Background(), "exp_f", key, time.Now(), fa.fetch)
+		_, err := a.Load(context.Background(), query("exp_f", key), fa.fetch)
 		resA <- err
 	}()
 	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
@@ -286,13 +315,13 @@ func TestHolderFailureReleasesWaiters(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, _, src, err := b.Load(ctx, "exp_f", key, time.Now(), fb.fetch)
+		d, err := b.Load(ctx, query("exp_f", key), fb.fetch)
 		if err != nil {
 			t.Errorf("waiter: %v", err)
 		}
-		resB <- src
+		resB <- d.Source
 	}()
-	time.Sleep(50 * time.Millisecond) // b is now polling
+	time.Sleep(50 * time.Millisecond) // b is now polling: it must not fetch meanwhile
 	if fb.calls.Load() != 0 {
 		t.Fatal("the waiter fetched while the holder was still working")
 	}
@@ -317,7 +346,7 @@ func TestLockWaitBoundsTheWait(t *testing.T) {
 	fa := newFetcher("slow")
 	fa.gate = make(chan struct{})
 	defer close(fa.gate)
-	go a.Load(context.Background(), "exp_slow", key, time.Now(), fa.fetch)
+	go a.Load(context.Background(), query("exp_slow", key), fa.fetch)
 	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
 	fb := newFetcher("own")
 	start := time.Now()
@@ -340,8 +369,8 @@ func TestGenerationFencesAFill(t *testing.T) {
 	fa.gate = make(chan struct{})
 	res := make(chan Source, 1)
 	go func() {
-		_, _, src, _ := a.Load(context.Background(), "exp_g", key, time.Now(), fa.fetch)
-		res <- src
+		d, _ := a.Load(context.Background(), query("exp_g", key), fa.fetch)
+		res <- d.Source
 	}()
 	waitFor(t, 5*time.Second, "the fill to start", func() bool { return fa.calls.Load() == 1 })
 	if !b.Publish(context.Background(), Event{IDs: []string{"exp_g"}}) {
@@ -367,23 +396,147 @@ func TestGenerationFencesAFill(t *testing.T) {
 	}
 }
 
-func TestPurgeByTagOrAllRetiresSharedDecisions(t *testing.T) {
+// A purge by surrogate key retires the shared decisions that carry the key,
+// and no other; a purge of all retires every one.
+func TestPurgeRetiresOnlyWhatItCovers(t *testing.T) {
 	r := testenv.StartRedis(t)
 	a, b := node(t, r.Addr), node(t, r.Addr)
 	waitUp(t, a, b)
-	key := cred("tagged")
-	for _, ev := range []Event{{Tags: []string{"key_8f2a"}}, {All: true}} {
-		load(t, a, "exp_tag", key, newFetcher("v"))
-		if _, src := load(t, b, "exp_tag", key, newFetcher("x")); src != Hit {
-			t.Fatalf("src %v, want a shared hit before the purge", src)
+	rb := subscribe(t, b)
+	tagged, untagged := cred("revoked key"), cred("another key")
+	ft := newFetcher("tagged")
+	ft.tags = []string{"key_8f2a", "proj_91c0"}
+	const n = 20
+	for i := range n {
+		id := fmt.Sprintf("exp_tag_%d", i)
+		load(t, a, id, tagged, ft)
+		load(t, a, id, untagged, newFetcher("untagged"))
+	}
+	// Let a decision be made after... nothing yet: both are shared hits.
+	hits := func(c *Client, cr [32]byte) int {
+		k := 0
+		for i := range n {
+			f := newFetcher("refetched")
+			if _, src := load(t, c, fmt.Sprintf("exp_tag_%d", i), cr, f); src == Hit {
+				k++
+			}
 		}
-		if !a.Publish(context.Background(), ev) {
-			t.Fatal("Publish queued with Redis up")
+		return k
+	}
+	if h1, h2 := hits(b, tagged), hits(b, untagged); h1 != n || h2 != n {
+		t.Fatalf("before the purge: %d and %d of %d shared hits", h1, h2, n)
+	}
+	if !a.Publish(context.Background(), Event{Tags: []string{"key_8f2a"}}) {
+		t.Fatal("Publish queued with Redis up")
+	}
+	waitFor(t, 5*time.Second, "the tag purge on node b", func() bool {
+		return rb.has(func(ev Event) bool { return slices.Contains(ev.Tags, "key_8f2a") })
+	})
+	// The untagged decisions stay shared hits on both nodes; the tagged
+	// ones go back to the app once (and are shared again afterwards).
+	untaggedHits, taggedHits := hits(b, untagged), hits(b, tagged)
+	t.Logf("after a purge of one surrogate key: %d/%d untagged decisions still shared hits, %d/%d tagged", untaggedHits, n, taggedHits, n)
+	if untaggedHits != n {
+		t.Errorf("a tag purge retired %d untagged shared decisions", n-untaggedHits)
+	}
+	if taggedHits != 0 {
+		t.Errorf("%d tagged decisions were still used after their tag's purge", taggedHits)
+	}
+	if h := hits(a, tagged); h != n {
+		t.Errorf("the refetched tagged decisions: %d of %d shared again", h, n)
+	}
+
+	// All retires every decision, on the publisher at once and on the
+	// other node once the event arrives.
+	if !a.Publish(context.Background(), Event{All: true}) {
+		t.Fatal("Publish queued with Redis up")
+	}
+	if h := hits(a, untagged); h != 0 {
+		t.Errorf("a purge of all: %d decisions still used on the publishing node", h)
+	}
+	waitFor(t, 5*time.Second, "the purge of all on node b", func() bool {
+		return rb.has(func(ev Event) bool { return ev.All })
+	})
+	if h := hits(b, tagged); h != 0 {
+		t.Errorf("a purge of all: %d decisions still used on another node", h)
+	}
+}
+
+// A decision made before an invalidation this node knows of is refused even
+// when the generation in Redis no longer says so: the generation key
+// evicted and recreated, or set back by a failover that lost its write.
+func TestKnownInvalidationRefusesOlderDecisions(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	key := cred("evicted")
+	load(t, a, "exp_ev", key, newFetcher("before the delete"))
+	gen := r.MustDo(t, "GET", DefaultPrefix+":g:{exp_ev}")
+	old := r.MustDo(t, "GET", decisionKey(a, "exp_ev", key))
+	a.Publish(context.Background(), Event{IDs: []string{"exp_ev"}})
+	waitFor(t, 5*time.Second, "the event on node b", func() bool { return rb.has(hasID("exp_ev")) })
+
+	// A missing generation makes every decision unusable.
+	r.MustDo(t, "SET", decisionKey(a, "exp_ev", key), old, "PX", "60000")
+	r.MustDo(t, "DEL", DefaultPrefix+":g:{exp_ev}")
+	f := newFetcher("after")
+	if _, src := load(t, b, "exp_ev", key, f); src == Hit {
+		t.Fatal("a decision was used although its generation key is missing")
+	}
+	// The old generation restored with the old decision (a failover that
+	// lost the bump): still refused, from the purge log.
+	for _, c := range []*Client{a, b} {
+		r.MustDo(t, "SET", DefaultPrefix+":g:{exp_ev}", gen, "PX", "60000")
+		r.MustDo(t, "SET", decisionKey(a, "exp_ev", key), old, "PX", "60000")
+		f := newFetcher("after")
+		if p, src := load(t, c, "exp_ev", key, f); src == Hit || string(p) != "after" {
+			t.Fatalf("a decision made before a known invalidation was used (src %v payload %q)", src, p)
 		}
-		f := newFetcher("after purge")
-		if _, src := load(t, b, "exp_tag", key, f); src == Hit || f.calls.Load() != 1 {
-			t.Fatalf("purge %+v: shared decision still used (src %v)", ev, src)
-		}
+	}
+}
+
+// While the stream reader has not confirmed within MaxStaleness, Trusts
+// refuses answers decided before the bound and Load takes only decisions
+// made within it; once the reader confirms again, both trust as before.
+func TestBoundedStaleness(t *testing.T) {
+	r := testenv.StartRedis(t)
+	p := testenv.StartTCPProxy(t, r.Addr)
+	ms := 400 * time.Millisecond
+	a := node(t, r.Addr)
+	b := node(t, p.Addr, fast, func(c *Config) { c.MaxStaleness = ms })
+	waitUp(t, a, b)
+	key := cred("bound")
+	load(t, a, "exp_b", key, newFetcher("shared"))
+	now := time.Now()
+	old := now.Add(-time.Hour).UnixNano()
+	waitFor(t, 5*time.Second, "a confirmation", func() bool { return b.Trusts(old, time.Now().UnixNano()) })
+	if s := b.Stats(); s.ConfirmedAgoMS < 0 || s.ConfirmedAgoMS > int64(ms/time.Millisecond) {
+		t.Errorf("confirmed %d ms ago, want within %v", s.ConfirmedAgoMS, ms)
+	}
+
+	p.Freeze()
+	frozen := time.Now()
+	waitFor(t, 5*time.Second, "the bound to pass without a confirmation", func() bool { return !b.Trusts(old, time.Now().UnixNano()) })
+	t.Logf("link frozen: an old answer stopped being trusted %v later (max_staleness %v)", time.Since(frozen), ms)
+	if since := time.Since(frozen); since < ms/2 {
+		t.Errorf("distrusted after %v: the reader confirms at least every max_staleness/4", since)
+	}
+	if !b.Trusts(time.Now().UnixNano(), time.Now().UnixNano()) {
+		t.Error("an answer decided just now is not trusted")
+	}
+	p.Resume()
+	waitFor(t, 10*time.Second, "the reader to confirm again", func() bool { return b.Trusts(old, time.Now().UnixNano()) })
+
+	// Load refuses a shared decision older than the bound while unconfirmed.
+	r.Kill()
+	waitFor(t, 5*time.Second, "the bound to pass", func() bool { return !b.Trusts(old, time.Now().UnixNano()) })
+	if nb := b.notBefore(time.Now()); nb.IsZero() || time.Since(nb) > ms+100*time.Millisecond {
+		t.Errorf("notBefore %v while unconfirmed, want about now - %v", nb, ms)
+	}
+	off := node(t, r.Addr, func(c *Config) { c.MaxStaleness = -1 })
+	if !off.Trusts(old, time.Now().UnixNano()) || !off.notBefore(time.Now()).IsZero() {
+		t.Error("max_staleness off: answers must be trusted until their TTL")
 	}
 }
 
@@ -401,7 +554,7 @@ func TestTTLZeroAndFailuresAreNotShared(t *testing.T) {
 	if _, src := load(t, b, "exp_p", key, fb); src == Hit || fb.calls.Load() != 1 {
 		t.Fatalf("TTL 0 answer was shared (src %v)", src)
 	}
-	if n := r.MustDo(t, "EXISTS", DefaultPrefix+":l:{exp_p}:"+a.MAC(key)); n != "0" {
+	if n := r.MustDo(t, "EXISTS", leaseKey(a, "exp_p", key)); n != "0" {
 		t.Errorf("lease left after a TTL-0 answer")
 	}
 }
@@ -414,15 +567,15 @@ func TestDecisionExpiresInRedisAtFreshness(t *testing.T) {
 	f := newFetcher("v")
 	f.ttl = 30 * time.Second
 	load(t, a, "exp_x", key, f)
-	pttl := r.MustDo(t, "PTTL", DefaultPrefix+":d:{exp_x}:"+a.MAC(key))
+	pttl := r.MustDo(t, "PTTL", decisionKey(a, "exp_x", key))
 	if pttl == "-1" || pttl == "-2" || len(pttl) != 5 || pttl > "30000" {
 		t.Fatalf("PTTL %s, want about 30000 ms", pttl)
 	}
 }
 
 // Redis keeps nothing longer than needed: every per-export key expires, and
-// a generation outlives the decisions filled under it (or a fall back to
-// generation 0 could make an old decision current again).
+// a generation outlives the decisions filled under it (a missing generation
+// only costs misses, but would cost one per decision).
 func TestKeysExpire(t *testing.T) {
 	r := testenv.StartRedis(t)
 	a := node(t, r.Addr, func(c *Config) { c.LeaseTTL = 2 * time.Second })
@@ -430,9 +583,12 @@ func TestKeysExpire(t *testing.T) {
 	key := cred("ttl")
 	f := newFetcher("v")
 	f.ttl = 30 * time.Second
-	load(t, a, "exp_k", key, f)                                    // generation created as 0 with the decision
-	a.Publish(context.Background(), Event{IDs: []string{"exp_k"}}) // bumped to 1
-	load(t, a, "exp_k", key, f)                                    // stored under 1
+	load(t, a, "exp_k", key, f) // a generation created with the decision
+	g := DefaultPrefix + ":g:{exp_k}"
+	first := r.MustDo(t, "GET", g)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_k"}}) // a new one
+	time.Sleep(5 * time.Millisecond)                               // decided after the invalidation
+	load(t, a, "exp_k", key, f)                                    // stored under it
 	a.Publish(context.Background(), Event{IDs: []string{"exp_never_cached"}, Tags: []string{"t"}})
 
 	pttl := func(k string) int {
@@ -442,10 +598,12 @@ func TestKeysExpire(t *testing.T) {
 		}
 		return n
 	}
-	d := DefaultPrefix + ":d:{exp_k}:" + a.MAC(key)
-	g := DefaultPrefix + ":g:{exp_k}"
-	if r.MustDo(t, "GET", g) != "1" {
-		t.Fatalf("generation %s, want 1", r.MustDo(t, "GET", g))
+	d := decisionKey(a, "exp_k", key)
+	if now := r.MustDo(t, "GET", g); now == first || len(now) != 16 {
+		t.Fatalf("generation %q after an invalidation (was %q), want a new random token", now, first)
+	}
+	if r.MustDo(t, "EXISTS", d) != "1" {
+		t.Fatal("the decision made after the invalidation was not stored")
 	}
 	if pd, pg := pttl(d), pttl(g); pd <= 0 || pg < pd {
 		t.Fatalf("decision PTTL %d, generation PTTL %d: the generation must outlive the decision", pd, pg)
@@ -455,7 +613,7 @@ func TestKeysExpire(t *testing.T) {
 	}
 	for _, k := range strings.Split(r.MustDo(t, "KEYS", "*"), "\n") {
 		switch k {
-		case DefaultPrefix + ":boot", DefaultPrefix + ":e", DefaultPrefix + ":inv":
+		case DefaultPrefix + ":boot", DefaultPrefix + ":inv":
 			continue // one key each, bounded
 		}
 		if p := pttl(k); p <= 0 {

@@ -46,8 +46,8 @@ func TestObserverSeesLookupsAndInvalidations(t *testing.T) {
 	r := testenv.StartRedis(t)
 	a, b := node(t, r.Addr), node(t, r.Addr)
 	oa, ob := newFakeObserver(), newFakeObserver()
-	a.SetObserver(oa)
-	b.SetObserver(ob)
+	removeA := a.AddObserver(oa)
+	b.AddObserver(ob)
 	waitUp(t, a, b)
 	rb := subscribe(t, b)
 	key := cred("obs")
@@ -58,22 +58,32 @@ func TestObserverSeesLookupsAndInvalidations(t *testing.T) {
 
 	la, ia, _, upsA := oa.snapshot()
 	lb, ib, lags, _ := ob.snapshot()
-	if la[ResultMiss] != 1 || lb[ResultHit] != 1 || ia["sent"] != 1 || ib["received"] != 1 || lags != 1 {
+	if la["miss"] != 1 || lb["hit"] != 1 || ia["sent"] != 1 || ib["received"] != 1 || lags != 1 {
 		t.Fatalf("observer a %v %v, b %v %v lags %d", la, ia, lb, ib, lags)
 	}
-	if len(upsA) != 0 {
-		// The observer was set before the reader came up, so it saw it.
-		if !upsA[len(upsA)-1] {
-			t.Errorf("last Up report %v, want true", upsA)
-		}
+	if len(upsA) == 0 || !upsA[len(upsA)-1] {
+		// Told the state when added, and every change since.
+		t.Errorf("Up reports %v, want the last to be true", upsA)
 	}
-	// Swapping the observer (a config reload) moves the counts to the new one.
-	a.SetObserver(nil)
+	// A second observer (a config being loaded) counts too; removing it (the
+	// load failed, its Cleanup ran) leaves the first one counting.
+	oc := newFakeObserver()
+	removeC := a.AddObserver(oc)
 	load(t, a, "exp_obs", key, newFetcher("v"))
-	if l, _, _, _ := oa.snapshot(); l[ResultMiss]+l[ResultHit] != 1 {
+	removeC()
+	load(t, a, "exp_obs", key, newFetcher("v"))
+	if l, _, _, _ := oc.snapshot(); l["miss"]+l["hit"] != 1 {
+		t.Errorf("the second observer counted %v, want the one lookup made while it was added", l)
+	}
+	if l, _, _, _ := oa.snapshot(); l["miss"]+l["hit"] != 3 {
+		t.Errorf("the first observer stopped counting when another was added and removed: %v", l)
+	}
+	removeA()
+	load(t, a, "exp_obs", key, newFetcher("v"))
+	if l, _, _, _ := oa.snapshot(); l["miss"]+l["hit"] != 3 {
 		t.Errorf("removed observer still counted: %v", l)
 	}
-	if s := a.Stats(); s.Lookups.Miss+s.Lookups.Hit != 2 || !s.Up {
+	if s := a.Stats(); s.Lookups.Miss+s.Lookups.Hit != 4 || !s.Up {
 		t.Errorf("stats %+v", s)
 	}
 }
@@ -86,12 +96,12 @@ func TestWaiterGivesUpWithItsCaller(t *testing.T) {
 	fa := newFetcher("slow")
 	fa.gate = make(chan struct{})
 	defer close(fa.gate)
-	go a.Load(context.Background(), "exp_c", key, time.Now(), fa.fetch)
+	go a.Load(context.Background(), query("exp_c", key), fa.fetch)
 	waitFor(t, 5*time.Second, "the holder's fetch", func() bool { return fa.calls.Load() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	fb := newFetcher("x")
-	_, _, _, err := b.Load(ctx, "exp_c", key, time.Now(), fb.fetch)
+	_, err := b.Load(ctx, query("exp_c", key), fb.fetch)
 	if err != context.DeadlineExceeded || fb.calls.Load() != 0 {
 		t.Fatalf("err %v calls %d, want the caller's deadline and no fetch", err, fb.calls.Load())
 	}
@@ -103,18 +113,51 @@ func TestOutboxCoalescesWhenFull(t *testing.T) {
 	waitUp(t, a, b)
 	rb := subscribe(t, b)
 	r.Kill()
-	for i := range outboxMax + 5 {
-		a.Publish(context.Background(), Event{IDs: []string{"exp_" + strconv.Itoa(i)}})
+	// Bounded by what it holds, not by events: 11 events of 10,000 ids are
+	// over the bound.
+	for i := range 11 {
+		ids := make([]string, 10_000)
+		for j := range ids {
+			ids[j] = fmt.Sprintf("exp_%d_%d", i, j)
+		}
+		a.Publish(context.Background(), Event{IDs: ids})
 	}
-	if n := a.Stats().OutboxLen; n > 10 {
+	if n := a.Stats().OutboxLen; n > 20 {
 		t.Fatalf("outbox holds %d events after overflowing, want them coalesced", n)
 	}
+	a.Publish(context.Background(), Event{IDs: []string{"exp_last"}})
 	r.Restart()
 	waitFor(t, 10*time.Second, "a purge of all entries", func() bool {
 		return rb.has(func(ev Event) bool { return ev.All })
 	})
-	waitFor(t, 10*time.Second, "the last event", func() bool { return rb.has(hasID(fmt.Sprintf("exp_%d", outboxMax+4))) })
+	waitFor(t, 10*time.Second, "the last event", func() bool { return rb.has(hasID("exp_last")) })
 	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return a.Stats().OutboxLen == 0 })
+}
+
+// The retry loop removes exactly the event it published: one that
+// coalesced meanwhile into a purge of all (with the same write time) stays.
+func TestOutboxRemovesWhatItPublished(t *testing.T) {
+	var o outbox
+	at := time.Now()
+	o.push(Event{All: true, Written: at})
+	head, _ := o.head()
+	// Meanwhile the outbox overflows and coalesces into a new purge of all
+	// with the same write time.
+	big := make([]string, outboxMaxItems+1)
+	for i := range big {
+		big[i] = strconv.Itoa(i)
+	}
+	if _, coalesced := o.push(Event{IDs: big, Written: at}); !coalesced {
+		t.Fatal("the outbox did not coalesce past its bound")
+	}
+	o.push(Event{IDs: []string{"later"}, Written: at})
+	o.remove(head.seq) // the published event is gone already
+	if n := o.len(); n != 2 {
+		t.Fatalf("outbox holds %d events, want the coalesced purge and the later event", n)
+	}
+	if ev := o.drain(); !ev[0].All || ev[1].IDs[0] != "later" {
+		t.Fatalf("outbox %+v", ev)
+	}
 }
 
 // TestSizing measures what Redis holds per shared decision and per stream
@@ -130,7 +173,7 @@ func TestSizing(t *testing.T) {
 		for i := range n {
 			id := fmt.Sprintf("exp_%d_%06d", size, i)
 			load(t, a, id, cred(id), newFetcher(payload))
-			u, err := strconv.Atoi(r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":d:{"+id+"}:"+a.MAC(cred(id)), "SAMPLES", "0"))
+			u, err := strconv.Atoi(r.MustDo(t, "MEMORY", "USAGE", decisionKey(a, id, cred(id)), "SAMPLES", "0"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,7 +184,7 @@ func TestSizing(t *testing.T) {
 			t.Errorf("payload %d B: %d B per shared decision, want payload + a bounded overhead", size, per)
 		}
 		t.Logf("shared decision, payload %4d B: MEMORY USAGE %d B per key (key name %d B, value %d B)",
-			size, per, len(DefaultPrefix+":d:{exp_100_000000}:")+64, decisionHeader+size+macLen)
+			size, per, len(decisionKey(a, "exp_100_000000", cred("x"))), 2+16+16+1+size+macLen)
 	}
 	a.Publish(context.Background(), Event{IDs: []string{"exp_x"}})
 	g := r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":g:{exp_x}")
@@ -162,7 +205,7 @@ func TestSizing(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); load(t, a, "exp_lease_0000000000", cred("l"), f) }()
 	waitFor(t, 5*time.Second, "the fill", func() bool { return f.calls.Load() == 1 })
-	lease := r.MustDo(t, "MEMORY", "USAGE", DefaultPrefix+":l:{exp_lease_0000000000}:"+a.MAC(cred("l")), "SAMPLES", "0")
+	lease := r.MustDo(t, "MEMORY", "USAGE", leaseKey(a, "exp_lease_0000000000", cred("l")), "SAMPLES", "0")
 	close(f.gate)
 	<-done
 	if n, _ := strconv.Atoi(lease); n <= 0 {

@@ -3,8 +3,10 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,6 +139,8 @@ func TestNodeStartsWithoutRedis(t *testing.T) {
 	r := testenv.StartRedis(t)
 	r.Kill()
 	a := node(t, r.Addr, fast)
+	b := node(t, r.Addr)
+	rb := subscribe(t, b)
 	f := newFetcher("direct")
 	if p, src := load(t, a, "exp_s", cred("k"), f); src != Unavailable || string(p) != "direct" {
 		t.Fatalf("Redis down at start: src %v payload %q", src, p)
@@ -145,13 +149,192 @@ func TestNodeStartsWithoutRedis(t *testing.T) {
 		t.Fatal("Publish reported success with Redis down")
 	}
 	r.Restart()
-	b := node(t, r.Addr)
-	rb := subscribe(t, b)
 	waitUp(t, a, b)
 	waitFor(t, 5*time.Second, "the event queued before Redis existed", func() bool { return rb.has(hasID("exp_s")) })
 	if _, src := load(t, a, "exp_s2", cred("k"), newFetcher("v")); src != Stored {
 		t.Fatalf("src %v, want stored once Redis is up", src)
 	}
+}
+
+// A node whose link to Redis is cut when it starts caches answers from the
+// app meanwhile; when the link returns, its first read starts from before
+// it started, so it applies every invalidation published in between.
+func TestFirstReadStartsBeforeTheNodeStarted(t *testing.T) {
+	r := testenv.StartRedis(t)
+	p := testenv.StartTCPProxy(t, r.Addr)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_long_before"}}) // before b started
+	time.Sleep(5 * time.Millisecond)
+	p.Freeze()
+	b := node(t, p.Addr, fast)
+	rb := subscribe(t, b)
+	if b.Up() {
+		t.Fatal("reader up through a frozen proxy")
+	}
+	a.Publish(context.Background(), Event{IDs: []string{"exp_during_the_cut"}})
+	p.Resume()
+	waitFor(t, 10*time.Second, "the event published while the node's link was cut", func() bool {
+		return rb.has(hasID("exp_during_the_cut"))
+	})
+	if rb.has(hasID("exp_long_before")) {
+		t.Error("an event older than the node was delivered (it cannot concern anything the node holds)")
+	}
+	// It still knows of it: a decision made before it is refused.
+	key := cred("k")
+	q := query("exp_long_before", key)
+	if b.purges.allows(q.ID, nil, time.Now().Add(-time.Minute).UnixNano()) {
+		t.Error("a decision made before an invalidation in the node's backlog is allowed")
+	}
+}
+
+// An invalidation counts as published only once a replica holds it: with
+// the replica's link frozen (connected, not acknowledging), it stays in the
+// outbox and goes out again once the replica answers.
+func TestPublishWaitsForAReplica(t *testing.T) {
+	master := testenv.StartRedis(t)
+	replica := testenv.StartRedis(t)
+	link := testenv.StartTCPProxy(t, master.Addr)
+	host, port, _ := net.SplitHostPort(link.Addr)
+	replica.MustDo(t, "REPLICAOF", host, port)
+	waitFor(t, 10*time.Second, "the replica to sync", func() bool {
+		return strings.Contains(master.MustDo(t, "INFO", "replication"), "state=online")
+	})
+	a := node(t, master.Addr, func(c *Config) { c.Timeout = 200 * time.Millisecond })
+	waitUp(t, a)
+	if !a.Publish(context.Background(), Event{IDs: []string{"exp_replicated"}}) {
+		t.Fatal("Publish not confirmed with a healthy replica")
+	}
+	link.Freeze()
+	if a.Publish(context.Background(), Event{IDs: []string{"exp_unreplicated"}}) {
+		t.Fatal("Publish confirmed although no replica acknowledged it")
+	}
+	if n := a.Stats().OutboxLen; n != 1 {
+		t.Fatalf("outbox %d, want the unreplicated event", n)
+	}
+	link.Resume()
+	waitFor(t, 10*time.Second, "the event to be confirmed", func() bool { return a.Stats().OutboxLen == 0 })
+	if got := replica.MustDo(t, "XRANGE", DefaultPrefix+":inv", "-", "+"); !strings.Contains(got, "exp_unreplicated") {
+		t.Fatalf("the replica does not hold the event:\n%s", got)
+	}
+}
+
+// Close does not wait for a Redis that accepted the connection but never
+// answers (a reload must not stall behind it).
+func TestCloseDoesNotWaitForASilentRedis(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	c, err := New(Config{Addrs: []string{ln.Addr().String()}, Secret: testSecret, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the dial", func() bool { mu.Lock(); defer mu.Unlock(); return len(conns) > 0 })
+	start := time.Now()
+	c.Close()
+	took := time.Since(start)
+	t.Logf("Close with a silent Redis took %v (timeout 200ms, dial timeout 2s)", took)
+	if took > time.Second {
+		t.Fatalf("Close waited %v for a silent Redis", took)
+	}
+}
+
+// Close hands back what the outbox holds, and another client publishes it
+// (a reload that changes the fleet settings loses nothing).
+func TestOutboxSurvivesTheClient(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := node(t, r.Addr)
+	waitUp(t, b)
+	rb := subscribe(t, b)
+	r.Kill()
+	old, err := New(Config{Addrs: []string{r.Addr}, Secret: testSecret, Timeout: DefaultTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Publish(context.Background(), Event{IDs: []string{"exp_queued_1"}})
+	old.Publish(context.Background(), Event{Tags: []string{"key_queued"}})
+	left := old.Close()
+	if len(left) != 2 {
+		t.Fatalf("Close handed back %d events, want 2", len(left))
+	}
+	if again := old.Close(); len(again) != 0 {
+		t.Fatalf("a second Close handed back %d events", len(again))
+	}
+	successor := node(t, r.Addr)
+	successor.Adopt(left)
+	r.Restart()
+	waitFor(t, 10*time.Second, "the handed-over events", func() bool {
+		return rb.has(hasID("exp_queued_1")) && rb.has(func(ev Event) bool { return slices.Contains(ev.Tags, "key_queued") })
+	})
+}
+
+// A purge of 10,000 ids goes out in events of at most 1,000 ids and
+// pipelines of bounded size, each within the default 50 ms timeout: it is
+// published, not wedged in the outbox.
+func TestLargePurgeIsChunked(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr, func(c *Config) { c.Timeout = DefaultTimeout })
+	b := node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	ids := make([]string, 10_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("01935abc-def0-7123-4567-%012d", i)
+	}
+	start := time.Now()
+	published := a.Publish(context.Background(), Event{IDs: ids})
+	t.Logf("a purge of %d ids: published now %v, after %v", len(ids), published, time.Since(start))
+	waitFor(t, 20*time.Second, "every id on the other node", func() bool {
+		n := 0
+		for _, ev := range rb.all() {
+			n += len(ev.IDs)
+		}
+		return n == len(ids)
+	})
+	waitFor(t, 10*time.Second, "an empty outbox", func() bool { return a.Stats().OutboxLen == 0 })
+	for _, ev := range rb.all() {
+		if len(ev.IDs) > maxEventItems {
+			t.Fatalf("an event of %d ids", len(ev.IDs))
+		}
+	}
+}
+
+// A stream that went back (a failover lost entries the reader had read, or
+// the stream was recreated) is a gap: the reader demotes and goes on.
+func TestStreamWentBackDemotes(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_1"}})
+	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_1")) })
+	r.MustDo(t, "DEL", DefaultPrefix+":inv")
+	r.MustDo(t, "XADD", DefaultPrefix+":inv", "1-1", "n", "x", "p", "{}", "m", "00")
+	waitFor(t, 5*time.Second, "a demotion", func() bool { return rb.has(isDemote) })
+	a.Publish(context.Background(), Event{IDs: []string{"exp_2"}})
+	waitFor(t, 5*time.Second, "an event after the demotion", func() bool { return rb.has(hasID("exp_2")) })
 }
 
 func TestPartitionLooksLikeSilence(t *testing.T) {
@@ -231,7 +414,7 @@ func TestFlushAllDemotes(t *testing.T) {
 }
 
 // aclRules is the minimal rule set the README documents for the fleet user.
-const aclRules = "~export_download:* -@all +get +set +del +exists +incr +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +ping +cluster|slots +cluster|shards"
+const aclRules = "~export_download:* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
 
 func TestTLSAndACLUser(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisTLS(), testenv.RedisUser("fleet", "s3cret-pass", aclRules))

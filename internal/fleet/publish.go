@@ -1,0 +1,408 @@
+package fleet
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+)
+
+// Event is one invalidation: export ids to drop, surrogate keys to purge,
+// or everything.
+type Event struct {
+	// IDs are export ids whose entries are dropped.
+	IDs []string
+	// Tags are surrogate keys whose entries are dropped.
+	Tags []string
+	// All drops every entry.
+	All bool
+	// Demote is only ever delivered by this package, never published: the
+	// reader could not resume where it stopped (the stream was trimmed past
+	// it, went back in a failover, or Redis was restarted or flushed), so
+	// invalidations may have been missed and every local entry must be
+	// demoted to stale (asked again before use, served only if the
+	// upstream fails).
+	Demote bool
+	// Written is when the event was written, by the publisher's clock.
+	// Publish sets it when it is zero.
+	Written time.Time
+}
+
+// wireEvent is an Event as stored in the stream, JSON-encoded.
+type wireEvent struct {
+	IDs     []string `json:"i,omitempty"`
+	Tags    []string `json:"t,omitempty"`
+	All     bool     `json:"a,omitempty"`
+	Written int64    `json:"w"` // Unix nanoseconds
+}
+
+// Bounds of what is written at once: an event names at most maxEventItems
+// ids and tags (a larger purge is several events), and generation bumps go
+// out in pipelines of at most bumpBatch commands, each within Timeout, so
+// that a purge of 10,000 ids neither exceeds a managed service's argument
+// limit nor outlasts the timeout and wedges the outbox.
+const (
+	maxEventItems  = 1000
+	bumpBatch      = 250
+	outboxMaxItems = 100_000 // ids and tags held while Redis is unreachable
+)
+
+// errUnavailable is a publish that found Redis unreachable (not connected,
+// or the breaker open).
+var errUnavailable = errors.New("fleet: redis unavailable")
+
+// errNotReplicated is a publish whose event the master wrote but no
+// replica acknowledged in time: a failover could still lose it.
+var errNotReplicated = errors.New("fleet: no replica acknowledged the invalidation in time")
+
+// Publish makes an invalidation reach every other node. The caller drops
+// its own local entries before and again after (a fill that raced the
+// invalidation may have stored meanwhile); its own subscribers do not
+// receive its events.
+//
+// For each export id it sets a new generation (a fill that started before
+// is not stored), then appends the event to the stream and, where the
+// master has replicas, waits (WAIT 1) until one holds it: an event a
+// master acknowledged but had not replicated would vanish in a failover.
+// The client records the event in its own purge log at once, so that it
+// takes no shared decision the event refutes even before the event is out.
+//
+// If that does not complete within the timeout (Redis unreachable, the
+// breaker open, no replica acknowledging), the event waits in a bounded
+// outbox (100,000 ids and tags; past that, everything coalesces into one
+// purge of all, so nothing is lost), retried every 250 ms on its own timer
+// and published within a second of Redis answering again. It returns
+// whether the event was published now (false: queued).
+func (c *Client) Publish(ctx context.Context, ev Event) (published bool) {
+	ev.Demote = false
+	if ev.Written.IsZero() {
+		ev.Written = c.now()
+	}
+	if len(ev.IDs) == 0 && len(ev.Tags) == 0 && !ev.All {
+		return true // nothing to invalidate
+	}
+	c.purges.record(ev, ev.Written.UnixNano())
+	parts := splitEvent(ev)
+	ctx = context.WithoutCancel(ctx)
+	for i, part := range parts {
+		if err := c.publishNow(ctx, part); err != nil {
+			for _, rest := range parts[i:] {
+				c.enqueue(rest, err)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// Adopt takes events another client could not publish (a reload that
+// changed the fleet settings closed it): they go out through this
+// client's outbox.
+func (c *Client) Adopt(events []Event) {
+	for _, ev := range events {
+		if ev.Written.IsZero() {
+			ev.Written = c.now()
+		}
+		c.purges.record(ev, ev.Written.UnixNano())
+		c.enqueue(ev, errors.New("fleet: handed over by a closed client"))
+	}
+}
+
+// splitEvent cuts an event into events of at most maxEventItems ids and
+// tags.
+func splitEvent(ev Event) []Event {
+	if len(ev.IDs)+len(ev.Tags) <= maxEventItems {
+		return []Event{ev}
+	}
+	var out []Event
+	ids, tags := ev.IDs, ev.Tags
+	for len(ids) > 0 || len(tags) > 0 {
+		part := Event{All: ev.All, Written: ev.Written}
+		n := min(len(ids), maxEventItems)
+		part.IDs, ids = ids[:n:n], ids[n:]
+		if m := min(len(tags), maxEventItems-n); m > 0 {
+			part.Tags, tags = tags[:m:m], tags[m:]
+		}
+		out = append(out, part)
+	}
+	return out
+}
+
+func (c *Client) enqueue(ev Event, cause error) {
+	c.st.queued.Add(1)
+	n, coalesced := c.out.push(ev)
+	if coalesced {
+		c.log.Warn("fleet: invalidation outbox full, coalesced into one purge of all entries",
+			zap.Int("limit", outboxMaxItems))
+	}
+	if n == 1 {
+		// Once per outage: other nodes learn of it when it is out.
+		c.log.Warn("fleet: invalidations wait in the outbox until redis takes them", zap.NamedError("cause", cause))
+	}
+	c.log.Debug("fleet: invalidation queued", zap.Int("outbox_len", n), zap.NamedError("cause", cause))
+}
+
+// publishNow writes one event: the generations first, so that a node that
+// drops its entries on the event and then misses does not find a shared
+// decision of the old generation, then the stream entry, confirmed by a
+// replica where there is one.
+func (c *Client) publishNow(ctx context.Context, ev Event) error {
+	cl := c.reachable()
+	if cl == nil {
+		return errUnavailable
+	}
+	keep := ms(2 * c.cfg.LeaseTTL)
+	for start := 0; start < len(ev.IDs); start += bumpBatch {
+		batch := ev.IDs[start:min(len(ev.IDs), start+bumpBatch)]
+		bumps := make(rueidis.Commands, 0, len(batch))
+		for _, id := range batch {
+			bumps = append(bumps, cl.B().Set().Key(c.prefix+"g:{"+id+"}").Value(randomHex(8)).PxMilliseconds(keep).Build())
+		}
+		err := c.call(ctx, func(ctx context.Context) error {
+			for _, r := range cl.DoMulti(ctx, bumps...) {
+				if err := r.Error(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	payload, err := json.Marshal(wireEvent{IDs: ev.IDs, Tags: ev.Tags, All: ev.All, Written: ev.Written.UnixNano()})
+	if err != nil {
+		return err
+	}
+	stream := c.prefix + "inv"
+	mac := hex.EncodeToString(c.sign(stream, []byte(c.node), []byte{0}, payload))
+	err = c.call(ctx, func(ctx context.Context) error {
+		// XADD, then ROLE and WAIT on the same connection (keyless
+		// commands follow the stream's slot): WAIT counts the replicas that
+		// hold every write of that connection, the event included. It
+		// waits for one replica when the master had replicas at the last
+		// look (the reader's ROLE, or the last publish's): WAIT 1 on a
+		// master without replicas would only run into its timeout.
+		need := int64(0)
+		if c.replicas.Load() > 0 {
+			need = 1
+		}
+		waitMS := int64(c.cfg.Timeout / time.Millisecond)
+		if dl, ok := ctx.Deadline(); ok {
+			waitMS = max(1, time.Until(dl).Milliseconds()*3/4)
+		}
+		res := cl.DoMulti(ctx,
+			cl.B().Xadd().Key(stream).Maxlen().Almost().Threshold(strconv.Itoa(streamMaxLen)).Id("*").
+				FieldValue().FieldValue("n", c.node).FieldValue("p", string(payload)).FieldValue("m", mac).Build(),
+			cl.B().Role().Build(),
+			cl.B().Wait().Numreplicas(need).Timeout(waitMS).Build())
+		if err := res[0].Error(); err != nil {
+			return err
+		}
+		return c.replicated(res[1], res[2], need)
+	})
+	if err != nil {
+		return err
+	}
+	c.st.sent.Add(1)
+	for _, o := range c.observers() {
+		o.Invalidation("sent")
+	}
+	c.log.Debug("fleet: invalidation published",
+		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Bool("all", ev.All))
+	return nil
+}
+
+// warnedNoWait remembers that the server refused ROLE or WAIT (an ACL
+// without them, or a service that lacks them), logged once per process.
+var warnedNoWait atomic.Bool
+
+// replicated reads ROLE and WAIT after an XADD: published if the master
+// has no replica connected (nothing to wait for), or WAIT waited for one
+// and it acknowledged. When ROLE shows replicas that WAIT did not wait for
+// (the count changed), the event is sent again with the new count. A
+// server that refuses ROLE or WAIT cannot tell: the event counts as
+// published, with one warning.
+func (c *Client) replicated(role, wait rueidis.RedisResult, need int64) error {
+	replicas, rerr := roleReplicas(role)
+	n, werr := wait.AsInt64()
+	var re *rueidis.RedisError
+	if errors.As(rerr, &re) || errors.As(werr, &re) {
+		if !warnedNoWait.Swap(true) {
+			c.log.Warn("fleet: redis refused ROLE or WAIT: invalidations are not confirmed by a replica and could be lost in a failover (allow +role +wait)",
+				zap.Error(errors.Join(rerr, werr)))
+		}
+		return nil
+	}
+	if rerr != nil {
+		return rerr // a network failure: not published
+	}
+	if werr != nil {
+		return werr
+	}
+	c.replicas.Store(int32(replicas))
+	if replicas == 0 || (need > 0 && n >= 1) {
+		return nil
+	}
+	return errNotReplicated
+}
+
+// roleReplicas is the number of connected replicas a ROLE reply lists (0
+// for a replica or anything but a master).
+func roleReplicas(role rueidis.RedisResult) (int, error) {
+	arr, err := role.ToArray()
+	if err != nil {
+		return 0, err
+	}
+	if len(arr) >= 3 {
+		if kind, _ := arr[0].ToString(); kind == "master" {
+			if list, err := arr[2].ToArray(); err == nil {
+				return len(list), nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+// outboxLoop retries queued events on its own timer, so they go out within
+// a second of Redis answering again even when no connection ever saw an
+// error (a partition that loses packets looks like silence).
+func (c *Client) outboxLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(retryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		c.flushOutbox()
+	}
+}
+
+func (c *Client) flushOutbox() {
+	for {
+		q, ok := c.out.head()
+		if !ok {
+			return
+		}
+		if err := c.publishQueued(q.ev); err != nil {
+			return
+		}
+		c.out.remove(q.seq)
+	}
+}
+
+func (c *Client) publishQueued(ev Event) error {
+	cl := c.client()
+	if cl == nil {
+		return errUnavailable
+	}
+	if !c.breaker.allow() {
+		// Probe with one bounded PING, without letting requests through:
+		// success closes the breaker.
+		ctx, cancel := context.WithTimeout(c.rootCtx, c.cfg.Timeout)
+		err := cl.Do(ctx, cl.B().Ping().Build()).Error()
+		cancel()
+		if err != nil {
+			return err
+		}
+		c.breaker.reset()
+	}
+	return c.publishNow(c.rootCtx, ev)
+}
+
+// outbox holds the events waiting for Redis, in order. Each has a sequence
+// number: the retry loop removes exactly what it published, also when the
+// outbox coalesced meanwhile.
+type outbox struct {
+	mu     sync.Mutex
+	events []queued
+	items  int // ids and tags held
+	seq    uint64
+}
+
+type queued struct {
+	seq uint64
+	ev  Event
+}
+
+func (o *outbox) init() {}
+
+// push appends ev and returns the outbox's length. Past outboxMaxItems ids
+// and tags, everything held coalesces into one purge of all, as old as the
+// oldest event held: nothing is lost.
+func (o *outbox) push(ev Event) (n int, coalesced bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.seq++
+	o.events = append(o.events, queued{o.seq, ev})
+	o.items += len(ev.IDs) + len(ev.Tags)
+	if o.items > outboxMaxItems {
+		oldest := o.events[0].ev.Written
+		for _, q := range o.events {
+			if q.ev.Written.Before(oldest) {
+				oldest = q.ev.Written
+			}
+		}
+		o.seq++
+		o.events = []queued{{o.seq, Event{All: true, Written: oldest}}}
+		o.items = 0
+		coalesced = true
+	}
+	return len(o.events), coalesced
+}
+
+func (o *outbox) head() (queued, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.events) == 0 {
+		return queued{}, false
+	}
+	return o.events[0], true
+}
+
+// remove drops the event seq if it is still the head.
+func (o *outbox) remove(seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.events) == 0 || o.events[0].seq != seq {
+		return
+	}
+	ev := o.events[0].ev
+	o.items -= len(ev.IDs) + len(ev.Tags)
+	o.events[0] = queued{}
+	o.events = o.events[1:]
+	if len(o.events) == 0 {
+		o.events, o.items = nil, 0
+	}
+}
+
+func (o *outbox) len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.events)
+}
+
+// drain empties the outbox and returns what it held.
+func (o *outbox) drain() []Event {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]Event, 0, len(o.events))
+	for _, q := range o.events {
+		out = append(out, q.ev)
+	}
+	o.events, o.items = nil, 0
+	return out
+}
+
+// Pending reports whether invalidations of this client wait in its outbox.
+func (c *Client) Pending() bool { return c.out.len() > 0 }
