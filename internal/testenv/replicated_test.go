@@ -595,6 +595,20 @@ func TestSentinel(t *testing.T) {
 		}
 		s.Rejoin(t, m)
 	})
+
+	t.Run("a restarted Sentinel remembers the current master", func(t *testing.T) {
+		m := s.Master(t)
+		if m == s.Nodes()[0] {
+			t.Fatal("the master is the one the Sentinels were first told about: the subtest proves nothing")
+		}
+		sen := s.Sentinels()[2]
+		sen.Restart()
+		s.WaitHealthy(t)
+		want := strings.Replace(m.Addr, ":", "\n", 1)
+		if got := sen.MustDo(t, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.MasterName()); got != want {
+			t.Errorf("restarted Sentinel reports master %q, want %q", got, want)
+		}
+	})
 }
 
 // TestSentinelAuth checks that Sentinels with a login refuse anonymous

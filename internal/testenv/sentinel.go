@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,9 +11,9 @@ import (
 	"time"
 )
 
-// SentinelMasterName is the name under which the Sentinels of a SentinelSet
+// sentinelMasterName is the name under which the Sentinels of a SentinelSet
 // monitor the master (SENTINEL MONITOR <name> …).
-const SentinelMasterName = "testenv"
+const sentinelMasterName = "testenv"
 
 // SentinelOption changes how StartSentinel builds the set.
 type SentinelOption func(*sentinelConfig)
@@ -71,7 +72,7 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *SentinelSet {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	s := &SentinelSet{name: SentinelMasterName}
+	s := &SentinelSet{name: sentinelMasterName}
 
 	node := cfg.redis
 	node.label = "redis-server (sentinel set)"
@@ -89,6 +90,13 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *SentinelSet {
 		}
 	}
 	sc.confFile = func(dir string, port int) (string, error) {
+		// A Sentinel rewrites its file with its ID and what it learns (the
+		// current master, the other Sentinels): a restarted one keeps them,
+		// as in production. The port is given on the command line.
+		path := filepath.Join(dir, "sentinel.conf")
+		if _, err := os.Stat(path); err == nil {
+			return path, nil
+		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "sentinel monitor %s 127.0.0.1 %d 2\n", s.name, master.port)
 		fmt.Fprintf(&b, "sentinel down-after-milliseconds %s %d\n", s.name, cfg.downAfter.Milliseconds())
@@ -101,9 +109,6 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *SentinelSet {
 			fmt.Fprintf(&b, "user default off\nuser %s on >%s ~* &* +@all\n", cfg.authUser, cfg.authPass)
 			fmt.Fprintf(&b, "sentinel sentinel-user %s\nsentinel sentinel-pass %s\n", cfg.authUser, cfg.authPass)
 		}
-		// A Sentinel rewrites its file (its ID, what it learns): written
-		// anew at each start.
-		path := filepath.Join(dir, "sentinel.conf")
 		return path, os.WriteFile(path, []byte(b.String()), 0o600)
 	}
 	sc.extraArgs = func(int) []string { return []string{"--sentinel"} }
@@ -174,7 +179,7 @@ func (s *SentinelSet) Failover(t testing.TB) *Redis {
 	old := s.Master(t)
 	deadline := time.Now().Add(replicatedWait)
 	for {
-		var err error
+		err := errors.New("no Sentinel is running")
 		for _, sen := range s.sentinels {
 			if sen.Running() && !sen.Paused() {
 				_, err = sen.doTimeout(2*time.Second, "SENTINEL", "FAILOVER", s.name)
