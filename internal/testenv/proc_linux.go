@@ -17,3 +17,14 @@ func killProcessGroup(cmd *exec.Cmd) {
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	_ = cmd.Process.Kill()
 }
+
+// stopProcessGroup freezes the process and its children (SIGSTOP): a
+// redis-server's fork for a snapshot or a full sync stops with it.
+func stopProcessGroup(cmd *exec.Cmd) error {
+	return syscall.Kill(-cmd.Process.Pid, syscall.SIGSTOP)
+}
+
+// continueProcessGroup undoes stopProcessGroup (SIGCONT).
+func continueProcessGroup(cmd *exec.Cmd) error {
+	return syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
+}

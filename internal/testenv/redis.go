@@ -34,10 +34,23 @@ type RedisOption func(*redisConfig)
 type redisConfig struct {
 	tls   bool
 	users []redisUser
+
+	// Set by StartCluster and StartSentinel, which run several servers.
+	label     string                                     // the process's name in messages; "redis-server" by default
+	certs     *redisCerts                                // TLS files shared by the servers of a deployment
+	confFile  func(dir string, port int) (string, error) // writes a configuration file to pass first (Sentinel needs one)
+	extraArgs func(port int) []string                    // more arguments for a start on port
+	adminAuth []string                                   // AUTH arguments of the admin connection (Do)
 }
 
 type redisUser struct {
 	name, password, rules string
+}
+
+// redisCerts is a test CA and a server certificate for 127.0.0.1.
+type redisCerts struct {
+	dir    string // holds ca.pem, server.pem and server.key
+	client *tls.Config
 }
 
 // RedisTLS serves TLS only (no plain port), with a CA and a server
@@ -55,6 +68,8 @@ func RedisUser(name, password, rules string) RedisOption {
 
 // Redis is a redis-server started for one test, on 127.0.0.1 and a free port,
 // without persistence (--save ” --appendonly no), so a restart is empty.
+// The servers of a Cluster or a SentinelSet (Sentinels included) are Redis
+// values too, so Kill, Pause, ClientKill and Do work on each of them.
 type Redis struct {
 	// Addr is host:port of the server, also after Restart.
 	Addr string
@@ -70,22 +85,42 @@ type Redis struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	out    *tailBuffer
+	paused bool
+	// Error counts (INFO errorstats) of this server's earlier processes
+	// (killed or restarted), and of the current one when it was paused,
+	// so that ErrorCount covers the whole test.
+	pastErrors   map[string]int64
+	pausedErrors map[string]int64
 }
 
 // StartRedis starts redis-server and stops it when the test ends. A missing
 // binary fails the test with one line naming the package to install.
 func StartRedis(t testing.TB, opts ...RedisOption) *Redis {
 	t.Helper()
+	var cfg redisConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return startRedis(t, cfg)
+}
+
+// startRedis starts one server of any kind (plain, cluster node, Sentinel)
+// as cfg says, retrying on another port when the one picked was taken.
+func startRedis(t testing.TB, cfg redisConfig) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal(redisMissing)
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir()}
-	for _, o := range opts {
-		o(&r.cfg)
+	if cfg.label == "" {
+		cfg.label = "redis-server"
 	}
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), cfg: cfg}
 	if r.cfg.tls {
-		r.tlsC = writeRedisCerts(t, r.dir)
+		if r.cfg.certs == nil {
+			r.cfg.certs = &redisCerts{dir: r.dir, client: writeRedisCerts(t, r.dir)}
+		}
+		r.tlsC = r.cfg.certs.client
 	}
 	if len(r.cfg.users) > 0 {
 		var b strings.Builder
@@ -106,7 +141,7 @@ func StartRedis(t testing.TB, opts ...RedisOption) *Redis {
 		// take it first; a new port covers that.
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("testenv: pick a port for redis-server: %v", err)
+			t.Fatalf("testenv: pick a port for %s: %v", r.cfg.label, err)
 		}
 		r.port = port
 		r.Addr = "127.0.0.1:" + strconv.Itoa(port)
@@ -114,13 +149,21 @@ func StartRedis(t testing.TB, opts ...RedisOption) *Redis {
 			return r
 		}
 	}
-	t.Fatalf("testenv: redis-server did not start after %d attempts: %v", attempts, lastErr)
+	t.Fatalf("testenv: %s did not start after %d attempts: %v", r.cfg.label, attempts, lastErr)
 	return nil
 }
 
-func (r *Redis) buildArgs() []string {
+func (r *Redis) buildArgs() ([]string, error) {
 	p := strconv.Itoa(r.port)
-	args := []string{
+	var args []string
+	if r.cfg.confFile != nil {
+		path, err := r.cfg.confFile(r.dir, r.port)
+		if err != nil {
+			return nil, fmt.Errorf("write configuration file: %w", err)
+		}
+		args = append(args, path)
+	}
+	args = append(args,
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
@@ -128,14 +171,18 @@ func (r *Redis) buildArgs() []string {
 		"--daemonize", "no",
 		"--logfile", "",
 		"--databases", "1",
-	}
+		// A replica's first sync starts at once, not after the default
+		// 5s wait for more replicas to share the transfer.
+		"--repl-diskless-sync-delay", "0",
+	)
 	if r.cfg.tls {
+		d := r.cfg.certs.dir
 		args = append(args,
 			"--port", "0",
 			"--tls-port", p,
-			"--tls-cert-file", filepath.Join(r.dir, "server.pem"),
-			"--tls-key-file", filepath.Join(r.dir, "server.key"),
-			"--tls-ca-cert-file", filepath.Join(r.dir, "ca.pem"),
+			"--tls-cert-file", filepath.Join(d, "server.pem"),
+			"--tls-key-file", filepath.Join(d, "server.key"),
+			"--tls-ca-cert-file", filepath.Join(d, "ca.pem"),
 			"--tls-auth-clients", "no")
 	} else {
 		args = append(args, "--port", p)
@@ -143,12 +190,19 @@ func (r *Redis) buildArgs() []string {
 	if len(r.cfg.users) > 0 {
 		args = append(args, "--aclfile", filepath.Join(r.dir, "users.acl"))
 	}
-	return args
+	if r.cfg.extraArgs != nil {
+		args = append(args, r.cfg.extraArgs(r.port)...)
+	}
+	return args, nil
 }
 
-// start runs redis-server on r.port and waits until it answers PING.
+// start runs the server on r.port and waits until it answers PING.
 func (r *Redis) start() error {
-	cmd := exec.Command(r.bin, r.buildArgs()...)
+	args, err := r.buildArgs()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(r.bin, args...)
 	cmd.Dir = r.dir
 	out := &tailBuffer{max: 64 << 10}
 	cmd.Stdout = out
@@ -163,7 +217,7 @@ func (r *Redis) start() error {
 		close(exited)
 	}()
 	r.mu.Lock()
-	r.cmd, r.exited, r.out = cmd, exited, out
+	r.cmd, r.exited, r.out, r.paused = cmd, exited, out, false
 	r.mu.Unlock()
 
 	deadline := time.Now().Add(10 * time.Second)
@@ -171,26 +225,39 @@ func (r *Redis) start() error {
 		if _, err := r.do("PING"); err == nil {
 			return nil
 		} else if time.Now().After(deadline) {
-			r.Kill()
-			return fmt.Errorf("redis-server not answering on %s: %v; output:\n%s", r.Addr, err, out.String())
+			r.kill(false)
+			return fmt.Errorf("%s not answering on %s: %v; output:\n%s", r.cfg.label, r.Addr, err, out.String())
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("redis-server exited; output:\n%s", out.String())
+			return fmt.Errorf("%s exited; output:\n%s", r.cfg.label, out.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
 // Kill sends SIGKILL to the server (by its PID) and waits until it is gone:
-// clients see their connections reset, as after a crash.
-func (r *Redis) Kill() {
+// clients see their connections reset, as after a crash. A paused server is
+// killed too. Its error counts are kept for ErrorCount.
+func (r *Redis) Kill() { r.kill(true) }
+
+func (r *Redis) kill(keepErrors bool) {
 	r.mu.Lock()
-	cmd, exited := r.cmd, r.exited
-	r.cmd = nil
+	cmd, exited, paused, pausedErrors := r.cmd, r.exited, r.paused, r.pausedErrors
+	r.cmd, r.paused, r.pausedErrors = nil, false, nil
 	r.mu.Unlock()
 	if cmd == nil {
 		return
+	}
+	if keepErrors {
+		errs := pausedErrors
+		if !paused {
+			// Best effort: a server too busy to answer loses its counts.
+			errs, _ = r.errorStats(500 * time.Millisecond)
+		}
+		r.mu.Lock()
+		r.pastErrors = addCounts(r.pastErrors, errs)
+		r.mu.Unlock()
 	}
 	killProcessGroup(cmd)
 	<-exited
@@ -198,7 +265,9 @@ func (r *Redis) Kill() {
 
 // Restart kills the server if it runs and starts a new, empty one on the
 // same port (no persistence: every key is gone, as after a restart without
-// a dump). It fails the test if the port cannot be bound again.
+// a dump; a cluster node keeps its node ID and its view of the cluster,
+// which live in its nodes.conf). It fails the test if the port cannot be
+// bound again.
 func (r *Redis) Restart() {
 	r.t.Helper()
 	r.Kill()
@@ -209,14 +278,158 @@ func (r *Redis) Restart() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	r.t.Fatalf("testenv: restart redis-server on %s: %v", r.Addr, err)
+	r.t.Fatalf("testenv: restart %s on %s: %v", r.cfg.label, r.Addr, err)
 }
 
 func (r *Redis) stop() {
-	r.Kill()
+	r.kill(false)
 	if r.t.Failed() && r.out != nil {
-		r.t.Logf("testenv: redis-server output (tail):\n%s", r.out.String())
+		r.t.Logf("testenv: %s %s output (tail):\n%s", r.cfg.label, r.Addr, r.out.String())
 	}
+}
+
+// Running reports whether the server's process is alive (started and not
+// killed); a paused server is running.
+func (r *Redis) Running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cmd != nil
+}
+
+// Paused reports whether the server is stopped by Pause.
+func (r *Redis) Paused() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.paused
+}
+
+// Pause stops the server's process with SIGSTOP: its connections stay open
+// and the kernel still accepts new ones, but nothing is answered until
+// Resume, as with a server frozen by a long fork, a swap storm or a VM
+// pause. Peers see it time out, not fail. It fails the test if the server
+// is not running.
+func (r *Redis) Pause() {
+	r.t.Helper()
+	r.mu.Lock()
+	cmd, paused := r.cmd, r.paused
+	r.mu.Unlock()
+	if cmd == nil {
+		r.t.Fatalf("testenv: pause %s %s: not running", r.cfg.label, r.Addr)
+	}
+	if paused {
+		return
+	}
+	// Error counts cannot be read while paused; keep them from now.
+	errs, _ := r.errorStats(500 * time.Millisecond)
+	if err := stopProcessGroup(cmd); err != nil {
+		r.t.Fatalf("testenv: pause %s %s: %v", r.cfg.label, r.Addr, err)
+	}
+	r.mu.Lock()
+	r.paused, r.pausedErrors = true, errs
+	r.mu.Unlock()
+}
+
+// Resume continues a server stopped by Pause (SIGCONT); it answers what it
+// received meanwhile. Resuming a server that is not paused does nothing.
+func (r *Redis) Resume() {
+	r.t.Helper()
+	r.mu.Lock()
+	cmd, paused := r.cmd, r.paused
+	r.mu.Unlock()
+	if cmd == nil || !paused {
+		return
+	}
+	if err := continueProcessGroup(cmd); err != nil {
+		r.t.Fatalf("testenv: resume %s %s: %v", r.cfg.label, r.Addr, err)
+	}
+	r.mu.Lock()
+	r.paused, r.pausedErrors = false, nil
+	r.mu.Unlock()
+}
+
+// Ping sends PING on a new connection and waits at most timeout for the
+// answer: nil when the server answered, an error when it did not (killed,
+// paused, or too slow).
+func (r *Redis) Ping(timeout time.Duration) error {
+	_, err := r.doTimeout(timeout, "PING")
+	return err
+}
+
+// ClientKill closes the server's client connections that match the CLIENT
+// KILL filters, e.g. ClientKill(t, "USER", "edge") or ClientKill(t, "TYPE",
+// "normal"), and returns how many it closed. The admin connection itself is
+// never closed (SKIPME yes).
+func (r *Redis) ClientKill(t testing.TB, filter ...string) int {
+	t.Helper()
+	if len(filter) == 0 || len(filter)%2 != 0 {
+		t.Fatalf("testenv: ClientKill needs filter name/value pairs, got %q", filter)
+	}
+	s := r.MustDo(t, append([]string{"CLIENT", "KILL"}, filter...)...)
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("testenv: CLIENT KILL answered %q", s)
+	}
+	return n
+}
+
+// ErrorCount returns how many error replies whose code is code (e.g.
+// "CROSSSLOT", "MOVED", "NOPERM") the server has sent during the test, from
+// INFO errorstats, including those of its processes that were killed or
+// restarted (read just before the kill) and of a paused one (read just
+// before the pause).
+func (r *Redis) ErrorCount(t testing.TB, code string) int64 {
+	t.Helper()
+	r.mu.Lock()
+	n := r.pastErrors[code]
+	running, paused, pausedErrors := r.cmd != nil, r.paused, r.pausedErrors
+	r.mu.Unlock()
+	switch {
+	case paused:
+		n += pausedErrors[code]
+	case running:
+		errs, err := r.errorStats(5 * time.Second)
+		if err != nil {
+			t.Fatalf("testenv: INFO errorstats on %s: %v", r.Addr, err)
+		}
+		n += errs[code]
+	}
+	return n
+}
+
+// errorStats reads INFO errorstats: lines like "errorstat_CROSSSLOT:count=3".
+func (r *Redis) errorStats(timeout time.Duration) (map[string]int64, error) {
+	s, err := r.doTimeout(timeout, "INFO", "errorstats")
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int64{}
+	for _, line := range strings.Split(s, "\n") {
+		code, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		code, found := strings.CutPrefix(code, "errorstat_")
+		if !ok || !found {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "count="); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				counts[code] = n
+			}
+		}
+	}
+	return counts, nil
+}
+
+func addCounts(dst, src map[string]int64) map[string]int64 {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = map[string]int64{}
+	}
+	for k, v := range src {
+		dst[k] += v
+	}
+	return dst
 }
 
 // TLSConfig returns a client TLS configuration that trusts the test CA
@@ -231,13 +444,14 @@ func (r *Redis) TLSConfig() *tls.Config {
 // Do sends one command as the default (admin) user on a new connection and
 // returns the reply flattened to text: integers and strings as they are,
 // nil as "(nil)", arrays one element per line. A Redis error reply is
-// returned as an error. It fails the test when the server cannot be reached.
+// returned as an error. It fails the test when the server cannot be reached
+// (or does not answer within 5s, e.g. while paused).
 func (r *Redis) Do(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	s, err := r.do(args...)
 	var re RedisError
 	if err != nil && !errors.As(err, &re) {
-		t.Fatalf("testenv: redis %s: %v", args[0], err)
+		t.Fatalf("testenv: redis %s on %s: %v", args[0], r.Addr, err)
 	}
 	return s, err
 }
@@ -247,9 +461,30 @@ func (r *Redis) MustDo(t testing.TB, args ...string) string {
 	t.Helper()
 	s, err := r.Do(t, args...)
 	if err != nil {
-		t.Fatalf("testenv: redis %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("testenv: redis %s on %s: %v", strings.Join(args, " "), r.Addr, err)
 	}
 	return s
+}
+
+// MustDoMulti sends commands in order on one connection, as the default
+// user, and returns their replies flattened as Do does. It fails the test
+// on any error reply. Commands whose meaning depends on the connection need
+// it: WAIT counts the replicas that acknowledged this connection's last
+// write, so a WAIT on a new connection answers at once.
+func (r *Redis) MustDoMulti(t testing.TB, cmds ...[]string) []string {
+	t.Helper()
+	vals, errs, err := r.doValues(5*time.Second, cmds...)
+	if err != nil {
+		t.Fatalf("testenv: redis pipeline on %s: %v", r.Addr, err)
+	}
+	out := make([]string, len(vals))
+	for i, v := range vals {
+		if errs[i] != nil {
+			t.Fatalf("testenv: redis %s on %s: %v", strings.Join(cmds[i], " "), r.Addr, errs[i])
+		}
+		out[i] = flatten(v)
+	}
+	return out
 }
 
 // RedisError is an error reply from the server.
@@ -258,88 +493,162 @@ type RedisError string
 func (e RedisError) Error() string { return string(e) }
 
 func (r *Redis) do(args ...string) (string, error) {
+	return r.doTimeout(5*time.Second, args...)
+}
+
+func (r *Redis) doTimeout(timeout time.Duration, args ...string) (string, error) {
+	v, err := r.doValue(timeout, args...)
+	if err != nil {
+		var re RedisError
+		if !errors.As(err, &re) {
+			return "", err
+		}
+	}
+	return flatten(v), err
+}
+
+// doValue sends one command on a new connection (after AUTH when the
+// admin connection needs it) and returns the reply as a value: string,
+// int64, nil or []any. An error reply is returned as a RedisError, with the
+// rest of the reply.
+func (r *Redis) doValue(timeout time.Duration, args ...string) (any, error) {
+	vals, errs, err := r.doValues(timeout, args)
+	if err != nil {
+		return nil, err
+	}
+	return vals[0], errs[0]
+}
+
+// doValues sends commands in order on one new connection and returns each
+// reply and error reply; err is a failure to reach the server.
+func (r *Redis) doValues(timeout time.Duration, cmds ...[]string) (vals []any, errs []error, err error) {
 	var conn net.Conn
-	var err error
-	d := &net.Dialer{Timeout: 2 * time.Second}
+	d := &net.Dialer{Timeout: timeout}
 	if r.tlsC != nil {
 		conn, err = tls.DialWithDialer(d, "tcp", r.Addr, r.tlsC)
 	} else {
 		conn, err = d.Dial("tcp", r.Addr)
 	}
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(timeout))
 	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	if len(r.cfg.adminAuth) > 0 {
+		cmds = append([][]string{r.cfg.adminAuth}, cmds...)
+	}
+	for _, cmd := range cmds {
+		fmt.Fprintf(&b, "*%d\r\n", len(cmd))
+		for _, a := range cmd {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
 	}
 	if _, err := io.WriteString(conn, b.String()); err != nil {
-		return "", err
+		return nil, nil, err
 	}
-	return readRESP(bufio.NewReader(conn))
+	br := bufio.NewReader(conn)
+	for i := range cmds {
+		v, err := readValue(br)
+		var re RedisError
+		if err != nil && !errors.As(err, &re) {
+			return nil, nil, err
+		}
+		if i == 0 && len(r.cfg.adminAuth) > 0 {
+			if err != nil {
+				return nil, nil, fmt.Errorf("AUTH: %w", err)
+			}
+			continue
+		}
+		vals, errs = append(vals, v), append(errs, err)
+	}
+	return vals, errs, nil
 }
 
-// readRESP reads one RESP2 reply and flattens it to text.
-func readRESP(br *bufio.Reader) (string, error) {
+// flatten turns a reply into text: nil as "(nil)", arrays one element per
+// line (nested arrays too).
+func flatten(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return "(nil)"
+	case string:
+		return v
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case []any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = flatten(e)
+		}
+		return strings.Join(parts, "\n")
+	}
+	return fmt.Sprint(v)
+}
+
+// readValue reads one RESP2 reply. An error reply is returned as a
+// RedisError; inside an array it becomes an empty string element and the
+// first one is returned with the whole array.
+func readValue(br *bufio.Reader) (any, error) {
 	line, err := br.ReadString('\n')
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	line = strings.TrimRight(line, "\r\n")
 	if line == "" {
-		return "", errors.New("empty reply line")
+		return nil, errors.New("empty reply line")
 	}
 	switch line[0] {
-	case '+', ':':
+	case '+':
 		return line[1:], nil
+	case ':':
+		return strconv.ParseInt(line[1:], 10, 64)
 	case '-':
-		return "", RedisError(line[1:])
+		return nil, RedisError(line[1:])
 	case '$':
 		n, err := strconv.Atoi(line[1:])
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		if n < 0 {
-			return "(nil)", nil
+			return nil, nil
 		}
 		buf := make([]byte, n+2)
 		if _, err := io.ReadFull(br, buf); err != nil {
-			return "", err
+			return nil, err
 		}
 		return string(buf[:n]), nil
 	case '*':
 		n, err := strconv.Atoi(line[1:])
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		if n < 0 {
-			return "(nil)", nil
+			return nil, nil
 		}
-		parts := make([]string, 0, n)
+		parts := make([]any, 0, n)
 		var firstErr error
 		for range n {
-			s, err := readRESP(br)
+			v, err := readValue(br)
 			if err != nil {
 				var re RedisError
 				if !errors.As(err, &re) {
-					return "", err
+					return nil, err
 				}
 				if firstErr == nil {
 					firstErr = err
 				}
+				v = ""
 			}
-			parts = append(parts, s)
+			parts = append(parts, v)
 		}
-		return strings.Join(parts, "\n"), firstErr
+		return parts, firstErr
 	}
-	return "", fmt.Errorf("unexpected reply %q", line)
+	return nil, fmt.Errorf("unexpected reply %q", line)
 }
 
 // writeRedisCerts writes a CA and a server certificate (for 127.0.0.1 and
-// localhost, ECDSA P-256, valid for a day) into dir and returns a client
+// localhost, ECDSA P-256, valid for a day, also usable as a client
+// certificate) into dir and returns a client
 // configuration that trusts the CA.
 func writeRedisCerts(t testing.TB, dir string) *tls.Config {
 	t.Helper()
@@ -375,9 +684,11 @@ func writeRedisCerts(t testing.TB, dir string) *tls.Config {
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost"},
+		// Client use too: cluster nodes present it to each other, and the
+		// cluster bus always asks for a client certificate.
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:    []string{"localhost"},
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
@@ -407,5 +718,5 @@ func (r *Redis) CAFile() string {
 	if r.tlsC == nil {
 		return ""
 	}
-	return filepath.Join(r.dir, "ca.pem")
+	return filepath.Join(r.cfg.certs.dir, "ca.pem")
 }
