@@ -309,19 +309,36 @@ const (
 // The shared call is bounded by the loader's own timeout; closing the cache
 // does not cancel it, so requests still draining after a reload get their
 // answer.
+//
+// A caller that joins a call which started before a purge this caller has
+// already seen (an invalidation of the export or credential, a purge by
+// tag or of all) does not take its answer, which may predate the purge: it
+// asks again, in a call of its own.
 func (c *Cache[V]) Load(ctx context.Context, key Key, load Loader[V]) (V, Outcome, error) {
-	v, how, err := c.load(ctx, key, load, context.WithoutCancel(ctx))
+	seen := c.gensOf(key)
+	v, how, err := c.loadSeen(ctx, key, load, seen)
 	if how == Collapsed && ctx.Err() == nil && c.base.Err() != nil && errors.Is(err, context.Canceled) {
 		// Joined a background refresh that Close ended: that cancellation
 		// is the old config's, not this request's. Ask on its own behalf.
-		return c.load(ctx, key, load, context.WithoutCancel(ctx))
+		return c.loadSeen(ctx, key, load, seen)
+	}
+	return v, how, err
+}
+
+// loadSeen is Load for a caller that saw the purges seen: once more if the
+// call it joined started before one of them.
+func (c *Cache[V]) loadSeen(ctx context.Context, key Key, load Loader[V], seen gens) (V, Outcome, error) {
+	v, how, before, err := c.load(ctx, key, load, context.WithoutCancel(ctx))
+	if how == Collapsed && err == nil && before.predates(seen) {
+		v, how, _, err = c.load(ctx, key, load, context.WithoutCancel(ctx))
 	}
 	return v, how, err
 }
 
 // load is Load with the context of the shared call: the caller's, detached,
 // for a request; the cache's own, ended by Close, for a background refresh.
-func (c *Cache[V]) load(ctx context.Context, key Key, load Loader[V], shared context.Context) (V, Outcome, error) {
+// before is what the shared call saw when it started.
+func (c *Cache[V]) load(ctx context.Context, key Key, load Loader[V], shared context.Context) (V, Outcome, gens, error) {
 	leader := false
 	ch := c.flights.DoChan(key.flightKey(), func() (any, error) {
 		leader = true
@@ -333,24 +350,31 @@ func (c *Cache[V]) load(ctx context.Context, key Key, load Loader[V], shared con
 		switch {
 		case !leader:
 			c.stats.collapsed.Add(1)
-			return res.v, Collapsed, r.Err
+			return res.v, Collapsed, res.before, r.Err
 		case res.stored:
-			return res.v, Stored, r.Err
+			return res.v, Stored, res.before, r.Err
 		}
-		return res.v, NotStored, r.Err
+		return res.v, NotStored, res.before, r.Err
 	case <-ctx.Done():
 		var zero V
-		return zero, NotStored, ctx.Err()
+		return zero, NotStored, gens{}, ctx.Err()
 	}
 }
 
 type result[V any] struct {
 	v      V
 	stored bool
+	before gens // what the call saw when it started
 }
 
 // gens is what a fill saw before it asked the upstream.
 type gens struct{ id, cred, epoch uint64 }
+
+// predates reports whether a call that saw g started before a purge that a
+// caller who saw later did not: any count of later below its own.
+func (g gens) predates(later gens) bool {
+	return g.id < later.id || g.cred < later.cred || g.epoch < later.epoch
+}
 
 func (c *Cache[V]) gensOf(key Key) gens {
 	return gens{c.idStripe(key.ID).Load(), c.credStripe(key.Cred).Load(), c.epoch.Load()}
@@ -360,7 +384,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 	before := c.gensOf(key)
 	v, ttl, err := load(ctx)
 	if err != nil {
-		return result[V]{v: v}, err
+		return result[V]{v: v, before: before}, err
 	}
 	var tags []string
 	if d, ok := any(v).(Described); ok {
@@ -376,7 +400,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 	if ttl <= 0 || c.gensOf(key) != before || c.base.Err() != nil {
 		// Not cacheable; or a purge ran meanwhile (this answer may
 		// predate it); or the cache was closed.
-		return result[V]{v: v}, nil
+		return result[V]{v: v, before: before}, nil
 	}
 	if c.beforeStore != nil {
 		c.beforeStore()
@@ -394,9 +418,9 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 	// this entry: its generation moved first, so look again.
 	if c.gensOf(key) != before {
 		c.drop(e.key, e)
-		return result[V]{v: v}, nil
+		return result[V]{v: v, before: before}, nil
 	}
-	return result[V]{v: v, stored: true}, nil
+	return result[V]{v: v, stored: true, before: before}, nil
 }
 
 // drop removes key's entry if it is e (any entry of key when e is nil)
@@ -441,7 +465,7 @@ func (c *Cache[V]) RefreshAsync(key Key, e *Entry[V], load Loader[V]) bool {
 		// e stays marked: a successful refresh replaces it, and a failed
 		// one leaves it to expire rather than retrying on every hit.
 		// A failure is the loader's to report (the handler's logs it).
-		_, _, _ = c.load(c.base, key, load, c.base)
+		_, _, _, _ = c.load(c.base, key, load, c.base)
 	}()
 	return true
 }

@@ -528,3 +528,59 @@ func TestCloseDoesNotCancelJoinedRequests(t *testing.T) {
 		}
 	})
 }
+
+// A caller that joins a call which started before a purge it has seen asks
+// again rather than take an answer that may predate the purge; a caller
+// that joined before the purge takes the shared answer.
+func TestLoadAfterAPurgeDoesNotJoinAnOlderCall(t *testing.T) {
+	for _, purge := range []struct {
+		name string
+		run  func(c *Cache[string], k Key)
+	}{
+		{"export id", func(c *Cache[string], k Key) { c.InvalidateID(k.ID) }},
+		{"credential", func(c *Cache[string], k Key) { c.InvalidateCredential(k.Cred) }},
+		{"surrogate key", func(c *Cache[string], k Key) { c.PurgeTags("key_8f2a") }},
+		{"all", func(c *Cache[string], k Key) { c.PurgeAll() }},
+	} {
+		t.Run(purge.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := New[string](Config{MaxEntries: 100})
+				defer c.Close()
+				k := testKey(1, "exp_joined")
+				old := newGate("before the purge", time.Minute)
+				early := make(chan string, 1)
+				go func() {
+					v, _, _ := c.Load(context.Background(), k, old.load)
+					early <- v
+				}()
+				<-old.entered
+				joined := make(chan string, 1)
+				go func() { // joins before the purge: takes the shared answer
+					v, _, _ := c.Load(context.Background(), k, answer("joined early: must not run", time.Minute))
+					joined <- v
+				}()
+				synctest.Wait() // both wait on the one call
+				purge.run(c, k)
+				late := make(chan string, 1)
+				go func() {
+					v, how, _ := c.Load(context.Background(), k, answer("after the purge", time.Minute))
+					if how == Collapsed {
+						t.Errorf("the caller after the purge was collapsed onto the older call")
+					}
+					late <- v
+				}()
+				synctest.Wait() // it joined the older call too
+				close(old.release)
+				if v := <-early; v != "before the purge" {
+					t.Fatalf("the first caller got %q", v)
+				}
+				if v := <-joined; v != "before the purge" {
+					t.Fatalf("a caller that joined before the purge got %q", v)
+				}
+				if v := <-late; v != "after the purge" {
+					t.Fatalf("the caller after the purge got %q, want its own answer", v)
+				}
+			})
+		})
+	}
+}
