@@ -89,6 +89,15 @@ var parseSeeds = []string{
 	`{"data":{}}`, `{}`, `null`, `[]`, `"x"`, `1`, `true`, ``, `{"data":{"status":"a"}}x`,
 	"{\"data\":{\"status\":\"\xff\"}}",
 	`{"data":{"status":"archived","":"empty name","\u0000":"nul"}}`,
+	// Where a tokenizer could draw the line elsewhere than encoding/json.
+	"\xef\xbb\xbf" + `{"data":{"status":"a"}}`,
+	`{"data":{"status":"a"}} {"data":{"status":"b"}}`,
+	`{"data":{"status":"a"}}]`, `{"data":{"status":"a"},}`, `nullx`, " \t\r\n", `{"data":{"status":"a"}}` + " \t\r\n",
+	`{"data":{"status":"a","x":1.}}`, `{"data":{"status":"a","x":-01}}`, `{"data":{"status":"a","x":1e}}`,
+	`{"data":{"status":"a","x":"\x"}}`, `{"data":{"status":"a","x":"` + "\x01" + `"}}`,
+	`{"data":{"status":"a","\ud800":"x","\udc00\ud800":"y","\ud83d\ude00":"z"}}`,
+	"{\"d\xffata\":{\"status\":\"a\"},\"x\xe2\x82\":\"\xf0\x9f\x98\"}",
+	`{"data":{"status":"a"},"data":[]}`, `{"data":{"status":"a"},"DATA":null}`,
 }
 
 func FuzzParseExportMatchesReference(f *testing.F) {
@@ -103,6 +112,18 @@ func FuzzParseExportMatchesReference(f *testing.F) {
 func TestParseExportMatchesReference(t *testing.T) {
 	for _, s := range parseSeeds {
 		checkAgainstReference(t, []byte(s), []string{"x", "format"})
+	}
+	// encoding/json refuses nesting deeper than 10,000: so must the parse,
+	// in data and outside it.
+	for depth := 9999; depth <= 10001; depth++ {
+		n := depth - 2 // inside the envelope and data
+		for _, body := range []string{
+			`{"data":{"status":"a","x":` + strings.Repeat("[", n) + strings.Repeat("]", n) + `}}`,
+			`{"data":{"status":"a","x":` + strings.Repeat(`{"":`, n-1) + `{}` + strings.Repeat("}", n-1) + `}}`,
+			`{"meta":` + strings.Repeat("[", n+1) + strings.Repeat("]", n+1) + `,"data":{"status":"a"}}`,
+		} {
+			checkAgainstReference(t, []byte(body), []string{"x"})
+		}
 	}
 }
 
