@@ -21,7 +21,8 @@ func parseExport(body []byte, id string) (*decision.Answer, error) {
 
 // parseExportFields reads the "Get export" envelope (README "The upstream
 // contract"). data.status must be a string; expires_at null or absent means
-// no expiry, otherwise RFC 3339; a data.id must name export id. Of the
+// no expiry, otherwise an RFC 3339 date-time (see parseRFC3339); a data.id,
+// when present, must be a string naming export id in any case. Of the
 // string and number fields of data, those named in keep are kept for
 // templates (nil keeps them all).
 //
@@ -60,8 +61,14 @@ func parseExportFields(body []byte, id string, keep []string) (*decision.Answer,
 		return nil, errors.New("data.expires_at is neither null nor a string")
 	}
 	// An answer about another export must never send this caller there.
-	if k := p.dataID.kind; (k == kindString || k == kindNumber) && !p.dataID.ok {
-		return nil, errors.New("data.id names another export")
+	switch p.dataID.kind {
+	case kindAbsent:
+	case kindString:
+		if !p.dataID.ok {
+			return nil, errors.New("data.id names another export")
+		}
+	default:
+		return nil, errors.New("data.id is not a string")
 	}
 	return a, nil
 }
@@ -269,7 +276,7 @@ func (p *exportParser) dataValue() error {
 				p.expiresAt, p.expires.ok = parseExpiry(v)
 			}
 		case "id":
-			p.dataID = checked{kind: kind, ok: bytes.EqualFold(v, []byte(p.id))}
+			p.dataID = checked{kind: kind, ok: kind == kindString && bytes.EqualFold(v, []byte(p.id))}
 		}
 		if p.keep != nil && !containsName(p.keep, p.name) {
 			continue
@@ -322,16 +329,13 @@ func containsName(names []string, name []byte) bool {
 	return false
 }
 
-// parseExpiry reads an expires_at string.
+// parseExpiry reads an expires_at string (see parseRFC3339).
 func parseExpiry(v []byte) (time.Time, bool) {
-	t, err := time.Parse(time.RFC3339, string(v))
-	if err != nil {
-		return time.Time{}, false
-	}
-	if t.IsZero() {
+	t, ok := parseRFC3339(v)
+	if ok && t.IsZero() {
 		// 0001-01-01T00:00:00Z is a real, long past instant, but a zero
 		// time.Time means "no expiry" here: keep it in the past.
 		t = t.Add(time.Nanosecond)
 	}
-	return t, true
+	return t, ok
 }
