@@ -8,7 +8,6 @@ import (
 	"maps"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/exportedge/caddy-export-download/internal/decision"
 )
@@ -51,17 +50,20 @@ func referenceParse(body []byte, id string) (*decision.Answer, error) {
 		if !bytes.HasPrefix(bytes.TrimSpace(raw), []byte(`"`)) {
 			return nil, errors.New("data.expires_at is neither null nor a string")
 		}
-		t, err := time.Parse(time.RFC3339, a.Fields["expires_at"])
-		if err != nil {
+		t, ok := referenceExpiry(a.Fields["expires_at"])
+		if !ok {
 			return nil, errors.New("data.expires_at is not RFC 3339")
-		}
-		if t.IsZero() {
-			t = t.Add(time.Nanosecond)
 		}
 		a.Export.ExpiresAt = t
 	}
-	if got, ok := a.Fields["id"]; ok && !strings.EqualFold(got, id) {
-		return nil, errors.New("data.id names another export")
+	if raw, ok := env.Data["id"]; ok {
+		var got string
+		if json.Unmarshal(raw, &got) != nil {
+			return nil, errors.New("data.id is not a string")
+		}
+		if !strings.EqualFold(got, id) {
+			return nil, errors.New("data.id names another export")
+		}
 	}
 	return a, nil
 }
@@ -83,12 +85,28 @@ var parseSeeds = []string{
 	`{"data":{"status":"a","expires_at":"x","expires_at":null}}`,
 	`{"data":{"status":"a","id":{"x":1}}}`,
 	`{"data":{"status":"a","id":42}}`,
+	`{"data":{"status":"a","id":null}}`,
+	`{"data":{"status":"a","id":true}}`,
+	`{"data":{"status":"a","id":"` + testID + `","id":null}}`,
+	`{"data":{"status":"a","id":null,"id":"` + strings.ToUpper(testID) + `"}}`,
+	`{"data":{"status":"a","id":"other"}}`,
+	`{"data":{"status":"a","expires_at":"2016-12-31t23:59:60z"}}`,
+	`{"data":{"status":"a","expires_at":"2026-12-01T10:00:00,5+24:00"}}`,
 	`{"data":"x","data":{"status":"a"}}`,
 	`{"d\u0061ta":{"status":"a"}}`,
 	` {"meta":[1,2,{"data":{}}] , "data" : { "status" : "completed" , "a" : [ ] } } ` + "\n",
 	`{"data":{}}`, `{}`, `null`, `[]`, `"x"`, `1`, `true`, ``, `{"data":{"status":"a"}}x`,
 	"{\"data\":{\"status\":\"\xff\"}}",
 	`{"data":{"status":"archived","":"empty name","\u0000":"nul"}}`,
+	// Where a tokenizer could draw the line elsewhere than encoding/json.
+	"\xef\xbb\xbf" + `{"data":{"status":"a"}}`,
+	`{"data":{"status":"a"}} {"data":{"status":"b"}}`,
+	`{"data":{"status":"a"}}]`, `{"data":{"status":"a"},}`, `nullx`, " \t\r\n", `{"data":{"status":"a"}}` + " \t\r\n",
+	`{"data":{"status":"a","x":1.}}`, `{"data":{"status":"a","x":-01}}`, `{"data":{"status":"a","x":1e}}`,
+	`{"data":{"status":"a","x":"\x"}}`, `{"data":{"status":"a","x":"` + "\x01" + `"}}`,
+	`{"data":{"status":"a","\ud800":"x","\udc00\ud800":"y","\ud83d\ude00":"z"}}`,
+	"{\"d\xffata\":{\"status\":\"a\"},\"x\xe2\x82\":\"\xf0\x9f\x98\"}",
+	`{"data":{"status":"a"},"data":[]}`, `{"data":{"status":"a"},"DATA":null}`,
 }
 
 func FuzzParseExportMatchesReference(f *testing.F) {
@@ -103,6 +121,18 @@ func FuzzParseExportMatchesReference(f *testing.F) {
 func TestParseExportMatchesReference(t *testing.T) {
 	for _, s := range parseSeeds {
 		checkAgainstReference(t, []byte(s), []string{"x", "format"})
+	}
+	// encoding/json refuses nesting deeper than 10,000: so must the parse,
+	// in data and outside it.
+	for depth := 9999; depth <= 10001; depth++ {
+		n := depth - 2 // inside the envelope and data
+		for _, body := range []string{
+			`{"data":{"status":"a","x":` + strings.Repeat("[", n) + strings.Repeat("]", n) + `}}`,
+			`{"data":{"status":"a","x":` + strings.Repeat(`{"":`, n-1) + `{}` + strings.Repeat("}", n-1) + `}}`,
+			`{"meta":` + strings.Repeat("[", n+1) + strings.Repeat("]", n+1) + `,"data":{"status":"a"}}`,
+		} {
+			checkAgainstReference(t, []byte(body), []string{"x"})
+		}
 	}
 }
 
@@ -136,6 +166,47 @@ func checkAgainstReference(t *testing.T, body []byte, keep []string) {
 			!got.Export.ExpiresAt.Equal(want.Export.ExpiresAt) || got.Export.ExpiresAt.IsZero() != want.Export.ExpiresAt.IsZero() ||
 			!maps.Equal(got.Fields, wantFields) {
 			t.Fatalf("%q (keep %q):\n got %+v\nwant %+v (fields %q)", body, keep, got, want, wantFields)
+		}
+	}
+}
+
+// TestDataIDMustNameTheExport: a data.id, when present, is a string naming
+// the requested export in any case (README "The upstream contract");
+// anything else is an upstream failure, so that an answer about another
+// export, or one that cannot say which, never sends the caller anywhere.
+func TestDataIDMustNameTheExport(t *testing.T) {
+	for _, tc := range []struct {
+		id   string // the member's JSON value; "" leaves it out
+		want string // the error, "" when usable
+	}{
+		{"", ""},
+		{`"` + testID + `"`, ""},
+		{`"` + strings.ToUpper(testID) + `"`, ""},
+		{`"\u0033` + testID[1:] + `"`, ""}, // an escape is read, not compared raw
+		{`"00000000-0000-4000-8000-000000000000"`, "data.id names another export"},
+		{`"` + testID + ` "`, "data.id names another export"},
+		{`""`, "data.id names another export"},
+		{`null`, "data.id is not a string"},
+		{`{}`, "data.id is not a string"},
+		{`{"id":"` + testID + `"}`, "data.id is not a string"},
+		{`true`, "data.id is not a string"},
+		{`false`, "data.id is not a string"},
+		{`42`, "data.id is not a string"},
+		{`[]`, "data.id is not a string"},
+		{`["` + testID + `"]`, "data.id is not a string"},
+	} {
+		body := `{"data":{"status":"completed"}}`
+		if tc.id != "" {
+			body = `{"data":{"status":"completed","id":` + tc.id + `}}`
+		}
+		a, err := parseExport([]byte(body), testID)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("data.id %s: refused: %v", tc.id, err)
+		case tc.want != "" && err == nil:
+			t.Errorf("data.id %s: accepted (%+v), want %q", tc.id, a.Export, tc.want)
+		case tc.want != "" && err.Error() != tc.want:
+			t.Errorf("data.id %s: %v, want %q", tc.id, err, tc.want)
 		}
 	}
 }
