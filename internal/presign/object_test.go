@@ -12,7 +12,7 @@ import (
 // could make a store that resolves paths serve another object (see
 // TestUnsafeKeysAgainstS3 for what versitygw does with them).
 func TestCheckObject(t *testing.T) {
-	long := strings.Repeat("x", 4096)
+	atLimit := "exports/" + strings.Repeat("x", MaxKeyLen-len("exports/"))
 	for _, tc := range []struct {
 		bucket, key string
 		ok          bool
@@ -26,9 +26,10 @@ func TestCheckObject(t *testing.T) {
 		{"exports", "exports/%2e%2e/x.csv", true}, // "%" is escaped to %25: no dot segment
 		{"exports", "invalid \xff UTF-8", true},
 		{"exports", "a\u2028b", true}, // a line separator is not a control character
-		{"exports", long, true},       // the length is the templates' to bound
+		{"exports", atLimit, true},
 
 		{"exports", "", false},
+		{"exports", atLimit + "x", false}, // longer than any S3 key
 		{"exports", "/", false},
 		{"exports", "//x.csv", false},
 		{"exports", "a//b", false},
