@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"encoding/binary"
+	"strings"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -65,9 +67,8 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 	if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
 		return e.Signed, true, nil
 	}
-	fk := obj.Bucket + "\x00" + obj.Key + "\x00" + obj.Filename + "\x00" + obj.ContentType
 	signedHere := false
-	ch := u.flights.DoChan(fk, func() (any, error) {
+	ch := u.flights.DoChan(flightKey(obj), func() (any, error) {
 		// Another caller may have signed while this one waited for the lock.
 		if e, ok := u.store.GetIfPresent(obj); ok && u.usable(e, exportExpires) {
 			return e, nil
@@ -100,6 +101,26 @@ func (u *URLs) Sign(ctx context.Context, obj presign.Object, exportExpires time.
 	// later than this one: this caller's URL must not outlive its export.
 	s, err = sign(ctx)
 	return s, false, err
+}
+
+// flightKey names obj's presign: one key per object. Each field is
+// preceded by its length, since the fields may hold any byte: joined with a
+// separator, two objects could share a key, and a caller would take the
+// URL of another's object.
+func flightKey(obj presign.Object) string {
+	fields := [...]string{obj.Bucket, obj.Key, obj.Filename, obj.ContentType}
+	n := 0
+	for _, f := range fields {
+		n += binary.MaxVarintLen64 + len(f)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	var lenBuf [binary.MaxVarintLen64]byte
+	for _, f := range fields {
+		b.Write(binary.AppendUvarint(lenBuf[:0], uint64(len(f))))
+		b.WriteString(f)
+	}
+	return b.String()
 }
 
 func (u *URLs) usable(e *signed, exportExpires time.Time) bool {

@@ -183,6 +183,56 @@ func TestURLsSignCoalesces(t *testing.T) {
 	})
 }
 
+// TestURLsSignKeepsObjectsApart: concurrent Sign calls for two objects
+// whose fields, joined with NULs, read the same never share a presign: each
+// caller gets its own object's URL, and so do later hits. (The fields come
+// from the app's answer and may hold any byte.)
+func TestURLsSignKeepsObjectsApart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := newFakeClock()
+		u := NewURLs(100, 5*time.Minute, clock.Now)
+		defer u.Close()
+		// Both read "exports\x00p2/b.csv\x00Z/a.csv\x00n1\x00text/csv": a key
+		// template {export.project_id}/{id}.csv and a filename {export.name},
+		// with a NUL in one export's project_id and in the other's name.
+		objs := [2]presign.Object{
+			{Bucket: "exports", Key: "p2/b.csv\x00Z/a.csv", Filename: "n1", ContentType: "text/csv"},
+			{Bucket: "exports", Key: "p2/b.csv", Filename: "Z/a.csv\x00n1", ContentType: "text/csv"},
+		}
+		urlFor := func(i int) string { return fmt.Sprintf("https://s3.test/object-%d", i) }
+		release := make(chan struct{})
+		var results [2]chan string
+		for i, obj := range objs {
+			results[i] = make(chan string, 1)
+			sign := func(context.Context) (*presign.Signed, error) {
+				<-release
+				return &presign.Signed{URL: urlFor(i), SignedAt: clock.Now().Truncate(time.Second), Lifetime: 15 * time.Minute}, nil
+			}
+			go func() {
+				s, _, err := u.Sign(context.Background(), obj, time.Time{}, sign)
+				if err != nil {
+					t.Errorf("Sign(object %d): %v", i, err)
+					results[i] <- ""
+					return
+				}
+				results[i] <- s.URL
+			}()
+			synctest.Wait() // the first caller's presign is running when the second arrives
+		}
+		close(release)
+		for i := range objs {
+			if got := <-results[i]; got != urlFor(i) {
+				t.Errorf("object %d was handed %s, want %s", i, got, urlFor(i))
+			}
+		}
+		for i, obj := range objs {
+			if got, ok := lookup(u, obj, time.Time{}); !ok || got.URL != urlFor(i) {
+				t.Errorf("a later hit for object %d: %v, %v; want %s", i, got, ok, urlFor(i))
+			}
+		}
+	})
+}
+
 // TestURLsSignError: a failed presign is not cached, and a caller that gives
 // up does not cancel the presign others wait on.
 func TestURLsSignError(t *testing.T) {

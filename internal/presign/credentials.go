@@ -56,21 +56,39 @@ func newCredentialSource(provider aws.CredentialsProvider, timeout time.Duration
 
 // forURL returns credentials to sign a URL that would be valid until
 // until, refreshing them first when they would expire sooner and the rule
-// above allows. It waits until ctx ends or the timeout passes.
+// above allows. It waits until ctx ends or the timeout passes: one
+// deadline for the fetch and the refresh together, set up only when there
+// is something to wait for.
 //
-// A refresh that fails or takes longer than the timeout is not an error:
+// A refresh that fails or does not end by the deadline is not an error:
 // the set in hand is still valid (the URL ends with it), and it is not
 // refreshed again before its half-life, so a failing or hung provider
 // costs one wait, not one per URL.
 func (c *credentialSource) forURL(ctx context.Context, now, until time.Time) (aws.Credentials, error) {
-	creds, err := c.current(ctx)
-	if err != nil {
-		return aws.Credentials{}, fmt.Errorf("retrieving S3 credentials: %w", err)
+	// The cache's own test of its set (Expired, with any expiry window
+	// already applied to Expires): while it passes, the cache would return
+	// this set at once, and there is nothing to wait for.
+	last := c.last.Load()
+	held := last != nil && !last.Expired()
+	if held && !c.wantsRefresh(*last, now, until) {
+		return *last, nil
 	}
-	if !creds.CanExpire || !creds.Expires.Before(until) || !c.mayRefresh(creds, now) {
-		return creds, nil
+	wait, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var creds aws.Credentials
+	if held {
+		creds = *last
+	} else {
+		var err error
+		if creds, err = c.cache.Retrieve(wait); err != nil {
+			return aws.Credentials{}, fmt.Errorf("retrieving S3 credentials: %w", err)
+		}
+		c.last.Store(&creds)
+		if !c.wantsRefresh(creds, now, until) {
+			return creds, nil
+		}
 	}
-	fresh, err := c.refreshShared(ctx, creds, now)
+	fresh, err := c.refreshShared(wait, creds, now)
 	if err == nil {
 		return fresh, nil
 	}
@@ -82,14 +100,19 @@ func (c *credentialSource) forURL(ctx context.Context, now, until time.Time) (aw
 	return creds, nil
 }
 
-// refreshShared refreshes stale once for all the callers that hold it.
-func (c *credentialSource) refreshShared(ctx context.Context, stale aws.Credentials, now time.Time) (aws.Credentials, error) {
-	wait, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+// wantsRefresh tells whether creds would end a URL valid until until
+// early, and the rule above allows refreshing them now.
+func (c *credentialSource) wantsRefresh(creds aws.Credentials, now, until time.Time) bool {
+	return creds.CanExpire && creds.Expires.Before(until) && c.mayRefresh(creds, now)
+}
+
+// refreshShared refreshes stale once for all the callers that hold it,
+// waiting until wait ends.
+func (c *credentialSource) refreshShared(wait context.Context, stale aws.Credentials, now time.Time) (aws.Credentials, error) {
 	ch := c.refreshes.DoChan(setKey(stale), func() (any, error) {
 		// None of the callers may cancel it for the others; it has its
 		// own deadline.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(wait), c.timeout)
 		defer cancel()
 		return c.refresh(ctx, stale, now)
 	})
@@ -102,22 +125,6 @@ func (c *credentialSource) refreshShared(ctx context.Context, stale aws.Credenti
 	case <-wait.Done():
 		return aws.Credentials{}, context.Cause(wait)
 	}
-}
-
-// current is what the cache holds, fetched first if need be.
-func (c *credentialSource) current(ctx context.Context) (aws.Credentials, error) {
-	// The cache's own test of its set (Expired, with any expiry window
-	// already applied to Expires).
-	if p := c.last.Load(); p != nil && !p.Expired() {
-		return *p, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	creds, err := c.cache.Retrieve(ctx)
-	if err == nil {
-		c.last.Store(&creds)
-	}
-	return creds, err
 }
 
 func (c *credentialSource) mayRefresh(creds aws.Credentials, now time.Time) bool {

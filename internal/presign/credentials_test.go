@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -238,6 +240,53 @@ func TestPresignDeadline(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowThenHungCreds answers its first call after delay with a set that
+// expires in 90s (sooner than a 15-minute URL: Presign wants it
+// refreshed), and hangs on every later call until its context ends.
+type slowThenHungCreds struct {
+	delay time.Duration
+	calls atomic.Int32
+}
+
+func (p *slowThenHungCreds) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	if p.calls.Add(1) == 1 {
+		time.Sleep(p.delay)
+		return aws.Credentials{AccessKeyID: "ASIA1", SecretAccessKey: "s", SessionToken: "t1", CanExpire: true, Expires: time.Now().Add(90 * time.Second)}, nil
+	}
+	<-ctx.Done()
+	return aws.Credentials{}, ctx.Err()
+}
+
+// TestOneDeadlinePerPresign: on a cold start with short-lived credentials,
+// the first fetch and the refresh share one deadline: the Presign returns
+// by Timeout (with the set in hand), not after a full Timeout for each.
+// The clock is synctest's, so the bound only catches a second wait.
+func TestOneDeadlinePerPresign(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = time.Second
+		prov := &slowThenHungCreds{delay: 800 * time.Millisecond}
+		p := newTemp(t, prov, timeout)
+		start := time.Now()
+		s, err := p.Presign(context.Background(), credObj, start, time.Time{})
+		elapsed := time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if elapsed > timeout+100*time.Millisecond {
+			t.Errorf("Presign took %v with Timeout %v: the fetch and the refresh each waited a full Timeout", elapsed, timeout)
+		}
+		if n := prov.calls.Load(); n != 2 {
+			t.Errorf("provider asked %d times, want 2 (the fetch, then the refresh that hangs)", n)
+		}
+		if key := mustQuery(t, s.URL).Get("X-Amz-Credential"); !strings.HasPrefix(key, "ASIA1/") || s.Lifetime > 90*time.Second {
+			t.Errorf("signed by %s for %v, want the set in hand (ASIA1) for at most its 90s", key, s.Lifetime)
+		}
+		// The refresh the Presign left goes on, for other callers, until
+		// its own deadline; the bubble may end only after it.
+		time.Sleep(timeout)
+	})
 }
 
 // TestDefaultDeadline: with no Timeout configured, the retrieval still has

@@ -39,10 +39,10 @@ type Config struct {
 	Credentials aws.CredentialsProvider
 	// Expiry is the longest lifetime to give a URL (presign_expiry).
 	Expiry time.Duration
-	// Timeout is the longest a Presign waits for credentials. A first
-	// fetch that takes longer fails the Presign; a refresh that takes
-	// longer leaves the URL to the credentials in hand (still valid: the
-	// URL ends with them). A provider that is not an aws.CredentialsCache
+	// Timeout is the longest a Presign waits for credentials, fetch and
+	// refresh together. A first fetch that takes longer fails the Presign;
+	// a refresh that does not end by then leaves the URL to the credentials
+	// in hand (still valid: the URL ends with them). A provider that is not an aws.CredentialsCache
 	// also gets it as the deadline of each retrieval; the default chain's
 	// providers have their own HTTP timeouts. Default: DefaultTimeout (5s).
 	Timeout time.Duration
@@ -138,8 +138,19 @@ func (s *Signed) Expires() time.Time { return s.SignedAt.Add(s.Lifetime) }
 // lifetime, as do the Presigner's expiry, the credentials' expiry (temporary
 // credentials that would expire sooner are refreshed first, at most once
 // per set: see credentialSource) and 7 days. It waits for credentials until
-// ctx ends or the Presigner's timeout passes, whichever comes first.
+// ctx ends or the Presigner's timeout passes, whichever comes first: one
+// deadline for the fetch and the refresh together. An object that
+// CheckObject refuses is never signed.
 func (p *Presigner) Presign(ctx context.Context, obj Object, now, exportExpires time.Time) (*Signed, error) {
+	if err := CheckObject(obj); err != nil {
+		return nil, err
+	}
+	return p.presign(ctx, obj, now, exportExpires)
+}
+
+// presign is Presign without the object check: the tests use it to show
+// what a store does with a URL that Presign would refuse.
+func (p *Presigner) presign(ctx context.Context, obj Object, now, exportExpires time.Time) (*Signed, error) {
 	// The URL is valid from X-Amz-Date, now rounded down to the second.
 	signAt := now.Truncate(time.Second)
 	want := Lifetime(signAt, p.expiry, exportExpires, time.Time{})

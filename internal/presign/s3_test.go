@@ -3,6 +3,7 @@ package presign
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -79,14 +80,13 @@ func TestPresignedGetAgainstS3(t *testing.T) {
 	}{
 		{"plain", "exports/plain.csv", "export.csv"},
 		{"spaces, sub-delims and unicode", "exports/proj 1/a+b=c&d;e,f/Ünïcødé ~ (1).csv", "Résumé – Q3 📊.csv"},
-		// versitygw's posix backend stores this as "a/b" (real S3 keeps
-		// both slashes): the case proves a signed "//" path is accepted.
-		{"double slash", "a//b", `say "hi".csv`},
 		{"query and fragment characters", "x?y#z", "x?y#z.csv"},
 		{"an encoded slash in the key", "exports/one%2Ftwo.csv", "100%.csv"},
 		{"more reserved characters", "odd/!$'()*@:[]^`{|}.csv", ""},
 		{"leading and trailing spaces", "exports/ spaced .csv", " spaced .csv"},
 		{"plus and percent", "exports/100% + 1.csv", "100% + 1.csv"},
+		// CheckObject allows one leading slash (S3 keeps it as part of the
+		// key; versitygw drops it).
 		{"a leading slash", "/leading.csv", "leading.csv"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,6 +116,48 @@ func TestPresignedGetAgainstS3(t *testing.T) {
 			}
 			if got := h.Get("Content-Type"); got != contentType {
 				t.Errorf("Content-Type = %q, want %q", got, contentType)
+			}
+		})
+	}
+}
+
+// TestUnsafeKeysAgainstS3: a store that maps keys onto a file system
+// (versitygw's posix backend) resolves dot segments and empty segments in
+// a signed URL's path and serves another object: one outside the key's
+// prefix, or one that another key names. Signed without CheckObject, each
+// key below fetches that object (the attack works); Presign refuses them.
+func TestUnsafeKeysAgainstS3(t *testing.T) {
+	srv := testenv.StartS3(t)
+	srv.CreateBucket(t, s3Bucket)
+	secret, other := []byte("secret.csv, outside exports/\n"), []byte("exports/p/other.csv\n")
+	srv.PutObject(t, s3Bucket, "secret.csv", secret)
+	srv.PutObject(t, s3Bucket, "exports/p/other.csv", other)
+	p := newS3Presigner(t, srv, 15*time.Minute, srv.SecretKey)
+	for _, tc := range []struct {
+		key    string
+		served []byte
+	}{
+		// A field holding "p/../.." or "..", in exports/{export.project_id}/{id}.csv.
+		{"exports/p/../../secret.csv", secret},
+		{"exports/../secret.csv", secret},
+		{"exports/./p/other.csv", other},
+		{"exports/p//other.csv", other},
+		{"exports//p/other.csv", other},
+		{"//exports/p/other.csv", other},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			obj := Object{Bucket: s3Bucket, Key: tc.key, Filename: "report.csv", ContentType: contentType}
+			unchecked, err := p.presign(context.Background(), obj, time.Now(), time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, _, body := fetch(t, plainClient(t), unchecked.URL)
+			if status != http.StatusOK || !bytes.Equal(body, tc.served) {
+				t.Fatalf("without the check: GET = %d %q, want 200 %q (the store no longer resolves this path: the test shows nothing)", status, body, tc.served)
+			}
+			s, err := p.Presign(context.Background(), obj, time.Now(), time.Time{})
+			if !errors.Is(err, ErrUnsafeObject) || s != nil {
+				t.Fatalf("Presign(%q) = %v, %v; want ErrUnsafeObject", tc.key, s, err)
 			}
 		})
 	}

@@ -9,6 +9,11 @@ import (
 	"strings"
 )
 
+// MaxValueLen is the longest value, in bytes, that Render puts in place of
+// a placeholder. The values come from the app's answer; the cap bounds what
+// a URL built from them, and the cache entry that holds it, can cost.
+const MaxValueLen = 1024
+
 type part struct {
 	lit   string
 	field string // a field of the export's data; "" for literal text
@@ -19,6 +24,8 @@ type part struct {
 type Template struct {
 	parts []part
 	src   string
+	// objectKey: a leading "/" must come from the template's own text.
+	objectKey bool
 }
 
 // Parse parses s. Caddy's global placeholders ({env.*}, …) must already be
@@ -63,6 +70,17 @@ func Parse(s string) (Template, error) {
 	return t, nil
 }
 
+// ParseObjectKey parses an object key template. Its Render also refuses a
+// key that starts with "/" when the template itself does not: a slash that
+// a field put there. Some S3-compatible stores drop a leading slash, and
+// the key would then name an object outside every key the template can
+// make. A leading "/" in the template's own text is the operator's choice.
+func ParseObjectKey(s string) (Template, error) {
+	t, err := Parse(s)
+	t.objectKey = err == nil
+	return t, err
+}
+
 // Fields returns the export fields the template names, in order, each once:
 // all that the upstream answer must keep for it.
 func (t Template) Fields() []string {
@@ -84,8 +102,19 @@ func (e *MissingFieldError) Error() string {
 	return fmt.Sprintf("template %q names export field %q, which the upstream answer lacks", e.Template, e.Field)
 }
 
-// Render fills the template. A field that fields lacks is an error: the
-// caller must never guess an object key.
+// ValueTooLongError says which placeholder's value was over MaxValueLen.
+// It gives the length, not the value.
+type ValueTooLongError struct {
+	Placeholder, Template string
+	Len                   int
+}
+
+func (e *ValueTooLongError) Error() string {
+	return fmt.Sprintf("template %q: the value of {%s} is %d bytes, over the limit of %d", e.Template, e.Placeholder, e.Len, MaxValueLen)
+}
+
+// Render fills the template. A field that fields lacks, or a value over
+// MaxValueLen, is an error: the caller must never guess an object key.
 func (t Template) Render(id string, fields map[string]string) (string, error) {
 	if len(t.parts) == 1 && t.parts[0].field == "" && !t.parts[0].id {
 		return t.parts[0].lit, nil
@@ -94,16 +123,26 @@ func (t Template) Render(id string, fields map[string]string) (string, error) {
 	for _, p := range t.parts {
 		switch {
 		case p.id:
+			if len(id) > MaxValueLen {
+				return "", &ValueTooLongError{Placeholder: "id", Template: t.src, Len: len(id)}
+			}
 			b.WriteString(id)
 		case p.field != "":
 			v, ok := fields[p.field]
 			if !ok {
 				return "", &MissingFieldError{Field: p.field, Template: t.src}
 			}
+			if len(v) > MaxValueLen {
+				return "", &ValueTooLongError{Placeholder: "export." + p.field, Template: t.src, Len: len(v)}
+			}
 			b.WriteString(v)
 		default:
 			b.WriteString(p.lit)
 		}
 	}
-	return b.String(), nil
+	out := b.String()
+	if t.objectKey && strings.HasPrefix(out, "/") && !strings.HasPrefix(t.src, "/") {
+		return "", fmt.Errorf("template %q: a field made the object key start with \"/\"", t.src)
+	}
+	return out, nil
 }
