@@ -3,7 +3,6 @@ package exportdownload
 import (
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/presign"
+	"github.com/exportedge/caddy-export-download/internal/route"
 )
 
 // record is a cached upstream answer. For a completed export it keeps what
@@ -67,7 +67,7 @@ func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 		return rec
 	}
 	var b []byte
-	if !parseUUID(id, &rec.uuid) {
+	if !route.ParseUUID(id, &rec.uuid) {
 		rec.oddID = true
 		b = appendVal(b, id)
 	}
@@ -106,13 +106,7 @@ func (h *Handler) object(rec *record) (presign.Object, error) {
 		id, vals = nextVal(vals)
 	} else {
 		var buf [36]byte
-		hex.Encode(buf[0:8], rec.uuid[0:4])
-		hex.Encode(buf[9:13], rec.uuid[4:6])
-		hex.Encode(buf[14:18], rec.uuid[6:8])
-		hex.Encode(buf[19:23], rec.uuid[8:10])
-		hex.Encode(buf[24:36], rec.uuid[10:16])
-		buf[8], buf[13], buf[18], buf[23] = '-', '-', '-', '-'
-		id = string(buf[:])
+		id = string(route.AppendUUID(buf[:0], &rec.uuid))
 	}
 	var fields map[string]string
 	if len(h.templateFields) > 0 {
@@ -136,35 +130,6 @@ func nextVal(vals string) (v, rest string) {
 		return "", ""
 	}
 	return vals[k : k+int(n)], vals[k+int(n):]
-}
-
-// parseUUID decodes a canonical (lowercase) UUID.
-func parseUUID(s string, b *[16]byte) bool {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return false
-	}
-	for i, j := 0, 0; i < 36; j++ {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++ // a dash
-		}
-		hi, lo := unhex(s[i]), unhex(s[i+1])
-		if hi > 15 || lo > 15 {
-			return false
-		}
-		b[j] = hi<<4 | lo
-		i += 2
-	}
-	return true
-}
-
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return 255
 }
 
 // presignURL returns a URL for the record's object: a reused one while its
