@@ -175,7 +175,7 @@ func (a *adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := purgeCaches(r.Context(), sel)
+	out := purge(r.Context(), sel)
 	a.log.Info("purge",
 		zap.Bool("all", sel.All),
 		zap.Int("export_ids", len(sel.IDs)),
@@ -326,9 +326,3 @@ func clip(s string) string {
 }
 
 func firstN(s []string, n int) []string { return s[:min(len(s), n)] }
-
-// Interface guards
-var (
-	_ caddy.AdminRouter = (*adminAPI)(nil)
-	_ caddy.Provisioner = (*adminAPI)(nil)
-)

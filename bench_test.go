@@ -186,7 +186,8 @@ func TestHeap100kEntries(t *testing.T) {
 			id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
 			hdr.Set("Authorization", fmt.Sprintf("Bearer hb_live_%024d", i))
 			x := &exchange{r: &http.Request{Header: hdr}, id: id, reqID: "req_fill"}
-			_, how, err := c.Load(context.Background(), h.cacheKey(x), h.loader(x))
+			x.key = h.cacheKey(x)
+			_, how, err := c.Load(context.Background(), x.key, h.newFill(x, x.now).load)
 			if err != nil || how != cache.Stored {
 				t.Fatalf("entry %d: Load = %v, %v; want stored", i, how, err)
 			}

@@ -374,6 +374,3 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	*dst = caddy.Duration(dur)
 	return nil
 }
-
-// Interface guard.
-var _ caddyfile.Unmarshaler = (*Handler)(nil)

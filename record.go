@@ -1,16 +1,16 @@
 package exportdownload
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/presign"
 	"github.com/exportedge/caddy-export-download/internal/route"
+	"github.com/exportedge/caddy-export-download/internal/tmpl"
 )
 
 // record is a cached upstream answer. For a completed export it keeps what
@@ -48,13 +48,6 @@ func (r *record) CacheRefutes() cache.Refutation {
 	return cache.RefutesNothing
 }
 
-// memoURL is the last presigned URL a record handed out, valid until until.
-type memoURL struct {
-	urls   *cache.URLs // the URL cache it came from
-	signed *presign.Signed
-	until  time.Time
-}
-
 // newRecord checks that a completed export's object renders, once per
 // answer, and keeps what renders it.
 func (h *Handler) newRecord(id string, a *decision.Answer) *record {
@@ -76,6 +69,23 @@ func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 	}
 	rec.vals = string(b)
 	return rec
+}
+
+// provisionTemplates parses the bucket, object_key and filename templates
+// (checked by Validate) and lists the export fields they name: all that a
+// record keeps of an answer.
+func (h *Handler) provisionTemplates() {
+	h.bucket, _ = tmpl.Parse(h.Bucket)
+	h.key, _ = tmpl.Parse(h.ObjectKey)
+	h.file, _ = tmpl.Parse(h.Filename)
+	h.templateFields = []string{} // none named: the upstream keeps none
+	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
+		for _, f := range t.Fields() {
+			if !slices.Contains(h.templateFields, f) {
+				h.templateFields = append(h.templateFields, f)
+			}
+		}
+	}
 }
 
 // renderObject renders the object that the templates name for export id.
@@ -130,52 +140,4 @@ func nextVal(vals string) (v, rest string) {
 		return "", ""
 	}
 	return vals[k : k+int(n)], vals[k+int(n):]
-}
-
-// presignURL returns a URL for the record's object: a reused one while its
-// reuse window lasts, else a new one (one presign per object at a time).
-func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (s *presign.Signed, reused bool, err error) {
-	exp := rec.answer.Export.ExpiresAt
-	// The record remembers the last URL it handed out: a hit then needs no
-	// second lookup, nor the object rendered. It is the shared cache's URL,
-	// with the shared window, and only from this config's URL cache (a
-	// reload with other S3 settings has another one).
-	if h.caches != nil {
-		if m := rec.url.Load(); m != nil && m.urls == h.caches.urls && now.Before(m.until) {
-			h.metrics.presignReused.Inc()
-			return m.signed, true, nil
-		}
-	}
-	obj, err := h.object(rec)
-	if err != nil {
-		return nil, false, err
-	}
-	if h.caches != nil {
-		urls := h.caches.urls
-		if s, until, ok := urls.LookupAt(obj, exp, now); ok {
-			rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
-			h.metrics.presignReused.Inc()
-			return s, true, nil
-		}
-	}
-	sign := func(ctx context.Context) (*presign.Signed, error) {
-		h.metrics.presignNew.Inc()
-		return h.presigner.Presign(ctx, obj, h.now(), exp)
-	}
-	if h.caches == nil {
-		s, err = sign(ctx)
-		return s, false, err
-	}
-	urls := h.caches.urls
-	s, reused, err = urls.Sign(ctx, obj, exp, sign)
-	if err != nil {
-		return nil, false, err
-	}
-	if reused {
-		h.metrics.presignReused.Inc()
-	}
-	if until := urls.ReuseUntil(s); now.Before(until) {
-		rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
-	}
-	return s, reused, nil
 }
