@@ -216,7 +216,7 @@ type State uint8
 const (
 	Absent  State = iota // nothing usable: load
 	Fresh                // serve it
-	Refresh              // serve it; past 80% of its lifetime: RefreshAsync
+	Refresh              // serve it; past 80% of its lifetime and no refresh started yet: RefreshAsync
 	Stale                // past freshness, within stale_if_error: load, and serve it if that fails
 )
 
@@ -230,7 +230,8 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	}
 	n := now.UnixNano()
 	staleUntil := e.freshUntil + int64(c.staleIfError)
-	if e.flags.Load()&flagDemoted != 0 {
+	flags := e.flags.Load()
+	if flags&flagDemoted != 0 {
 		if n < staleUntil {
 			return e, Stale
 		}
@@ -238,6 +239,11 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	}
 	switch {
 	case n < e.refreshAt:
+		c.stats.hits.Add(1)
+		return e, Fresh
+	case n < e.freshUntil && flags&flagRefreshing != 0:
+		// A refresh runs (or failed): the caller need not build the
+		// loader of another, which costs allocations on every hit.
 		c.stats.hits.Add(1)
 		return e, Fresh
 	case n < e.freshUntil:
