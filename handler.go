@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
@@ -28,7 +29,9 @@ type exchange struct {
 	key    cache.Key     // the credential digest and the id: computed once, with the cache on
 	now    time.Time     // read once: the clock is slow on some hosts
 	by     answeredBy    // how the tiers answered (lookup.go)
+	asked  bool          // the lookup went below the local cache
 	waited time.Duration // time spent below the local cache (or on another's call)
+	rec    *record       // the answer, once there is one
 	span   trace.Span    // the request's span when tracing records; else nil
 }
 
@@ -77,6 +80,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.finish(x, decision.Down, "1")
 	}
+	x.rec = rec
 
 	if x.waited > 0 {
 		x.now = h.now()
@@ -182,8 +186,23 @@ func (h *Handler) finish(x *exchange, v *decision.Verdict, retryAfter string) er
 	return nil
 }
 
-// answered records what a request this handler answered got.
-func (h *Handler) answered(x *exchange, o decision.Outcome) { h.count(x, o) }
+// answered records what a request this handler answered got: its
+// placeholders, then the metrics and the log line that every request gets.
+func (h *Handler) answered(x *exchange, o decision.Outcome) {
+	if repl, _ := x.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); repl != nil {
+		repl.Set(placeholderOutcome, outcomeWords[o])
+		repl.Set(placeholderCache, x.by.word())
+		if x.rec != nil {
+			repl.Set(placeholderExportID, (*exportIDOf)(x.rec)) // a pointer: no allocation
+		} else {
+			repl.Set(placeholderExportID, boundedID(x.id))
+		}
+		if x.asked {
+			repl.Set(placeholderUpstreamMS, milliseconds(x.waited))
+		}
+	}
+	h.count(x, o)
+}
 
 // count updates the metrics and writes the per-request log line.
 func (h *Handler) count(x *exchange, o decision.Outcome) {
@@ -195,6 +214,32 @@ func (h *Handler) count(x *exchange, o decision.Outcome) {
 			zap.String("cache", x.by.label()), zap.Float64("upstream_ms", milliseconds(x.waited)))
 	}
 }
+
+// The request placeholders this handler sets (listed in Handler's doc).
+const (
+	placeholderOutcome    = "http.export_download.outcome"
+	placeholderExportID   = "http.export_download.export_id"
+	placeholderCache      = "http.export_download.cache"
+	placeholderUpstreamMS = "http.export_download.upstream_ms"
+)
+
+// outcomeWords are the outcome placeholder's values, made `any` once: a
+// string made `any` while serving would cost an allocation per request.
+// An invalid id is the README's "bad_request" (its metric label is
+// invalid_request).
+var outcomeWords = [...]any{
+	decision.Redirect: "redirect", decision.NotReady: "not_ready", decision.Expired: "expired",
+	decision.NotFound: "not_found", decision.Unauthorized: "unauthorized", decision.InvalidRequest: "bad_request",
+	decision.RateLimited: "rate_limited", decision.Unavailable: "unavailable", decision.InternalError: "internal_error",
+	decision.Passthrough: "passthrough",
+}
+
+// exportIDOf is a record seen as its export id: the export_id placeholder
+// holds a pointer to it, which costs nothing, and the text is made only
+// when something (an access log line) reads it.
+type exportIDOf record
+
+func (r *exportIDOf) String() string { return (*record)(r).exportID() }
 
 // boundedID is an export id for a log line or a placeholder: an invalid
 // id is the caller's text, so it is cut to 64 bytes.

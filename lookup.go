@@ -119,7 +119,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	if h.caches == nil {
 		start := time.Now()
 		rec, _, err := h.newFill(x, x.now).load(ctx)
-		x.waited = time.Since(start)
+		x.asked, x.waited = true, time.Since(start)
 		return rec, err
 	}
 	c := h.caches.decisions
@@ -139,7 +139,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	f := h.newFill(x, x.now)
 	start := time.Now()
 	v, how, err := c.Load(ctx, x.key, f.load)
-	x.waited = time.Since(start)
+	x.asked, x.waited = true, time.Since(start)
 	if ctx.Err() == nil {
 		// Load returned with the call's result, so f.load has ended (if it
 		// ran: a collapsed request's never does). A client that left may

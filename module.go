@@ -6,6 +6,7 @@ package exportdownload
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"time"
@@ -46,6 +47,17 @@ const (
 
 // Handler answers export downloads at the edge. Requests that do not match
 // Path with GET or HEAD go to the next handler untouched.
+//
+// This handler sets the following placeholders on every request it
+// answers (not on those it passes on), for the access log (log_append) or
+// later handlers:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.export_download.outcome}` | What the request got, one word: `redirect`, `not_ready`, `expired`, `not_found`, `unauthorized`, `bad_request` (an invalid id), `rate_limited`, `unavailable` or `internal_error`
+// `{http.export_download.export_id}` | The export id of the path, lowercased (an invalid one as sent, cut to 64 bytes)
+// `{http.export_download.cache}` | How it was answered: `hit`, `miss`, `stale`, `collapsed` (waited on another request's call), `refreshed` (past freshness, asked again), `bypass` (no lookup: the key rule, an invalid id, or the cache off), `fleet_hit` or `fleet_collapsed` (the fleet's shared decision)
+// `{http.export_download.upstream_ms}` | Milliseconds spent below the local cache (the fleet and the upstream); unset when the local cache answered
 type Handler struct {
 	// Path is the download path; it must hold {id} as a whole segment.
 	// Default: /v1/exports/{id}/download
@@ -430,4 +442,5 @@ var (
 	_ caddy.Destructor            = (*pooledURLs)(nil)
 	_ caddy.Destructor            = pooledFleet{}
 	_ fleet.Observer              = (*fleetMetrics)(nil)
+	_ fmt.Stringer                = (*exportIDOf)(nil)
 )

@@ -48,27 +48,36 @@ func (r *record) CacheRefutes() cache.Refutation {
 	return cache.RefutesNothing
 }
 
-// newRecord checks that a completed export's object renders, once per
-// answer, and keeps what renders it.
+// newRecord keeps what the cache needs of answer a for export id: the
+// decision, the id, and for a completed export, once its object is checked
+// to render, the fields that render it.
 func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 	rec := &record{answer: *a}
 	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
-	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
-		return rec
-	}
-	if _, rec.objErr = h.renderObject(id, a.Fields); rec.objErr != nil {
-		return rec
-	}
 	var b []byte
 	if !route.ParseUUID(id, &rec.uuid) {
 		rec.oddID = true
 		b = appendVal(b, id)
 	}
-	for _, f := range h.templateFields {
-		b = appendVal(b, a.Fields[f])
+	if a.Kind == decision.KindExport && a.Export.Status == "completed" {
+		if _, rec.objErr = h.renderObject(id, a.Fields); rec.objErr == nil {
+			for _, f := range h.templateFields {
+				b = appendVal(b, a.Fields[f])
+			}
+		}
 	}
 	rec.vals = string(b)
 	return rec
+}
+
+// exportID is the export id the record was made for.
+func (rec *record) exportID() string {
+	if rec.oddID {
+		id, _ := nextVal(rec.vals)
+		return id
+	}
+	var buf [36]byte
+	return string(route.AppendUUID(buf[:0], &rec.uuid))
 }
 
 // provisionTemplates parses the bucket, object_key and filename templates
@@ -110,13 +119,9 @@ func (h *Handler) object(rec *record) (presign.Object, error) {
 	if rec.objErr != nil {
 		return presign.Object{}, rec.objErr
 	}
-	vals := rec.vals
-	var id string
+	id, vals := rec.exportID(), rec.vals
 	if rec.oddID {
-		id, vals = nextVal(vals)
-	} else {
-		var buf [36]byte
-		id = string(route.AppendUUID(buf[:0], &rec.uuid))
+		_, vals = nextVal(vals) // the id
 	}
 	var fields map[string]string
 	if len(h.templateFields) > 0 {
