@@ -7,8 +7,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"reflect"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -175,7 +173,7 @@ func (a *adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := purgeCaches(r.Context(), sel)
+	out := purge(r.Context(), sel)
 	a.log.Info("purge",
 		zap.Bool("all", sel.All),
 		zap.Int("export_ids", len(sel.IDs)),
@@ -200,10 +198,9 @@ func readPurgeRequest(w http.ResponseWriter, r *http.Request) (purgeSelection, e
 			"Content-Type must be application/json, got %q", clip(r.Header.Get("Content-Type")))
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPurgeBody))
-	dec.DisallowUnknownFields()
-	var req purgeRequest
-	if err := dec.Decode(&req); err != nil {
-		return purgeSelection{}, bodyError(err)
+	req, err := decodePurgeRequest(dec)
+	if err != nil {
+		return purgeSelection{}, err
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		if err != nil {
@@ -212,6 +209,58 @@ func readPurgeRequest(w http.ResponseWriter, r *http.Request) (purgeSelection, e
 		return purgeSelection{}, badRequest(http.StatusBadRequest, "invalid JSON body: data after the object")
 	}
 	return req.selection()
+}
+
+// decodePurgeRequest reads the body's object member by member: a member
+// name must be one of purgeRequest's exactly and come once. (encoding/json
+// alone would take "ALL" for "all", and keep the last of a repeated member,
+// so the ids of the first would never be purged.)
+func decodePurgeRequest(dec *json.Decoder) (purgeRequest, error) {
+	var req purgeRequest
+	tok, err := dec.Token()
+	switch {
+	case err != nil:
+		return req, bodyError(err)
+	case tok == nil:
+		return req, nil // null names nothing: selection says so
+	case tok != json.Delim('{'):
+		return req, badRequest(http.StatusBadRequest, "invalid JSON body: want an object, got %s", jsonKindOf(tok))
+	}
+	seen := make(map[string]bool, 3)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return req, bodyError(unexpectedEnd(err))
+		}
+		name, _ := tok.(string) // a member name: the decoder yields nothing else here
+		if seen[name] {
+			return req, badRequest(http.StatusBadRequest, "invalid JSON body: %q given twice", clip(name))
+		}
+		seen[name] = true
+		var dst any
+		var kind string
+		switch name {
+		case "export_ids":
+			dst, kind = &req.ExportIDs, "a list of strings"
+		case "surrogate_keys":
+			dst, kind = &req.SurrogateKeys, "a list of strings"
+		case "all":
+			dst, kind = &req.All, "true or false"
+		default:
+			return req, badRequest(http.StatusBadRequest, "invalid JSON body: unknown field %q", clip(name))
+		}
+		if err := dec.Decode(dst); err != nil {
+			var wrongType *json.UnmarshalTypeError
+			if errors.As(err, &wrongType) {
+				return req, badRequest(http.StatusBadRequest, "invalid JSON body: %s wants %s, got %s", name, kind, wrongType.Value)
+			}
+			return req, bodyError(unexpectedEnd(err))
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return req, bodyError(unexpectedEnd(err))
+	}
+	return req, nil
 }
 
 // selection checks req and returns what it names, ids in canonical form
@@ -254,10 +303,11 @@ func (req purgeRequest) selection() (purgeSelection, error) {
 	return sel, nil
 }
 
-// bodyError turns a decoding error into the API error the client gets.
+// bodyError turns a reading or syntax error into the API error the client
+// gets; what it quotes of the body is bounded.
 func bodyError(err error) error {
 	var tooBig *http.MaxBytesError
-	var wrongType *json.UnmarshalTypeError
+	var syntax *json.SyntaxError
 	switch {
 	case errors.As(err, &tooBig):
 		return badRequest(http.StatusRequestEntityTooLarge, "body larger than %d bytes", tooBig.Limit)
@@ -265,30 +315,32 @@ func bodyError(err error) error {
 		return badRequest(http.StatusBadRequest, "empty body: want a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return badRequest(http.StatusBadRequest, "invalid JSON body: unexpected end")
-	case errors.As(err, &wrongType):
-		if wrongType.Field == "" {
-			return badRequest(http.StatusBadRequest, "invalid JSON body: want an object, got %s", wrongType.Value)
-		}
-		return badRequest(http.StatusBadRequest, "invalid JSON body: %s wants %s, got %s", wrongType.Field, jsonKind(wrongType.Type), wrongType.Value)
+	case errors.As(err, &syntax):
+		return badRequest(http.StatusBadRequest, "invalid JSON body: %s", clip(syntax.Error()))
 	}
-	// encoding/json's messages name the field and the offending token
-	// (`json: unknown field "x"`), never the whole body; the name is the
-	// caller's text, so it is bounded like any quoted value.
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return badRequest(http.StatusBadRequest, "invalid JSON body: unknown field %s", clip(name))
-	}
-	return badRequest(http.StatusBadRequest, "invalid JSON body: %s", clip(strings.TrimPrefix(err.Error(), "json: ")))
+	return badRequest(http.StatusBadRequest, "invalid JSON body: %s", clip(err.Error()))
 }
 
-// jsonKind names what a field of purgeRequest holds, in JSON's words.
-func jsonKind(t reflect.Type) string {
-	switch t.Kind() {
-	case reflect.Slice:
-		return "a list of strings"
-	case reflect.Bool:
-		return "true or false"
+// unexpectedEnd is err, except that the body's end inside the object is an
+// unexpected one.
+func unexpectedEnd(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
 	}
-	return "a string"
+	return err
+}
+
+// jsonKindOf names what a JSON token is, in JSON's words.
+func jsonKindOf(tok json.Token) string {
+	switch tok.(type) {
+	case json.Delim:
+		return "array"
+	case string:
+		return "string"
+	case bool:
+		return "bool"
+	}
+	return "number"
 }
 
 func badRequest(status int, format string, args ...any) error {
@@ -326,9 +378,3 @@ func clip(s string) string {
 }
 
 func firstN(s []string, n int) []string { return s[:min(len(s), n)] }
-
-// Interface guards
-var (
-	_ caddy.AdminRouter = (*adminAPI)(nil)
-	_ caddy.Provisioner = (*adminAPI)(nil)
-)

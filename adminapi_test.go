@@ -3,11 +3,13 @@ package exportdownload
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -223,6 +225,8 @@ func TestAdminAPIRequests(t *testing.T) {
 		{name: "key too long", method: "POST", path: adminPurgePath, body: `{"surrogate_keys":["` + strings.Repeat("k", 129) + `"]}`, status: 400, want: "1 to 128 bytes"},
 		{name: "non-ASCII key", method: "POST", path: adminPurgePath, body: `{"surrogate_keys":["schlüssel"]}`, status: 400, want: "is not a surrogate key"},
 		{name: "unknown field", method: "POST", path: adminPurgePath, body: `{"ids":["` + testID + `"]}`, status: 400, want: `unknown field \"ids\"`},
+		{name: "member name in another case", method: "POST", path: adminPurgePath, body: `{"ALL":true}`, status: 400, want: `unknown field \"ALL\"`},
+		{name: "repeated member", method: "POST", path: adminPurgePath, body: `{"export_ids":["` + testID + `"],"export_ids":["` + testID2 + `"]}`, status: 400, want: `\"export_ids\" given twice`},
 		{name: "trailing object", method: "POST", path: adminPurgePath, body: `{"all":true}{"all":true}`, status: 400, want: "data after the object"},
 		{name: "trailing garbage", method: "POST", path: adminPurgePath, body: `{"all":true} x`, status: 400, want: "invalid JSON body: invalid character"},
 		{name: "truncated", method: "POST", path: adminPurgePath, body: `{"all":`, status: 400, want: "invalid JSON body: unexpected end"},
@@ -350,5 +354,52 @@ func TestAdminAPIPurgeSurrogateKey(t *testing.T) {
 	}
 	if got := a.up.Calls(); got != calls+2 {
 		t.Errorf("%d upstream calls after purging all, want %d", got, calls+2)
+	}
+}
+
+// TestReadPurgeRequest reads purge bodies the way the admin route does:
+// member names are matched exactly and each may come once, and what an
+// error quotes of the body is bounded.
+func TestReadPurgeRequest(t *testing.T) {
+	long := strings.Repeat("A", 100_000)
+	for _, tc := range []struct {
+		name, body string
+		want       purgeSelection // with err == ""
+		err        string         // in the 400's message
+	}{
+		{name: "ids", body: `{"export_ids":["` + testID + `","` + testID + `"]}`, want: purgeSelection{IDs: []string{testID}}},
+		{name: "all", body: `{"all":true}`, want: purgeSelection{All: true}},
+		// Go's decoder matches names in any case; the README's names are exact.
+		{name: "ALL is not all", body: `{"ALL":true}`, err: `unknown field "ALL"`},
+		{name: "Export_IDs is not export_ids", body: `{"Export_IDs":["` + testID + `"]}`, err: `unknown field "Export_IDs"`},
+		{name: "both spellings", body: `{"export_ids":["` + testID + `"],"Export_IDs":["` + testID2 + `"]}`, err: `unknown field "Export_IDs"`},
+		// A repeated member would keep only its last list: the first ids would never be purged.
+		{name: "repeated export_ids", body: `{"export_ids":["` + testID + `"],"export_ids":["` + testID2 + `"]}`, err: `"export_ids" given twice`},
+		{name: "repeated all", body: `{"all":true,"all":true}`, err: `"all" given twice`},
+		// SECURITY.md: an invalid value is quoted back only up to 64 bytes,
+		// a member's name included (once quoted whole, up to 1 MiB).
+		{name: "unknown member quoted bounded", body: `{"` + long + `":1}`, err: `unknown field "` + long[:maxQuotedValue] + `..."`},
+		{name: "wrong type quoted bounded", body: `{"export_ids":"` + long + `"}`, err: "export_ids wants a list of strings, got string"},
+		{name: "end inside the object", body: `{"all":true`, err: "unexpected end"},
+		{name: "end after a name", body: `{"all"`, err: "unexpected end"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, adminPurgePath, strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
+			sel, err := readPurgeRequest(httptest.NewRecorder(), req)
+			if tc.err == "" {
+				if err != nil || !slices.Equal(sel.IDs, tc.want.IDs) || !slices.Equal(sel.Tags, tc.want.Tags) || sel.All != tc.want.All {
+					t.Fatalf("got %+v, %v; want %+v", sel, err, tc.want)
+				}
+				return
+			}
+			var apiErr caddy.APIError
+			if !errors.As(err, &apiErr) || apiErr.HTTPStatus != http.StatusBadRequest || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("got %+v, %v; want a 400 saying %s", sel, err, tc.err)
+			}
+			if n := len(err.Error()); n > 1024 {
+				t.Fatalf("the error is %d bytes long: it quotes the client's text whole", n)
+			}
+		})
 	}
 }

@@ -2,6 +2,9 @@ package exportdownload
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -782,5 +785,51 @@ func TestCacheNoGoroutineLeak(t *testing.T) {
 				t.Fatalf("goroutines left after the last Cleanup: %v", err)
 			}
 		})
+	}
+}
+
+// TestCacheNamesAreKeyed: the admin API's stats name each cache by a keyed
+// digest of its settings. A plain digest of them (they include
+// upstream_header values and the fleet's secret) would let whoever may
+// read the stats test guesses of a weak edge token offline. The name stays
+// the same across a reload that keeps the cache.
+func TestCacheNamesAreKeyed(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	for _, id := range []string{testID, testID2} {
+		completed(up, id, time.Time{})
+	}
+	edgeToken := func(h *Handler) { h.UpstreamHeader = map[string]string{"X-Edge-Token": "weak-token"} }
+	nameOf := func(h *Handler) string {
+		t.Helper()
+		for _, r := range cachesStats() {
+			if r.Entries == 2 && r.Misses >= 2 {
+				return r.Name
+			}
+		}
+		t.Fatalf("no cache with this test's 2 entries in %+v", cachesStats())
+		return ""
+	}
+	h := newHandler(t, up, nil, edgeToken)
+	for _, id := range []string{testID, testID2} {
+		checkReply(t, download(t, h, id, testKey), http.StatusFound, wantStored)
+	}
+	name := nameOf(h)
+	// What a reader of the stats could compute from a guess of the token.
+	settings, _ := json.Marshal([]any{h.Upstream, h.UpstreamPath, map[string]string{"X-Edge-Token": "weak-token"}, h.forward,
+		h.Bucket, h.ObjectKey, h.Filename, h.ContentType, h.Cache.MaxEntries, h.Cache.StaleIfError,
+		h.ttls, h.SurrogateKeyHeader, ""})
+	sum := sha256.Sum256(settings)
+	if guess := "decisions:" + hex.EncodeToString(sum[:]); name == guess {
+		t.Fatalf("the cache is named %s, the plain digest of its settings: a guess of the edge token can be tested against it", name)
+	}
+	if !strings.HasPrefix(name, "decisions:") {
+		t.Errorf("cache name %q: want it to say it is a decisions cache", name)
+	}
+	reloaded := newHandler(t, up, nil, edgeToken)
+	if err := h.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := nameOf(reloaded); got != name {
+		t.Errorf("after a reload that keeps the cache its name is %q, was %q", got, name)
 	}
 }

@@ -1,6 +1,8 @@
 package exportdownload
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -67,6 +69,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // Placeholders such as {env.S3_SECRET} are expanded at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
+	lines := settingLines{directive: d.Token(), at: map[where]caddyfile.Token{}}
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -79,6 +82,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("%s: duplicate subdirective", name)
 		}
 		seen[name] = true
+		lines.note(d, where{sub: name})
 		switch name {
 		case "path":
 			if err := oneArg(d, &h.Path); err != nil {
@@ -108,18 +112,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("upstream_header: %s given twice", args[0])
 			}
 			h.UpstreamHeader[args[0]] = args[1]
+			lines.noteItems(where{sub: name}, args[:1])
 		case "forward_header":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Errf("forward_header: want at least one header name")
 			}
 			h.ForwardHeader = append(h.ForwardHeader, args...)
+			lines.noteItems(where{sub: name}, args)
 		case "key_prefixes":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Errf("key_prefixes: want at least one prefix")
 			}
 			h.KeyPrefixes = append(h.KeyPrefixes, args...)
+			lines.noteItems(where{sub: name}, args)
 		case "bucket":
 			if err := oneArg(d, &h.Bucket); err != nil {
 				return err
@@ -174,7 +181,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "cache":
-			if err := h.unmarshalCache(d); err != nil {
+			if err := h.unmarshalCache(d, &lines); err != nil {
 				return err
 			}
 		case "surrogate_key_header":
@@ -182,7 +189,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "fleet":
-			if err := h.unmarshalFleet(d); err != nil {
+			if err := h.unmarshalFleet(d, &lines); err != nil {
 				return err
 			}
 		case "{":
@@ -193,19 +200,70 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		prev = name
 	}
-	// `caddy adapt` does not provision: report missing essentials here.
+	// `caddy adapt` does not provision: report missing essentials here,
+	// and every other mistake at the line of the setting at fault.
 	for _, req := range [...]struct{ name, value string }{{"upstream", h.Upstream}, {"bucket", h.Bucket}, {"object_key", h.ObjectKey}} {
 		if req.value == "" {
-			return d.Errf("export_download: %s is required", req.name)
+			return errorAt(lines.directive, fmt.Errorf("export_download: %s is required", req.name))
 		}
 	}
 	if err := h.validate(false); err != nil {
-		return d.Err(err.Error())
+		return lines.wrap(err)
 	}
 	return nil
 }
 
-func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
+// settingLines remembers where each setting was written, so that a
+// mistake found once the whole block is read (validate) is reported at its
+// own line rather than at the block's closing brace.
+type settingLines struct {
+	directive caddyfile.Token // export_download itself
+	at        map[where]caddyfile.Token
+}
+
+// note keeps the line of the subdirective d is at.
+func (l *settingLines) note(d *caddyfile.Dispenser, at where) { l.at[at] = d.Token() }
+
+// noteItems gives each value of a repeatable subdirective its line.
+func (l *settingLines) noteItems(at where, items []string) {
+	for _, item := range items {
+		l.at[where{at.block, at.sub, item}] = l.at[at]
+	}
+}
+
+// wrap reports each mistake of err, as validate joined them, at the line
+// of its setting: the value's, else the subdirective's, else its block's,
+// else the directive's (a setting missing altogether).
+func (l *settingLines) wrap(err error) error {
+	errs := []error{err}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	}
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		tok := l.directive
+		var ce *configError
+		if errors.As(e, &ce) {
+			for _, w := range [...]where{ce.at, {ce.at.block, ce.at.sub, ""}, {"", ce.at.block, ""}} {
+				if t, ok := l.at[w]; ok {
+					tok = t
+					break
+				}
+			}
+		}
+		out[i] = errorAt(tok, e)
+	}
+	return errors.Join(out...)
+}
+
+// errorAt is err as the Caddyfile adapter reports a mistake at tok.
+func errorAt(tok caddyfile.Token, err error) error {
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.WrapErr(err)
+}
+
+func (h *Handler) unmarshalCache(d *caddyfile.Dispenser, lines *settingLines) error {
 	h.Cache = new(CacheConfig)
 	if d.NextArg() {
 		if d.Val() != "off" || d.NextArg() {
@@ -225,6 +283,7 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 			return d.Errf("%s: duplicate subdirective", name)
 		}
 		seen[name] = true
+		lines.note(d, where{block: "cache", sub: name})
 		switch name {
 		case "max_entries":
 			var s string
@@ -252,6 +311,7 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 				return d.Errf("ttl: %s given twice", args[0])
 			}
 			h.Cache.TTL[args[0]] = caddy.Duration(dur)
+			lines.noteItems(where{block: "cache", sub: name}, args[:1])
 		case "stale_if_error":
 			var dur caddy.Duration
 			if err := durationArg(d, &dur); err != nil {
@@ -274,7 +334,7 @@ func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser) error {
+func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser, lines *settingLines) error {
 	if d.NextArg() {
 		return d.Errf("fleet: takes a block, not arguments")
 	}
@@ -288,6 +348,7 @@ func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser) error {
 			return d.Errf("fleet: %s: duplicate subdirective", name)
 		}
 		seen[name] = true
+		lines.note(d, where{block: "fleet", sub: name})
 		switch name {
 		case "redis":
 			args := d.RemainingArgs()
@@ -295,6 +356,7 @@ func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser) error {
 				return d.Errf("fleet: redis: want at least one host:port")
 			}
 			f.Redis = append(f.Redis, args...)
+			lines.noteItems(where{block: "fleet", sub: name}, args)
 		case "username":
 			if err := oneArg(d, &f.Username); err != nil {
 				return err
@@ -374,6 +436,3 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	*dst = caddy.Duration(dur)
 	return nil
 }
-
-// Interface guard.
-var _ caddyfile.Unmarshaler = (*Handler)(nil)

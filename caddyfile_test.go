@@ -189,6 +189,47 @@ func TestCaddyfileInvalid(t *testing.T) {
 	}
 }
 
+// TestCaddyfileErrorLines: a mistake found once the block is read (a
+// value's check, a template, a header rule, the cache and fleet blocks'
+// checks) is reported at the line of the setting at fault, as the ones
+// found while reading are, not at the block's closing brace.
+func TestCaddyfileErrorLines(t *testing.T) {
+	const valid = "upstream http://127.0.0.1:9080\nbucket exports\nobject_key {id}.csv\n" // lines 3 to 5
+	for _, tc := range []struct {
+		name, body string
+		want       []string // each message and the line it must name
+	}{
+		{"top-level value", "upstream ftp://x\nbucket exports\nobject_key {id}.csv", []string{`upstream: "ftp://x"`, "at Caddyfile:3"}},
+		{"two values, two lines", valid + "presign_expiry 8d\non_upstream_error maybe",
+			[]string{"presign_expiry:", "at Caddyfile:6", "on_upstream_error:", "at Caddyfile:7"}},
+		{"the given half of a key pair", valid + "region eu-west-1\nsecret_access_key s3cret", []string{"secret_access_key: access_key_id and secret_access_key go together, at Caddyfile:7"}},
+		{"template placeholder", "upstream http://127.0.0.1:9080\nbucket exports\nregion eu-west-1\nobject_key exports/{foo}.csv", []string{"object_key:", "{foo}", "at Caddyfile:6"}},
+		{"header rule", valid + "forward_header X-Tenant\nupstream_header Authorization x", []string{"upstream_header: Authorization", "at Caddyfile:7"}},
+		{"header rule of a repeated subdirective", valid + "forward_header X-Tenant\nforward_header X-Forwarded-For", []string{"forward_header: X-Forwarded-For", "at Caddyfile:7"}},
+		{"cache block value", valid + "cache {\nmax_entries 5\nttl completed 5m\nttl bogus 5s\n}", []string{`unknown outcome "bogus"`, "at Caddyfile:9"}},
+		{"negative ttl", valid + "cache {\nttl failed -5s\n}", []string{"ttl: failed: must not be negative", "at Caddyfile:7"}},
+		{"fleet block value", valid + "fleet {\nsecret " + fleetSecret + "\nredis 10.0.0.1:6379 localhost\n}", []string{`fleet: redis: "localhost" is not host:port`, "at Caddyfile:8"}},
+		{"fleet secret too short", valid + "fleet {\nredis 10.0.0.1:6379\n\nsecret tooshort\n}", []string{"fleet: secret: must be at least 32 bytes", "at Caddyfile:9"}},
+		{"fleet setting missing: the block's line", valid + "region eu-west-1\nfleet {\nredis 10.0.0.1:6379\n}", []string{"fleet: secret: required", "at Caddyfile:7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			input := ":8080 {\nexport_download {\n" + tc.body + "\n}\nreverse_proxy 127.0.0.1:9080\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+			if err == nil {
+				t.Fatalf("adapted without error\nCaddyfile:\n%s", input)
+			}
+			msg := err.Error()
+			for _, w := range tc.want {
+				i := strings.Index(msg, w)
+				if i < 0 {
+					t.Fatalf("error %q\ndoes not contain %q (in this order)\nCaddyfile:\n%s", err, w, input)
+				}
+				msg = msg[i+len(w):]
+			}
+		})
+	}
+}
+
 // TestCaddyfileDispenser calls UnmarshalCaddyfile the way the
 // httpcaddyfile helper does, on a bare dispenser, to pin what it leaves in
 // the Handler: parsed values and nothing provisioned.

@@ -27,7 +27,7 @@ func TestRegressionDeleteReachesEveryCacheOfTheNode(t *testing.T) {
 	if h1.caches.decisions == h2.caches.decisions {
 		t.Fatal("the two handlers share a cache: the test needs two")
 	}
-	waitUntil(t, "the fleet is up", h1.fleet.client.Up)
+	waitUntil(t, "the fleet is up", h1.shared.client.Up)
 	if rec := download(t, h1, testID, testKey); rec.Code != http.StatusFound {
 		t.Fatalf("h1: %d", rec.Code)
 	}

@@ -2,6 +2,7 @@ package exportdownload
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -36,18 +37,30 @@ func appendEnvelope(b []byte, v *decision.Verdict, reqID string) []byte {
 	return append(b, `"}}`...)
 }
 
-// writeAPIError writes v as the README\'s "Responses" error response; HEAD gets the same
-// status and headers and no body.
+// The headers every reply of this handler carries, in the order of the
+// values that setEach is given.
+var (
+	redirectHeaders = [...]string{"Location", "X-Request-Id", "Cache-Control", "Referrer-Policy", "Cache-Status", "Content-Length"}
+	errorHeaders    = [...]string{"Content-Type", "Cache-Control", "X-Request-Id", "Cache-Status", "Content-Length", "X-Content-Type-Options"}
+)
+
+// setEach sets header names[i] to vals[i]. Each value is a one-element
+// slice of vals itself, so that one allocation holds every header value of
+// a reply; capped, so a later handler that appends copies rather than
+// writes over the next value.
+func setEach(hdr http.Header, names, vals []string) {
+	for i, name := range names {
+		hdr[name] = vals[i : i+1 : i+1]
+	}
+}
+
+// writeAPIError writes v as the error response of the README's
+// "Responses"; HEAD gets the same status and headers and no body.
 func writeAPIError(w http.ResponseWriter, head bool, v *decision.Verdict, reqID, cacheStatus, retryAfter string) {
 	body := appendEnvelope(make([]byte, 0, 160), v, reqID)
 	vals := &[8]string{"application/json", "no-store", reqID, cacheStatus, strconv.Itoa(len(body)), "nosniff", "Bearer", retryAfter}
 	hdr := w.Header()
-	hdr["Content-Type"] = vals[0:1:1]
-	hdr["Cache-Control"] = vals[1:2:2]
-	hdr["X-Request-Id"] = vals[2:3:3]
-	hdr["Cache-Status"] = vals[3:4:4]
-	hdr["Content-Length"] = vals[4:5:5]
-	hdr["X-Content-Type-Options"] = vals[5:6:6]
+	setEach(hdr, errorHeaders[:], vals[:6])
 	if v.Status == http.StatusUnauthorized {
 		hdr["Www-Authenticate"] = vals[6:7:7]
 	}
@@ -58,4 +71,33 @@ func writeAPIError(w http.ResponseWriter, head bool, v *decision.Verdict, reqID,
 	if !head {
 		_, _ = w.Write(body)
 	}
+}
+
+// where is where a setting is written in a Caddyfile: its block ("" at the
+// top, "cache" or "fleet"), its subdirective, and for a repeatable one the
+// value at fault.
+type where struct{ block, sub, item string }
+
+// configError is one mistake of a configuration.
+type configError struct {
+	at  where
+	msg string
+}
+
+// Error names the subdirective; the cache block's have names of their own,
+// the fleet block's are prefixed with it.
+func (e *configError) Error() string {
+	name := e.at.sub
+	if e.at.block == "fleet" {
+		name = "fleet: " + name
+	}
+	return "export_download: " + name + ": " + e.msg
+}
+
+// configErrors collects every mistake of a configuration, so that a user
+// fixes them in one round instead of one per `caddy validate`.
+type configErrors []error
+
+func (errs *configErrors) add(at where, format string, args ...any) {
+	*errs = append(*errs, &configError{at: at, msg: fmt.Sprintf(format, args...)})
 }

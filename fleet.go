@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
@@ -65,13 +64,6 @@ type FleetTLS struct {
 	ServerName string `json:"server_name,omitempty"`
 }
 
-const (
-	defaultFleetPrefix   = "export_download"
-	defaultFleetTimeout  = 50 * time.Millisecond
-	defaultFleetLockWait = 750 * time.Millisecond
-	minFleetSecret       = fleet.MinSecretLen
-)
-
 // expand replaces global placeholders ({env.*}, {file.*}) once.
 func (c *FleetConfig) expand(repl *caddy.Replacer) {
 	for i, a := range c.Redis {
@@ -89,25 +81,22 @@ func (c *FleetConfig) expand(repl *caddy.Replacer) {
 
 func (c *FleetConfig) setDefaults() {
 	if c.Prefix == "" {
-		c.Prefix = defaultFleetPrefix
+		c.Prefix = fleet.DefaultPrefix
 	}
 	if c.Timeout == 0 {
-		c.Timeout = caddy.Duration(defaultFleetTimeout)
+		c.Timeout = caddy.Duration(fleet.DefaultTimeout)
 	}
 	if c.LockWait == 0 {
-		c.LockWait = caddy.Duration(defaultFleetLockWait)
+		c.LockWait = caddy.Duration(fleet.DefaultLockWait)
 	}
 }
 
 // validate checks the block; messages name the subdirective and never
 // quote the password or the secret.
-func (c *FleetConfig) validate(known func(string) bool) []error {
-	var errs []error
-	bad := func(name, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("export_download: fleet: %s: %s", name, fmt.Sprintf(format, args...)))
-	}
+func (c *FleetConfig) validate(errs *configErrors, known func(string) bool) {
+	at := func(sub, item string) where { return where{block: "fleet", sub: sub, item: item} }
 	if len(c.Redis) == 0 {
-		bad("redis", "required: at least one host:port")
+		errs.add(at("redis", ""), "required: at least one host:port")
 	}
 	for _, a := range c.Redis {
 		if !known(a) {
@@ -116,30 +105,29 @@ func (c *FleetConfig) validate(known func(string) bool) []error {
 		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" || strings.ContainsAny(a, "@/") {
 			if strings.Contains(a, "@") {
 				// A URL with user info: never quote it, it holds a password.
-				bad("redis", "want host:port, not a URL (give username and password as their own subdirectives)")
+				errs.add(at("redis", a), "want host:port, not a URL (give username and password as their own subdirectives)")
 			} else {
-				bad("redis", "%q is not host:port", a)
+				errs.add(at("redis", a), "%q is not host:port", a)
 			}
 		}
 	}
 	if c.Secret == "" {
-		bad("secret", "required: at least %d bytes shared by every node (use {env.*} or {file.*})", minFleetSecret)
-	} else if known(c.Secret) && len(c.Secret) < minFleetSecret {
-		bad("secret", "must be at least %d bytes", minFleetSecret)
+		errs.add(at("secret", ""), "required: at least %d bytes shared by every node (use {env.*} or {file.*})", fleet.MinSecretLen)
+	} else if known(c.Secret) && len(c.Secret) < fleet.MinSecretLen {
+		errs.add(at("secret", ""), "must be at least %d bytes", fleet.MinSecretLen)
 	}
 	if c.Password != "" && known(c.Password) && strings.ContainsAny(c.Password, "\r\n") {
-		bad("password", "must be one line")
+		errs.add(at("password", ""), "must be one line")
 	}
 	if c.Prefix != "" && known(c.Prefix) && (strings.ContainsAny(c.Prefix, " \t\r\n{}*?[]") || len(c.Prefix) > 64) {
-		bad("prefix", "%q must be at most 64 characters without blanks, braces or glob characters", c.Prefix)
+		errs.add(at("prefix", ""), "%q must be at most 64 characters without blanks, braces or glob characters", c.Prefix)
 	}
 	if c.Timeout < 0 {
-		bad("timeout", "must be positive")
+		errs.add(at("timeout", ""), "must be positive")
 	}
 	if c.LockWait < 0 {
-		bad("lock_wait", "must not be negative")
+		errs.add(at("lock_wait", ""), "must not be negative")
 	}
-	return errs
 }
 
 // clientConfig builds the fleet client's settings; the lease outlives the
@@ -175,99 +163,146 @@ func (c *FleetConfig) clientConfig(upstreamTimeout time.Duration) (fleet.Config,
 	return cfg, nil
 }
 
-// fleetTier is a handler's use of the fleet: the pooled client and this
-// config's subscription of its decisions cache.
-type fleetTier struct {
-	client      *fleet.Client
-	release     func()
-	unsubscribe func()
+// provision loads the pooled client of this connection identity (one per
+// distinct settings, kept across reloads like the caches) and returns this
+// config's use of it, and the client's pool key, which also keys the
+// decisions cache: a cache outlives no client whose stream it follows.
+func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, string, error) {
+	m, err := newFleetMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := c.clientConfig(time.Duration(h.UpstreamTimeout))
+	if err != nil {
+		return nil, "", err
+	}
+	tlsID := any(nil)
+	if c.TLS != nil {
+		tlsID = *c.TLS
+	}
+	key := poolKey("fleet", []any{cfg.Addrs, cfg.Username, cfg.Password, tlsID, cfg.Prefix, cfg.Secret,
+		cfg.Timeout, cfg.LockWait, cfg.LeaseTTL})
+	v, _, err := fleetClients.LoadOrNew(key, func() (caddy.Destructor, error) {
+		cfg.Logger = h.logger.Named("fleet")
+		cfg.Now = h.now
+		client, err := fleet.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return pooledFleet{client}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	s := &sharedTier{client: v.(pooledFleet).Client, fields: h.templateFields, now: h.now, logger: h.logger,
+		release: func() { _, _ = fleetClients.Delete(key) }}
+	s.client.SetObserver(m)
+	m.Up(s.client.Up())
+	return s, key, nil
 }
 
 type pooledFleet struct{ *fleet.Client }
 
 func (p pooledFleet) Destruct() error { p.Close(); return nil }
 
-// loadFleet returns the pooled client for this connection identity (one
-// per distinct settings, kept across reloads like the caches) and its pool
-// key, which also keys the decisions cache: a cache outlives no client
-// whose stream it follows.
-func loadFleet(h *Handler) (*fleetTier, string, error) {
-	cfg, err := h.Fleet.clientConfig(time.Duration(h.UpstreamTimeout))
-	if err != nil {
-		return nil, "", err
-	}
-	tlsID := any(nil)
-	if h.Fleet.TLS != nil {
-		tlsID = *h.Fleet.TLS
-	}
-	key := poolKey("fleet", []any{cfg.Addrs, cfg.Username, cfg.Password, tlsID, cfg.Prefix, cfg.Secret,
-		cfg.Timeout, cfg.LockWait, cfg.LeaseTTL})
-	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		cfg.Logger = h.logger.Named("fleet")
-		if h.now != nil {
-			cfg.Now = h.now
-		}
-		c, err := fleet.New(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return pooledFleet{c}, nil
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	f := &fleetTier{client: v.(pooledFleet).Client}
-	f.release = func() { _, _ = pool.Delete(key) }
-	return f, key, nil
+// sharedTier is the fleet as the lookup sees it (lookup.go): the shared
+// decisions under the local cache. It also applies the fleet's
+// invalidations to this config's cache.
+type sharedTier struct {
+	client      *fleet.Client
+	fields      []string // the export fields the templates name: all a decision shares
+	now         func() time.Time
+	logger      *zap.Logger
+	release     func()
+	unsubscribe func()
 }
 
-// subscribe applies the fleet's invalidations to this config's cache.
-func (f *fleetTier) subscribe(h *Handler, d *cache.Cache[*record]) {
-	f.unsubscribe = f.client.Subscribe(func(ev fleet.Event) {
-		n := 0
-		switch {
-		case ev.Demote:
-			n = d.Demote()
-		case ev.All:
-			n = d.PurgeAll()
-		default:
-			for _, id := range ev.IDs {
-				n += d.InvalidateID(id)
-			}
-			if len(ev.Tags) > 0 {
-				n += d.PurgeTags(ev.Tags...)
-			}
+// upstreamCall asks the application: the answer and how long it stays
+// fresh here (0: not cacheable).
+type upstreamCall func(context.Context) (*decision.Answer, time.Duration, error)
+
+// load returns the decision for (id, cred): a valid shared one fresh past
+// notBefore, else one from ask, called once for the whole fleet (a lease)
+// and shared. It says how the shared tier answered, also with an error.
+func (s *sharedTier) load(ctx context.Context, id string, cred [32]byte, notBefore time.Time, ask upstreamCall) (*decision.Answer, time.Duration, sharedAnswer, error) {
+	var mine *decision.Answer
+	var mineTTL time.Duration
+	payload, freshUntil, src, err := s.client.Load(ctx, id, cred, notBefore, func(ctx context.Context) ([]byte, time.Duration, error) {
+		a, ttl, err := ask(ctx)
+		if err != nil {
+			return nil, 0, err
 		}
-		h.logger.Debug("fleet invalidation applied", zap.Strings("export_ids", firstOf(ev.IDs, 16)),
+		mine, mineTTL = a, ttl
+		switch {
+		case ttl > 0 && a.Kind != decision.KindRateLimited:
+			return s.encode(a), ttl, nil
+		case a.Kind == decision.KindUnauthorized || a.Kind == decision.KindNotFound:
+			// A refusal this node does not cache still refutes the
+			// shared decision: delete it, so no node takes it again.
+			return nil, -1, nil
+		}
+		return nil, 0, nil // not cacheable here: not shared either
+	})
+	by := sharedAnswerOf(src)
+	if err != nil {
+		return nil, 0, by, err
+	}
+	if mine != nil {
+		return mine, mineTTL, by, nil
+	}
+	a, err := s.decode(payload)
+	if err != nil {
+		// Authenticated, so written by a node of this fleet, but with
+		// another version's format or templates (a rolling deploy).
+		// Ask the app rather than guess.
+		s.logger.Warn("unusable shared decision", zap.String("export_id", id), zap.Error(err))
+		a, ttl, err := ask(ctx)
+		return a, ttl, by, err
+	}
+	return a, freshUntil.Sub(s.now()), by, nil
+}
+
+// pending reports invalidations of this node that wait to be published.
+func (s *sharedTier) pending() bool { return s.client.Pending() }
+
+func sharedAnswerOf(src fleet.Source) sharedAnswer {
+	switch src {
+	case fleet.Hit:
+		return sharedHit
+	case fleet.Stored:
+		return sharedStored
+	case fleet.Collapsed:
+		return sharedCollapsed
+	case fleet.Fetched:
+		return sharedFetched
+	case fleet.Unavailable:
+		return sharedUnavailable
+	}
+	return sharedNotAsked
+}
+
+// subscribe applies the fleet's invalidations to d, this config's cache.
+func (s *sharedTier) subscribe(d *cache.Cache[*record]) {
+	s.unsubscribe = s.client.Subscribe(func(ev fleet.Event) {
+		var n int
+		if ev.Demote {
+			n = d.Demote()
+		} else {
+			n = dropLocal(d, purgeSelection{IDs: ev.IDs, Tags: ev.Tags, All: ev.All})
+		}
+		s.logger.Debug("fleet invalidation applied", zap.Strings("export_ids", firstN(ev.IDs, 16)),
 			zap.Int("surrogate_keys", len(ev.Tags)), zap.Bool("all", ev.All), zap.Bool("demote", ev.Demote), zap.Int("entries", n))
 	})
 }
 
-func (f *fleetTier) close() {
-	if f == nil {
+func (s *sharedTier) close() {
+	if s == nil {
 		return
 	}
-	if f.unsubscribe != nil {
-		f.unsubscribe()
+	if s.unsubscribe != nil {
+		s.unsubscribe()
 	}
-	f.release()
-}
-
-func firstOf(s []string, n int) []string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
-}
-
-// Fleet members of Cache-Status (RFC 9211 lists caches from the origin's
-// side, so the fleet's comes first).
-var fleetStatus = map[fleet.Source]string{
-	fleet.Hit:         "export_download_fleet; hit",
-	fleet.Stored:      "export_download_fleet; fwd=miss; stored",
-	fleet.Collapsed:   "export_download_fleet; fwd=miss; collapsed",
-	fleet.Fetched:     "export_download_fleet; fwd=miss",
-	fleet.Unavailable: "export_download_fleet; fwd=miss; detail=unavailable",
+	s.release()
 }
 
 // sharedDecision is what a node shares: the decision and only the fields
@@ -280,15 +315,15 @@ type sharedDecision struct {
 	Tags      []string          `json:"t,omitempty"`
 }
 
-func (h *Handler) encodeShared(a *decision.Answer) []byte {
+func (s *sharedTier) encode(a *decision.Answer) []byte {
 	d := sharedDecision{Kind: a.Kind, Status: a.Export.Status, Tags: a.SurrogateKeys}
 	if !a.Export.ExpiresAt.IsZero() {
 		d.ExpiresAt = a.Export.ExpiresAt.UnixNano()
 	}
-	for _, name := range h.templateFields {
+	for _, name := range s.fields {
 		if v, ok := a.Fields[name]; ok {
 			if d.Fields == nil {
-				d.Fields = make(map[string]string, len(h.templateFields))
+				d.Fields = make(map[string]string, len(s.fields))
 			}
 			d.Fields[name] = v
 		}
@@ -297,7 +332,9 @@ func (h *Handler) encodeShared(a *decision.Answer) []byte {
 	return b
 }
 
-func decodeShared(b []byte) (*decision.Answer, error) {
+// decode reads a shared decision; a completed one must carry every field
+// this node's templates name (another node's templates may name fewer).
+func (s *sharedTier) decode(b []byte) (*decision.Answer, error) {
 	var d sharedDecision
 	if err := json.Unmarshal(b, &d); err != nil {
 		return nil, err
@@ -312,168 +349,12 @@ func decodeShared(b []byte) (*decision.Answer, error) {
 	if d.ExpiresAt != 0 {
 		a.Export.ExpiresAt = time.Unix(0, d.ExpiresAt).UTC()
 	}
+	if a.Kind == decision.KindExport && a.Export.Status == "completed" {
+		for _, f := range s.fields {
+			if _, ok := a.Fields[f]; !ok {
+				return nil, fmt.Errorf("the shared decision lacks the field %q that the templates name", f)
+			}
+		}
+	}
 	return a, nil
 }
-
-// fleetLoader wraps the upstream call in the fleet tier: a valid shared
-// decision fresh past minFresh, else one upstream call for the whole fleet
-// (a lease), whose answer is shared. note, when not nil, learns how the
-// fleet answered (for Cache-Status).
-func (h *Handler) fleetLoader(x *exchange, minFresh time.Time, note *fleet.Source) cache.Loader[*record] {
-	fetch := h.fetcher(x)
-	cred := h.cacheKey(x).Cred
-	id := x.id
-	return func(ctx context.Context) (*record, time.Duration, error) {
-		var mine *record
-		var mineTTL time.Duration
-		payload, freshUntil, src, err := h.fleet.client.Load(ctx, id, cred, h.sharedNotBefore(cred, minFresh), func(ctx context.Context) ([]byte, time.Duration, error) {
-			a, err := fetch(ctx)
-			if err != nil {
-				return nil, 0, err
-			}
-			mineTTL = h.ttls.FreshFor(a, h.now())
-			mine = h.newRecord(id, a)
-			switch {
-			case mineTTL > 0 && a.Kind != decision.KindRateLimited:
-				return h.encodeShared(a), mineTTL, nil
-			case a.Kind == decision.KindUnauthorized || a.Kind == decision.KindNotFound:
-				// A refusal this node does not cache still refutes the
-				// shared decision: delete it, so no node takes it again.
-				return nil, -1, nil
-			}
-			return nil, 0, nil // not cacheable here: not shared either
-		})
-		if note != nil {
-			*note = src
-		}
-		if err != nil {
-			return nil, 0, err
-		}
-		if mine != nil {
-			return mine, mineTTL, nil
-		}
-		a, derr := decodeShared(payload)
-		if derr == nil {
-			derr = h.lacksTemplateField(a)
-		}
-		if derr != nil {
-			// Authenticated, so written by a node of this fleet, but with
-			// another version's format or templates (a rolling deploy).
-			// Ask the app rather than guess.
-			h.logger.Warn("unusable shared decision", zap.String("export_id", id), zap.Error(derr))
-			a, err = fetch(ctx)
-			if err != nil {
-				return nil, 0, err
-			}
-			return h.newRecord(id, a), h.ttls.FreshFor(a, h.now()), nil
-		}
-		return h.newRecord(id, a), freshUntil.Sub(h.now()), nil
-	}
-}
-
-// sharedNotBefore is how long a shared decision must stay fresh to be
-// taken, beyond minFresh: not at all while this node's own invalidations
-// wait to be published (Redis may still hold what they drop), and past the
-// longest TTL after this credential was last refused here (a decision that
-// fresh was filled after the refusal).
-func (h *Handler) sharedNotBefore(cred [32]byte, minFresh time.Time) time.Time {
-	if h.fleet.client.Pending() {
-		return minFresh.Add(100 * 365 * 24 * time.Hour)
-	}
-	if h.caches != nil {
-		if at, ok := h.caches.decisions.RefusedAt(cred); ok {
-			if nb := at.Add(h.maxTTL); nb.After(minFresh) {
-				return nb
-			}
-		}
-	}
-	return minFresh
-}
-
-// lacksTemplateField reports a completed shared decision that lacks a field
-// this node's templates name: another node, with other templates, shared it.
-func (h *Handler) lacksTemplateField(a *decision.Answer) error {
-	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
-		return nil
-	}
-	for _, f := range h.templateFields {
-		if _, ok := a.Fields[f]; !ok {
-			return fmt.Errorf("the shared decision lacks the field %q that the templates name", f)
-		}
-	}
-	return nil
-}
-
-// fleetMetrics are the fleet tier's series; the pooled client reports to
-// the latest config's through an Observer.
-type fleetMetrics struct {
-	lookups       map[string]prometheus.Counter
-	invalidations map[string]prometheus.Counter
-	lag           prometheus.Observer
-	up            prometheus.Gauge
-}
-
-func newFleetMetrics(reg prometheus.Registerer) (*fleetMetrics, error) {
-	lookups, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "fleet_lookups_total",
-		Help: "Lookups of shared decisions in the fleet tier, by result.",
-	}, []string{"result"}))
-	if err != nil {
-		return nil, err
-	}
-	invs, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "fleet_invalidations_total",
-		Help: "Invalidations sent to or received from the fleet, by direction.",
-	}, []string{"direction"}))
-	if err != nil {
-		return nil, err
-	}
-	lag, err := register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "fleet_invalidation_lag_seconds",
-		Help:    "Time from an invalidation event written to it applied on this node.",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-	}))
-	if err != nil {
-		return nil, err
-	}
-	up, err := register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "fleet_up",
-		Help: "1 while this node reads the fleet's invalidation stream, else 0.",
-	}))
-	if err != nil {
-		return nil, err
-	}
-	m := &fleetMetrics{lookups: map[string]prometheus.Counter{}, invalidations: map[string]prometheus.Counter{}, lag: lag, up: up}
-	for _, r := range []string{fleet.ResultHit, fleet.ResultMiss, fleet.ResultCollapsed, fleet.ResultInvalid, fleet.ResultUnavailable} {
-		m.lookups[r] = lookups.WithLabelValues(r)
-	}
-	for _, d := range []string{"sent", "received"} {
-		m.invalidations[d] = invs.WithLabelValues(d)
-	}
-	return m, nil
-}
-
-// Lookup, Invalidation, Lag and Up implement fleet.Observer.
-func (m *fleetMetrics) Lookup(result string) {
-	if c := m.lookups[result]; c != nil {
-		c.Inc()
-	}
-}
-
-func (m *fleetMetrics) Invalidation(direction string) {
-	if c := m.invalidations[direction]; c != nil {
-		c.Inc()
-	}
-}
-
-func (m *fleetMetrics) Lag(d time.Duration) { m.lag.Observe(d.Seconds()) }
-
-func (m *fleetMetrics) Up(up bool) {
-	if up {
-		m.up.Set(1)
-	} else {
-		m.up.Set(0)
-	}
-}
-
-var _ fleet.Observer = (*fleetMetrics)(nil)

@@ -23,7 +23,7 @@ func TestRegressionFleetRevocationNotUndone(t *testing.T) {
 	up := testenv.NewUpstream(t)
 	completed(up, testID, time.Time{})
 	h := newHandler(t, up, nil, withFleet(r.Addr))
-	waitUntil(t, "the fleet is up", h.fleet.client.Up)
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
 
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound,
 		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")
@@ -55,7 +55,7 @@ func TestRegressionFleetUncachedRefusalNotUndone(t *testing.T) {
 	h := newHandler(t, up, clock, withFleet(r.Addr), func(h *Handler) {
 		h.Cache = &CacheConfig{TTL: map[string]caddy.Duration{"not_found": 0}}
 	})
-	waitUntil(t, "the fleet is up", h.fleet.client.Up)
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound,
 		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")
 
@@ -89,7 +89,7 @@ func TestRegressionFleetRollingTemplateChange(t *testing.T) {
 	up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p1"})})
 	oldNode := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) { h.ObjectKey = "exports/{id}.csv" })
 	newNode := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) { h.ObjectKey = "exports/{export.project_id}/{id}.csv" })
-	waitUntil(t, "the fleet is up", oldNode.fleet.client.Up)
+	waitUntil(t, "the fleet is up", oldNode.shared.client.Up)
 
 	checkReply(t, download(t, oldNode, testID, testKey), http.StatusFound,
 		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")

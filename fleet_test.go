@@ -30,7 +30,7 @@ func TestFleetCacheStatus(t *testing.T) {
 	up := testenv.NewUpstream(t)
 	completed(up, testID, time.Time{})
 	h := newHandler(t, up, nil, withFleet(r.Addr))
-	waitUntil(t, "the fleet is up", h.fleet.client.Up)
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
 
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound,
 		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")
@@ -50,7 +50,7 @@ func TestFleetCacheStatus(t *testing.T) {
 	if !up2 {
 		t.Fatalf("stats show no cache with the fleet up: %+v", statsOf(cachesStats()))
 	}
-	if out := purgeCaches(context.Background(), purgeSelection{IDs: []string{testID}}); out.Fleet != "published" || out.Dropped != 1 {
+	if out := purge(context.Background(), purgeSelection{IDs: []string{testID}}); out.Fleet != "published" || out.Dropped != 1 {
 		t.Fatalf("purge with the fleet up = %+v, want 1 dropped and published", out)
 	}
 

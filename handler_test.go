@@ -1,7 +1,9 @@
 package exportdownload
 
 import (
+	"context"
 	"encoding/json"
+	"net/http/httptest"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -445,5 +447,70 @@ func TestCustomPath(t *testing.T) {
 	}
 	if reqs := up.Requests(); len(reqs) != 1 || reqs[0].Path != "/internal/exports/"+testID+"/meta" {
 		t.Errorf("upstream saw %+v", reqs)
+	}
+}
+
+// TestRequestPlaceholders: every request the handler answers carries its
+// outcome, export id, cache result and (when it went below the local
+// cache) the time spent there as placeholders, for access logs; a request
+// it passes on carries none.
+func TestRequestPlaceholders(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	up.Set(testID2, testenv.Response{Status: 500, Body: "down"})
+	h := newHandler(t, up, newClock(), func(h *Handler) { h.ObjectKey = "exports/{id}.csv" })
+	const missing = "01935abc-def0-7123-4567-890abcdef099" // the fake upstream answers 404
+	for _, tc := range []struct {
+		name, method, path, key string
+		outcome, id, cache      string // "" : not set
+		upstreamMS              bool
+	}{
+		{"redirect, miss", "GET", "/v1/exports/" + testID + "/download", testKey, "redirect", testID, "miss", true},
+		{"redirect, hit", "GET", "/v1/exports/" + strings.ToUpper(testID) + "/download", testKey, "redirect", testID, "hit", false},
+		{"HEAD", "HEAD", "/v1/exports/" + testID + "/download", testKey, "redirect", testID, "hit", false},
+		{"not found", "GET", "/v1/exports/" + missing + "/download", testKey, "not_found", missing, "miss", true},
+		{"not found, cached", "GET", "/v1/exports/" + missing + "/download", testKey, "not_found", missing, "hit", false},
+		{"upstream down", "GET", "/v1/exports/" + testID2 + "/download", testKey, "unavailable", testID2, "miss", true},
+		{"no key", "GET", "/v1/exports/" + testID + "/download", "", "unauthorized", testID, "bypass", false},
+		{"invalid id", "GET", "/v1/exports/nope/download", testKey, "bad_request", "nope", "bypass", false},
+		{"passed on", "POST", "/v1/exports/" + testID + "/download", testKey, "", "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, nil)
+			if tc.key != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.key)
+			}
+			repl := caddy.NewReplacer()
+			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
+			if err := h.ServeHTTP(httptest.NewRecorder(), req, new(nextHandler)); err != nil {
+				t.Fatal(err)
+			}
+			for name, want := range map[string]string{"outcome": tc.outcome, "export_id": tc.id, "cache": tc.cache} {
+				got, ok := repl.GetString("http.export_download." + name)
+				if got != want || ok != (want != "") {
+					t.Errorf("{http.export_download.%s} = %q (set %v), want %q", name, got, ok, want)
+				}
+			}
+			ms, ok := repl.Get("http.export_download.upstream_ms")
+			if _, isFloat := ms.(float64); ok != tc.upstreamMS || (ok && !isFloat) {
+				t.Errorf("{http.export_download.upstream_ms} = %v (set %v), want it set: %v", ms, ok, tc.upstreamMS)
+			}
+		})
+	}
+	// A fleet's shared decision gives the fleet's word.
+	r := testenv.StartRedis(t)
+	fh := newHandler(t, up, nil, withFleet(r.Addr))
+	waitUntil(t, "the fleet is up", fh.shared.client.Up)
+	download(t, fh, testID, testKey)
+	fh.caches.decisions.PurgeAll() // as on another node: no local entry
+	req := httptest.NewRequest(http.MethodGet, "/v1/exports/"+testID+"/download", nil)
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	repl := caddy.NewReplacer()
+	req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
+	if err := fh.ServeHTTP(httptest.NewRecorder(), req, new(nextHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := repl.GetString("http.export_download.cache"); got != "fleet_hit" {
+		t.Errorf("a shared decision: {http.export_download.cache} = %q, want fleet_hit", got)
 	}
 }

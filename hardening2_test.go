@@ -214,7 +214,7 @@ func TestClientLeavesDuringStaleRefresh(t *testing.T) {
 	if rec.Header().Get("Location") != "" || rec.Code == http.StatusFound {
 		t.Fatalf("a client that left got %d, Location %q written to its closed connection", rec.Code, rec.Header().Get("Location"))
 	}
-	if n := testutil.ToFloat64(h.metrics.lookups[lookupStale]); n != 0 {
+	if n := testutil.ToFloat64(h.metrics.lookups[localStale]); n != 0 {
 		t.Fatalf("counted %v stale answers served to a client that left", n)
 	}
 }

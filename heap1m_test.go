@@ -55,7 +55,8 @@ func TestHeap1MEntriesWithSurrogateKeys(t *testing.T) {
 		for i := from; i < to; i++ {
 			x.id = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
 			hdr.Set("Authorization", fmt.Sprintf("Bearer hb_live_%024d", i/perKey))
-			_, how, err := c.Load(context.Background(), h.cacheKey(x), h.loader(x))
+			x.key = h.cacheKey(x)
+			_, how, err := c.Load(context.Background(), x.key, h.newFill(x, x.now).load)
 			if err != nil || how != cache.Stored {
 				t.Fatalf("entry %d: Load = %v, %v; want stored", i, how, err)
 			}

@@ -24,6 +24,14 @@ const (
 	otherKy = "hb_test_bob"
 )
 
+// Cache-Status values under the names command_test.go and the fleet's
+// end-to-end tests use.
+const (
+	csHit       = wantHit
+	csStored    = wantStored
+	csRefreshed = wantRefreshed
+)
+
 // fakeClock is the handler's injectable clock.
 type fakeClock = testenv.Clock
 

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -368,5 +370,70 @@ func TestEndToEndConcurrentCold(t *testing.T) {
 	}
 	if calls := e.up.CallsFor(testID); calls != 1 {
 		t.Errorf("%d concurrent cold requests made %d upstream calls, want 1", n, calls)
+	}
+}
+
+// TestEndToEndAccessLogPlaceholders: with Caddy's log_append, the access
+// log line of each request carries what it got (README, "Metrics and
+// logs"): the outcome, the export id and the cache result, and the time
+// below the local cache unless the local cache answered.
+func TestEndToEndAccessLogPlaceholders(t *testing.T) {
+	e := startEdge(t, "")
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	runCaddy(t, e.cfg(`log {
+		output file `+accessLog+`
+		format json
+	}
+	log_append outcome {http.export_download.outcome}
+	log_append export_id {http.export_download.export_id}
+	log_append cache {http.export_download.cache}
+	log_append upstream_ms {http.export_download.upstream_ms}`))
+	completed(e.up, testID, time.Now().Add(time.Hour))
+	missing := "01935abc-def0-7123-4567-890abcdef099" // the fake upstream answers 404
+	for _, c := range []struct {
+		id     string
+		status int
+	}{{testID, http.StatusFound}, {testID, http.StatusFound}, {missing, http.StatusNotFound}} {
+		if resp, _ := e.get(t, noRedirects, http.MethodGet, "/v1/exports/"+strings.ToUpper(c.id)+"/download", testKey); resp.StatusCode != c.status {
+			t.Fatalf("GET %s: %d, want %d", c.id, resp.StatusCode, c.status)
+		}
+	}
+
+	type line struct {
+		Request struct {
+			URI string `json:"uri"`
+		} `json:"request"`
+		Status     int      `json:"status"`
+		Outcome    string   `json:"outcome"`
+		ExportID   string   `json:"export_id"`
+		Cache      string   `json:"cache"`
+		UpstreamMS *float64 `json:"upstream_ms"`
+	}
+	var lines []line
+	waitUntil(t, "the access log holds the 3 requests", func() bool {
+		b, _ := os.ReadFile(accessLog)
+		lines = lines[:0]
+		for _, raw := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var l line
+			if json.Unmarshal([]byte(raw), &l) == nil && strings.HasPrefix(l.Request.URI, "/v1/exports/") {
+				lines = append(lines, l)
+			}
+		}
+		return len(lines) == 3
+	})
+	for i, want := range []struct {
+		status             int
+		outcome, id, cache string
+		upstream           bool
+	}{
+		{302, "redirect", testID, "miss", true},
+		{302, "redirect", testID, "hit", false},
+		{404, "not_found", missing, "miss", true},
+	} {
+		l := lines[i]
+		if l.Status != want.status || l.Outcome != want.outcome || l.ExportID != want.id || l.Cache != want.cache || (l.UpstreamMS != nil) != want.upstream {
+			t.Errorf("access log line %d: status %d, outcome %q, export_id %q, cache %q, upstream_ms %v; want %d %q %q %q, upstream_ms set: %v",
+				i, l.Status, l.Outcome, l.ExportID, l.Cache, l.UpstreamMS, want.status, want.outcome, want.id, want.cache, want.upstream)
+		}
 	}
 }

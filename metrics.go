@@ -7,31 +7,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/exportedge/caddy-export-download/internal/decision"
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 )
 
-// lookupResult is the bounded `result` label of cache lookups.
-type lookupResult uint8
-
-const (
-	lookupHit       lookupResult = iota // fresh entry
-	lookupStale                         // stale entry served, the upstream failed
-	lookupMiss                          // asked the upstream
-	lookupCollapsed                     // waited on another request's call
-	lookupRefreshed                     // entry past freshness, asked the upstream
-	lookupBypass                        // rules 1–2, or caching disabled
-	numLookups
-)
-
-var lookupNames = [numLookups]string{"hit", "stale", "miss", "collapsed", "refreshed", "bypass"}
-
-func (l lookupResult) String() string { return lookupNames[l] }
-
-// metrics are the README\'s "Metrics and logs" series, with every labelled child resolved at
-// provision so the hot path only increments.
+// metrics are the series of the README's "Metrics and logs", with every
+// labelled child resolved at provision so the hot path only increments.
 type metrics struct {
-	outcomes      []prometheus.Counter // by decision.Outcome
-	lookups       [numLookups]prometheus.Counter
-	upstream      map[string]prometheus.Counter // by code_class
+	outcomes      []prometheus.Counter                // by decision.Outcome
+	lookups       [numLocalAnswers]prometheus.Counter // by the local answer's label (lookup.go)
+	upstream      map[string]prometheus.Counter       // by code_class
 	upstreamTime  prometheus.Observer
 	presignNew    prometheus.Counter
 	presignReused prometheus.Counter
@@ -44,62 +28,29 @@ const namespace, subsystem = "caddy", "export_download"
 // makes a new one per config load), reusing those another instance of the
 // handler registered on it already.
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	requests, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "requests_total",
-		Help: "Download requests answered by export_download, by outcome.",
-	}, []string{"outcome"}))
-	if err != nil {
-		return nil, err
+	r := registrar{reg: reg}
+	requests := r.counters("requests_total", "Download requests answered by export_download, by outcome.", "outcome")
+	lookups := r.counters("cache_lookups_total", "Cache lookups of download requests, by result.", "result")
+	upstream := r.counters("upstream_requests_total", "Calls of the metadata API, by status class (error: no response).", "code_class")
+	duration := r.histogram("upstream_duration_seconds", "Duration of metadata API calls.",
+		[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5})
+	presigns := r.counters("presigns_total", "Presigned URLs handed out, by whether a URL was reused.", "reused")
+	refreshes := r.counters("refreshes_total", "Background refresh-ahead calls started.")
+	if r.err != nil {
+		return nil, r.err
 	}
-	lookups, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "cache_lookups_total",
-		Help: "Cache lookups of download requests, by result.",
-	}, []string{"result"}))
-	if err != nil {
-		return nil, err
-	}
-	upstream, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "upstream_requests_total",
-		Help: "Calls of the metadata API, by status class (error: no response).",
-	}, []string{"code_class"}))
-	if err != nil {
-		return nil, err
-	}
-	duration, err := register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "upstream_duration_seconds",
-		Help:    "Duration of metadata API calls.",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-	}))
-	if err != nil {
-		return nil, err
-	}
-	presigns, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "presigns_total",
-		Help: "Presigned URLs handed out, by whether a URL was reused.",
-	}, []string{"reused"}))
-	if err != nil {
-		return nil, err
-	}
-	refreshes, err := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: "refreshes_total",
-		Help: "Background refresh-ahead calls started.",
-	}))
-	if err != nil {
-		return nil, err
-	}
-
 	m := &metrics{
 		upstream:      make(map[string]prometheus.Counter),
 		upstreamTime:  duration,
 		presignNew:    presigns.WithLabelValues("false"),
 		presignReused: presigns.WithLabelValues("true"),
-		refreshes:     refreshes,
+		refreshes:     refreshes.WithLabelValues(),
 	}
 	for _, o := range decision.Outcomes() {
 		m.outcomes = append(m.outcomes, requests.WithLabelValues(o.String()))
 	}
-	for i := range m.lookups {
-		m.lookups[i] = lookups.WithLabelValues(lookupResult(i).String())
+	for a := range numLocalAnswers {
+		m.lookups[a] = lookups.WithLabelValues(lookupLabels[a])
 	}
 	for _, class := range []string{"2xx", "3xx", "4xx", "5xx", "other", "error"} {
 		m.upstream[class] = upstream.WithLabelValues(class)
@@ -107,19 +58,45 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// register registers c, or returns the collector of the same description
+// registrar registers this package's collectors on one registry and keeps
+// the first error.
+type registrar struct {
+	reg prometheus.Registerer
+	err error
+}
+
+// counters registers a counter with the labels given (none: one series).
+func (r *registrar) counters(name, help string, labels ...string) *prometheus.CounterVec {
+	return registerOn(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}, labels))
+}
+
+func (r *registrar) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return registerOn(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help, Buckets: buckets}))
+}
+
+func (r *registrar) gauge(name, help string) prometheus.Gauge {
+	return registerOn(r, prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}))
+}
+
+// registerOn registers c, or returns the collector of the same description
 // that is registered already.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
+func registerOn[C prometheus.Collector](r *registrar, c C) C {
+	if r.err != nil {
+		return c
+	}
+	if err := r.reg.Register(c); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if errors.As(err, &are) {
 			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
+				return existing
 			}
 		}
-		return c, err
+		r.err = err
 	}
-	return c, nil
+	return c
 }
 
 // observeUpstream counts one upstream call; status 0 means no response.
@@ -140,5 +117,57 @@ func (m *metrics) observeUpstream(status int, d time.Duration, err error) {
 	m.upstream[class].Inc()
 	if status != 0 || err != nil {
 		m.upstreamTime.Observe(d.Seconds())
+	}
+}
+
+// fleetMetrics are the fleet tier's series; the pooled client reports to
+// the latest config's through an Observer.
+type fleetMetrics struct {
+	lookups       map[string]prometheus.Counter
+	invalidations map[string]prometheus.Counter
+	lag           prometheus.Observer
+	up            prometheus.Gauge
+}
+
+func newFleetMetrics(reg prometheus.Registerer) (*fleetMetrics, error) {
+	r := registrar{reg: reg}
+	lookups := r.counters("fleet_lookups_total", "Lookups of shared decisions in the fleet tier, by result.", "result")
+	invs := r.counters("fleet_invalidations_total", "Invalidations sent to or received from the fleet, by direction.", "direction")
+	lag := r.histogram("fleet_invalidation_lag_seconds", "Time from an invalidation event written to it applied on this node.",
+		[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5})
+	up := r.gauge("fleet_up", "1 while this node reads the fleet's invalidation stream, else 0.")
+	if r.err != nil {
+		return nil, r.err
+	}
+	m := &fleetMetrics{lookups: map[string]prometheus.Counter{}, invalidations: map[string]prometheus.Counter{}, lag: lag, up: up}
+	for _, r := range []string{fleet.ResultHit, fleet.ResultMiss, fleet.ResultCollapsed, fleet.ResultInvalid, fleet.ResultUnavailable} {
+		m.lookups[r] = lookups.WithLabelValues(r)
+	}
+	for _, d := range []string{"sent", "received"} {
+		m.invalidations[d] = invs.WithLabelValues(d)
+	}
+	return m, nil
+}
+
+// Lookup, Invalidation, Lag and Up implement fleet.Observer.
+func (m *fleetMetrics) Lookup(result string) {
+	if c := m.lookups[result]; c != nil {
+		c.Inc()
+	}
+}
+
+func (m *fleetMetrics) Invalidation(direction string) {
+	if c := m.invalidations[direction]; c != nil {
+		c.Inc()
+	}
+}
+
+func (m *fleetMetrics) Lag(d time.Duration) { m.lag.Observe(d.Seconds()) }
+
+func (m *fleetMetrics) Up(up bool) {
+	if up {
+		m.up.Set(1)
+	} else {
+		m.up.Set(0)
 	}
 }

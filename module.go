@@ -7,18 +7,17 @@ package exportdownload
 import (
 	"errors"
 	"fmt"
-	"maps"
-	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/exportedge/caddy-export-download/internal/decision"
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/presign"
 	"github.com/exportedge/caddy-export-download/internal/route"
 	"github.com/exportedge/caddy-export-download/internal/tmpl"
@@ -42,14 +41,23 @@ const (
 	defaultFilename        = "export-{id}.csv"
 	defaultContentType     = "text/csv"
 	defaultInvalidatePath  = "/v1/exports/{id}"
-	defaultMaxEntries      = 100_000
-	defaultStaleIfError    = 10 * time.Minute
 
 	defaultSurrogateKeyHeader = "Surrogate-Key"
 )
 
 // Handler answers export downloads at the edge. Requests that do not match
 // Path with GET or HEAD go to the next handler untouched.
+//
+// This handler sets the following placeholders on every request it
+// answers (not on those it passes on), for the access log (log_append) or
+// later handlers:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.export_download.outcome}` | What the request got, one word: `redirect`, `not_ready`, `expired`, `not_found`, `unauthorized`, `bad_request` (an invalid id), `rate_limited`, `unavailable` or `internal_error`
+// `{http.export_download.export_id}` | The export id of the path, lowercased (an invalid one as sent, cut to 64 bytes)
+// `{http.export_download.cache}` | How it was answered: `hit`, `miss`, `stale`, `collapsed` (waited on another request's call), `refreshed` (past freshness, asked again), `bypass` (no lookup: the key rule, an invalid id, or the cache off), `fleet_hit` or `fleet_collapsed` (the fleet's shared decision)
+// `{http.export_download.upstream_ms}` | Milliseconds spent below the local cache (the fleet and the upstream); unset when the local cache answered
 type Handler struct {
 	// Path is the download path; it must hold {id} as a whole segment.
 	// Default: /v1/exports/{id}/download
@@ -159,8 +167,7 @@ type Handler struct {
 	perRequest        []perRequestHeader
 	templateFields    []string // the export fields the templates name
 	maxTTL            time.Duration
-	fleet             *fleetTier
-	fleetMetrics      *fleetMetrics
+	shared            *sharedTier // the fleet's shared decisions; nil: no fleet (fleet.go)
 	upstream          *upstream.Client
 	presigner         *presign.Presigner
 	caches            *caches
@@ -169,33 +176,6 @@ type Handler struct {
 	metrics           *metrics
 	logger            *zap.Logger
 	now               func() time.Time
-}
-
-// CacheConfig is the `cache` block.
-type CacheConfig struct {
-	// Disabled turns caching off: every request asks the upstream and
-	// presigns (Caddyfile: `cache off`). Default: false
-	Disabled bool `json:"disabled,omitempty"`
-
-	// MaxEntries bounds the answers kept (and, separately, the presigned
-	// URLs kept). Default: 100000
-	MaxEntries int `json:"max_entries,omitempty"`
-
-	// TTL is the fresh lifetime per outcome: completed, pending,
-	// processing (also unknown statuses), failed, expired, not_found,
-	// unauthorized. 0 means "do not cache". Defaults: completed 5m,
-	// pending 1s, processing 1s, failed 30s, expired 5m, not_found 5s,
-	// unauthorized 5s
-	TTL map[string]caddy.Duration `json:"ttl,omitempty"`
-
-	// StaleIfError is how long past freshness an answer may still be
-	// served while the upstream fails (RFC 5861). 0 disables. Default: 10m
-	StaleIfError *caddy.Duration `json:"stale_if_error,omitempty"`
-
-	// PresignReuse is how long one presigned URL is reused per object
-	// (never more than a third of its lifetime). 0 disables.
-	// Default: a third of presign_expiry
-	PresignReuse *caddy.Duration `json:"presign_reuse,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -221,46 +201,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.path, _ = route.Parse(h.Path) // checked by Validate
 	h.invalidate, _ = route.Parse(h.InvalidatePath)
-	h.bucket, _ = tmpl.Parse(h.Bucket)
-	h.key, _ = tmpl.Parse(h.ObjectKey)
-	h.file, _ = tmpl.Parse(h.Filename)
 	h.passthrough = h.OnUpstreamError == "passthrough"
-	h.templateFields = []string{} // none named: the upstream keeps none
-	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
-		for _, f := range t.Fields() {
-			if !slices.Contains(h.templateFields, f) {
-				h.templateFields = append(h.templateFields, f)
-			}
-		}
-	}
-
-	h.forward = []string{"Authorization"}
-	for _, name := range h.ForwardHeader {
-		name = http.CanonicalHeaderKey(name)
-		if name != "Authorization" {
-			h.forward = append(h.forward, name)
-		}
-	}
-	extra := http.Header{}
-	sent := slices.Clone(h.forward)
-	for _, name := range slices.Sorted(maps.Keys(h.UpstreamHeader)) {
-		v := h.UpstreamHeader[name]
-		if hasRequestPlaceholder(v) {
-			// Expanded per request and passed like a forwarded header.
-			name = http.CanonicalHeaderKey(name)
-			h.perRequest = append(h.perRequest, perRequestHeader{name: name, value: v})
-			sent = append(sent, name)
-			continue
-		}
-		extra.Set(name, v)
-	}
+	h.provisionTemplates()
+	fixed, perRequest := h.provisionHeaders()
 	var err error
 	h.upstream, err = upstream.New(upstream.Config{
 		BaseURL:            h.Upstream,
 		Path:               h.UpstreamPath,
 		Timeout:            time.Duration(h.UpstreamTimeout),
-		Headers:            extra,
-		Forward:            sent,
+		Headers:            fixed,
+		Forward:            perRequest,
 		UserAgent:          "caddy-export-download/" + Version,
 		SurrogateKeyHeader: h.SurrogateKeyHeader,
 		Fields:             h.templateFields,
@@ -280,32 +230,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.ttls = decision.DefaultTTLs()
-	for name, d := range h.Cache.TTL {
-		c, _ := decision.ParseClass(name) // checked by Validate
-		h.ttls[c] = time.Duration(d)
-	}
-	h.maxTTL = slices.Max(h.ttls[:])
+	h.ttls, h.maxTTL = h.Cache.lifetimes()
 	if h.metrics, err = newMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
-	fleetKey := ""
-	if h.Fleet != nil && !h.Cache.Disabled {
-		if h.fleetMetrics, err = newFleetMetrics(ctx.GetMetricsRegistry()); err != nil {
-			return err
-		}
-		if h.fleet, fleetKey, err = loadFleet(h); err != nil {
-			return err
-		}
-		h.fleet.client.SetObserver(h.fleetMetrics)
-		h.fleetMetrics.Up(h.fleet.client.Up())
-	}
 	if !h.Cache.Disabled {
-		if h.caches, err = loadCaches(h, fleetKey); err != nil {
+		// The tiers under the request (lookup.go): the fleet's shared
+		// decisions, when configured, then this node's caches over them.
+		fleetKey, client := "", (*fleet.Client)(nil)
+		if h.Fleet != nil {
+			if h.shared, fleetKey, err = h.Fleet.provision(ctx, h); err != nil {
+				return err
+			}
+			client = h.shared.client
+		}
+		if h.caches, err = h.Cache.provision(h, fleetKey, client); err != nil {
 			return err
 		}
-		if h.fleet != nil {
-			h.fleet.subscribe(h, h.caches.decisions)
+		if h.shared != nil {
+			h.shared.subscribe(h.caches.decisions)
 		}
 	}
 	h.logger.Info("export_download provisioned",
@@ -322,7 +265,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.String("on_upstream_error", h.OnUpstreamError),
 		zap.Bool("cache", !h.Cache.Disabled),
 		zap.Int("max_entries", h.Cache.MaxEntries),
-		zap.Bool("fleet", h.fleet != nil),
+		zap.Bool("fleet", h.shared != nil),
 	)
 	return nil
 }
@@ -352,35 +295,23 @@ func (h *Handler) expandPlaceholders() {
 }
 
 func (h *Handler) setDefaults() {
-	if h.Path == "" {
-		h.Path = defaultPath
-	}
-	if h.UpstreamPath == "" {
-		h.UpstreamPath = defaultUpstreamPath
+	for _, d := range [...]struct {
+		field *string
+		value string
+	}{
+		{&h.Path, defaultPath}, {&h.UpstreamPath, defaultUpstreamPath}, {&h.Region, defaultRegion},
+		{&h.Filename, defaultFilename}, {&h.ContentType, defaultContentType}, {&h.OnUpstreamError, "error"},
+		{&h.InvalidatePath, defaultInvalidatePath}, {&h.SurrogateKeyHeader, defaultSurrogateKeyHeader},
+	} {
+		if *d.field == "" {
+			*d.field = d.value
+		}
 	}
 	if h.UpstreamTimeout == 0 {
 		h.UpstreamTimeout = caddy.Duration(defaultUpstreamTimeout)
 	}
-	if h.Region == "" {
-		h.Region = defaultRegion
-	}
 	if h.PresignExpiry == 0 {
 		h.PresignExpiry = caddy.Duration(defaultPresignExpiry)
-	}
-	if h.Filename == "" {
-		h.Filename = defaultFilename
-	}
-	if h.ContentType == "" {
-		h.ContentType = defaultContentType
-	}
-	if h.OnUpstreamError == "" {
-		h.OnUpstreamError = "error"
-	}
-	if h.InvalidatePath == "" {
-		h.InvalidatePath = defaultInvalidatePath
-	}
-	if h.SurrogateKeyHeader == "" {
-		h.SurrogateKeyHeader = defaultSurrogateKeyHeader
 	}
 	if h.Fleet != nil {
 		h.Fleet.setDefaults()
@@ -388,17 +319,7 @@ func (h *Handler) setDefaults() {
 	if h.Cache == nil {
 		h.Cache = new(CacheConfig)
 	}
-	if h.Cache.MaxEntries == 0 {
-		h.Cache.MaxEntries = defaultMaxEntries
-	}
-	if h.Cache.StaleIfError == nil {
-		d := caddy.Duration(defaultStaleIfError)
-		h.Cache.StaleIfError = &d
-	}
-	if h.Cache.PresignReuse == nil {
-		d := h.PresignExpiry / 3
-		h.Cache.PresignReuse = &d
-	}
+	h.Cache.setDefaults(h.PresignExpiry)
 }
 
 // Validate checks the configuration; each message names the subdirective.
@@ -408,249 +329,89 @@ func (h *Handler) Validate() error { return h.validate(true) }
 
 // validate checks the configuration. Before provision (expanded false, as
 // when parsing a Caddyfile), a value holding a global placeholder such as
-// {env.S3_ENDPOINT} cannot be checked yet and is left to Provision.
+// {env.S3_ENDPOINT} cannot be checked yet and is left to Provision. Every
+// mistake is a *configError, so the Caddyfile adapter can say where it was
+// written (caddyfile.go).
 func (h *Handler) validate(expanded bool) error {
-	var errs []error
+	var errs configErrors
 	known := func(s string) bool { return expanded || !hasCaddyPlaceholder(s) }
-	bad := func(name, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("export_download: %s: %s", name, fmt.Sprintf(format, args...)))
-	}
+	at := func(sub string) where { return where{sub: sub} }
 	if h.Upstream == "" {
-		bad("upstream", "required")
+		errs.add(at("upstream"), "required")
 	} else if known(h.Upstream) {
 		if err := upstream.CheckBaseURL(h.Upstream); err != nil {
-			bad("upstream", "%v", err)
+			errs.add(at("upstream"), "%v", err)
 		}
 	}
-	if h.Bucket == "" {
-		bad("bucket", "required")
-	} else if _, err := tmpl.Parse(h.Bucket); err != nil && known(h.Bucket) {
-		bad("bucket", "%v", err)
-	}
-	if h.ObjectKey == "" {
-		bad("object_key", "required")
-	} else if _, err := tmpl.Parse(h.ObjectKey); err != nil && known(h.ObjectKey) {
-		bad("object_key", "%v", err)
-	}
-	if h.Filename != "" {
-		if _, err := tmpl.Parse(h.Filename); err != nil && known(h.Filename) {
-			bad("filename", "%v", err)
+	for _, t := range [...]struct {
+		name, value string
+		required    bool
+	}{{"bucket", h.Bucket, true}, {"object_key", h.ObjectKey, true}, {"filename", h.Filename, false}} {
+		if t.value == "" {
+			if t.required {
+				errs.add(at(t.name), "required")
+			}
+		} else if _, err := tmpl.Parse(t.value); err != nil && known(t.value) {
+			errs.add(at(t.name), "%v", err)
 		}
 	}
 	for _, p := range [...]struct{ name, value string }{{"path", h.Path}, {"upstream_path", h.UpstreamPath}, {"invalidate_path", h.InvalidatePath}} {
 		if p.value != "" && known(p.value) {
 			if _, err := route.Parse(p.value); err != nil {
-				bad(p.name, "%q %v", p.value, err)
+				errs.add(at(p.name), "%q %v", p.value, err)
 			}
 		}
 	}
 	if h.UpstreamTimeout < 0 {
-		bad("upstream_timeout", "must be positive")
+		errs.add(at("upstream_timeout"), "must be positive")
 	}
 	if h.PresignExpiry < 0 {
-		bad("presign_expiry", "must be positive")
+		errs.add(at("presign_expiry"), "must be positive")
 	} else if time.Duration(h.PresignExpiry) > presign.MaxLifetime {
-		bad("presign_expiry", "%v is over SigV4's 7 days", time.Duration(h.PresignExpiry))
+		errs.add(at("presign_expiry"), "%v is over SigV4's 7 days", time.Duration(h.PresignExpiry))
 	} else if h.PresignExpiry != 0 && time.Duration(h.PresignExpiry) < time.Second {
-		bad("presign_expiry", "must be at least 1s")
+		errs.add(at("presign_expiry"), "must be at least 1s")
 	}
 	if h.Endpoint != "" && known(h.Endpoint) {
 		if u, err := url.Parse(h.Endpoint); err != nil {
-			bad("endpoint", "must be an http:// or https:// URL with a host")
+			errs.add(at("endpoint"), "must be an http:// or https:// URL with a host")
 		} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("endpoint", "%q must be an http:// or https:// URL with a host", u.Redacted())
+			errs.add(at("endpoint"), "%q must be an http:// or https:// URL with a host", u.Redacted())
 		} else if u.User != nil || strings.ContainsAny(h.Endpoint, "?#") {
-			bad("endpoint", "%q must not hold user info, a query or a fragment", u.Redacted())
+			errs.add(at("endpoint"), "%q must not hold user info, a query or a fragment", u.Redacted())
 		}
 	}
 	if (h.AccessKeyID == "") != (h.SecretAccessKey == "") {
-		bad("access_key_id", "access_key_id and secret_access_key go together")
+		given := "access_key_id"
+		if h.AccessKeyID == "" {
+			given = "secret_access_key"
+		}
+		errs.add(at(given), "access_key_id and secret_access_key go together")
 	}
 	if h.SessionToken != "" && h.AccessKeyID == "" {
-		bad("session_token", "needs access_key_id and secret_access_key")
+		errs.add(at("session_token"), "needs access_key_id and secret_access_key")
 	}
 	if strings.ContainsAny(h.ContentType, "\r\n") {
-		bad("content_type", "must be one line")
+		errs.add(at("content_type"), "must be one line")
 	}
 	switch h.OnUpstreamError {
 	case "", "error", "passthrough":
 	default:
-		bad("on_upstream_error", "%q is not error or passthrough", h.OnUpstreamError)
-	}
-	forwarded := map[string]bool{"Authorization": true}
-	for _, name := range h.ForwardHeader {
-		canon := http.CanonicalHeaderKey(name)
-		switch {
-		case !validHeaderName(name):
-			bad("forward_header", "%q is not a valid header name", name)
-		case clientAddressHeaders[canon]:
-			// What the client claims about its own address: an app that
-			// restricts keys by IP would trust it.
-			bad("forward_header", "%s is the client's own claim about its address; send the connection's with upstream_header %s {client_ip}", canon, canon)
-		case canon == "Host" || canon == "X-Request-Id" || canon == "Traceparent" || canon == "Tracestate":
-			bad("forward_header", "%s is set by the edge, not forwarded", canon)
-		}
-		forwarded[canon] = true
-	}
-	for _, name := range slices.Sorted(maps.Keys(h.UpstreamHeader)) {
-		v, canon := h.UpstreamHeader[name], http.CanonicalHeaderKey(name)
-		switch {
-		case !validHeaderName(name):
-			bad("upstream_header", "%q is not a valid header name", name)
-		case canon == "Authorization":
-			// It would replace every caller's credential: the app would
-			// then grant every export to any well-formed key.
-			bad("upstream_header", "Authorization is the caller's credential and is always forwarded; authenticate the edge with a header of its own (e.g. X-Edge-Token)")
-		case forwarded[canon]:
-			bad("upstream_header", "%s is a forward_header: a fixed value would replace the caller's", canon)
-		case canon == "Host" || canon == "X-Request-Id":
-			bad("upstream_header", "%s is set by the edge and cannot be replaced", canon)
-		case strings.ContainsAny(v, "\r\n\x00"):
-			bad("upstream_header", "the value of %s must be one line", name)
-		}
-		if bad := unknownPlaceholder(v); bad != "" {
-			errs = append(errs, fmt.Errorf("export_download: upstream_header: the value of %s holds {%s}, which is neither a global placeholder ({env.*}, {file.*}) nor a request one ({http.*}, e.g. {http.vars.client_ip})", name, bad))
-		}
-	}
-	if h.Fleet != nil {
-		errs = append(errs, h.Fleet.validate(known)...)
-	}
-	if h.SurrogateKeyHeader != "" && !validHeaderName(h.SurrogateKeyHeader) {
-		bad("surrogate_key_header", "%q is not a valid header name", h.SurrogateKeyHeader)
+		errs.add(at("on_upstream_error"), "%q is not error or passthrough", h.OnUpstreamError)
 	}
 	for _, p := range h.KeyPrefixes {
 		if p == "" || strings.ContainsAny(p, " \t\r\n") {
-			bad("key_prefixes", "%q is not a usable prefix", p)
+			errs.add(where{sub: "key_prefixes", item: p}, "%q is not a usable prefix", p)
 		}
 	}
-	if c := h.Cache; c != nil {
-		if c.MaxEntries < 0 {
-			bad("max_entries", "must be positive")
-		}
-		for name, d := range c.TTL {
-			if _, err := decision.ParseClass(name); err != nil {
-				bad("ttl", "%v", err)
-			} else if d < 0 {
-				bad("ttl", "%s: must not be negative", name)
-			}
-		}
-		if c.StaleIfError != nil && *c.StaleIfError < 0 {
-			bad("stale_if_error", "must not be negative")
-		}
-		if c.PresignReuse != nil && *c.PresignReuse < 0 {
-			bad("presign_reuse", "must not be negative")
-		}
+	h.validateHeaders(&errs)
+	if h.Cache != nil {
+		h.Cache.validate(&errs)
+	}
+	if h.Fleet != nil {
+		h.Fleet.validate(&errs, known)
 	}
 	return errors.Join(errs...)
-}
-
-// hasCaddyPlaceholder reports whether s holds a {…} that is Caddy's, not
-// one of the templates' own {id} and {export.<field>}.
-func hasCaddyPlaceholder(s string) bool {
-	for p := range placeholders(s) {
-		if isGlobalPlaceholder(p) {
-			return true
-		}
-	}
-	return false
-}
-
-// isGlobalPlaceholder reports whether name is one that caddy.NewReplacer()
-// knows without a request, so that Provision expands it. Anything else, a
-// typo like {exportid} or a request placeholder like {http.request.uri.path}
-// (what the Caddyfile shorthand {path} becomes), is rejected while adapting.
-func isGlobalPlaceholder(name string) bool {
-	for _, prefix := range [...]string{"env.", "file.", "system.", "time."} {
-		if strings.HasPrefix(name, prefix) {
-			return true
-		}
-	}
-	return false
-}
-
-// clientAddressHeaders carry a client's claim about its own address.
-var clientAddressHeaders = map[string]bool{"X-Forwarded-For": true, "X-Real-Ip": true, "Forwarded": true, "True-Client-Ip": true, "X-Client-Ip": true}
-
-// perRequestHeader is an upstream_header whose value holds request
-// placeholders.
-type perRequestHeader struct{ name, value string }
-
-// hasRequestPlaceholder reports whether s holds a request placeholder
-// ({http.*}), which only a request can fill.
-func hasRequestPlaceholder(s string) bool {
-	for p := range placeholders(s) {
-		if strings.HasPrefix(p, "http.") {
-			return true
-		}
-	}
-	return false
-}
-
-// unknownPlaceholder returns the first placeholder of an upstream_header
-// value that is neither global nor a request one, or "".
-func unknownPlaceholder(s string) string {
-	for p := range placeholders(s) {
-		if !isGlobalPlaceholder(p) && !strings.HasPrefix(p, "http.") {
-			return p
-		}
-	}
-	return ""
-}
-
-// placeholders yields the names inside {…} in s.
-func placeholders(s string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for {
-			open := strings.IndexByte(s, '{')
-			if open < 0 {
-				return
-			}
-			end := strings.IndexByte(s[open:], '}')
-			if end < 0 {
-				return
-			}
-			if !yield(s[open+1 : open+end]) {
-				return
-			}
-			s = s[open+end+1:]
-		}
-	}
-}
-
-// expandUpstreamHeaders fills the request placeholders of upstream_header
-// values with this request's values; nil when there are none.
-func (h *Handler) expandUpstreamHeaders(r *http.Request) []string {
-	if len(h.perRequest) == 0 {
-		return nil
-	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
-		repl = caddy.NewReplacer()
-	}
-	out := make([]string, len(h.perRequest))
-	for i, p := range h.perRequest {
-		// A request's values are its own text: keep the header one line.
-		out[i] = strings.Map(func(r rune) rune {
-			if r == '\r' || r == '\n' || r == 0 {
-				return -1
-			}
-			return r
-		}, repl.ReplaceAll(p.value, ""))
-	}
-	return out
-}
-
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // Cleanup releases this config's hold on the caches and closes the
@@ -658,9 +419,7 @@ func validHeaderName(name string) bool {
 // It changes no field: requests of this config may still be finishing
 // (Caddy drains the old servers after cleaning the old config up).
 func (h *Handler) Cleanup() error {
-	if h.fleet != nil {
-		h.fleet.close()
-	}
+	h.shared.close()
 	if h.caches != nil {
 		h.caches.release()
 	}
@@ -670,10 +429,18 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// Interface guards.
+// Interface guards of the package.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+	_ caddy.AdminRouter           = (*adminAPI)(nil)
+	_ caddy.Provisioner           = (*adminAPI)(nil)
+	_ caddy.Destructor            = (*pooledDecisions)(nil)
+	_ caddy.Destructor            = (*pooledURLs)(nil)
+	_ caddy.Destructor            = pooledFleet{}
+	_ fleet.Observer              = (*fleetMetrics)(nil)
+	_ fmt.Stringer                = (*exportIDOf)(nil)
 )

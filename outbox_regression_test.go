@@ -28,7 +28,7 @@ func TestRegressionOwnQueuedDeleteNotUndoneByRedis(t *testing.T) {
 	h := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
 		h.Fleet.Timeout = caddy.Duration(50 * time.Millisecond)
 	})
-	waitUntil(t, "the fleet is up", h.fleet.client.Up)
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound,
 		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")
 
@@ -42,13 +42,13 @@ func TestRegressionOwnQueuedDeleteNotUndoneByRedis(t *testing.T) {
 	})
 	serve(t, h, request{method: http.MethodDelete, path: "/v1/exports/" + testID, next: ok,
 		header: map[string]string{"Authorization": "Bearer " + testKey}})
-	if s := h.fleet.client.Stats(); s.OutboxLen == 0 {
+	if s := h.shared.client.Stats(); s.OutboxLen == 0 {
 		t.Fatalf("the DELETE was published although Redis refused its scripts: %+v", s)
 	}
 
 	rec := download(t, h, testID, testKey)
 	if rec.Code == http.StatusFound {
 		t.Fatalf("after its own DELETE answered 204, this node redirects again: %q (outbox %d)",
-			rec.Header().Get("Cache-Status"), h.fleet.client.Stats().OutboxLen)
+			rec.Header().Get("Cache-Status"), h.shared.client.Stats().OutboxLen)
 	}
 }

@@ -1,16 +1,16 @@
 package exportdownload
 
 import (
-	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
+	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/presign"
+	"github.com/exportedge/caddy-export-download/internal/route"
+	"github.com/exportedge/caddy-export-download/internal/tmpl"
 )
 
 // record is a cached upstream answer. For a completed export it keeps what
@@ -48,34 +48,53 @@ func (r *record) CacheRefutes() cache.Refutation {
 	return cache.RefutesNothing
 }
 
-// memoURL is the last presigned URL a record handed out, valid until until.
-type memoURL struct {
-	urls   *cache.URLs // the URL cache it came from
-	signed *presign.Signed
-	until  time.Time
-}
-
-// newRecord checks that a completed export's object renders, once per
-// answer, and keeps what renders it.
+// newRecord keeps what the cache needs of answer a for export id: the
+// decision, the id, and for a completed export, once its object is checked
+// to render, the fields that render it.
 func (h *Handler) newRecord(id string, a *decision.Answer) *record {
 	rec := &record{answer: *a}
 	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
-	if a.Kind != decision.KindExport || a.Export.Status != "completed" {
-		return rec
-	}
-	if _, rec.objErr = h.renderObject(id, a.Fields); rec.objErr != nil {
-		return rec
-	}
 	var b []byte
-	if !parseUUID(id, &rec.uuid) {
+	if !route.ParseUUID(id, &rec.uuid) {
 		rec.oddID = true
 		b = appendVal(b, id)
 	}
-	for _, f := range h.templateFields {
-		b = appendVal(b, a.Fields[f])
+	if a.Kind == decision.KindExport && a.Export.Status == "completed" {
+		if _, rec.objErr = h.renderObject(id, a.Fields); rec.objErr == nil {
+			for _, f := range h.templateFields {
+				b = appendVal(b, a.Fields[f])
+			}
+		}
 	}
 	rec.vals = string(b)
 	return rec
+}
+
+// exportID is the export id the record was made for.
+func (rec *record) exportID() string {
+	if rec.oddID {
+		id, _ := nextVal(rec.vals)
+		return id
+	}
+	var buf [36]byte
+	return string(route.AppendUUID(buf[:0], &rec.uuid))
+}
+
+// provisionTemplates parses the bucket, object_key and filename templates
+// (checked by Validate) and lists the export fields they name: all that a
+// record keeps of an answer.
+func (h *Handler) provisionTemplates() {
+	h.bucket, _ = tmpl.Parse(h.Bucket)
+	h.key, _ = tmpl.Parse(h.ObjectKey)
+	h.file, _ = tmpl.Parse(h.Filename)
+	h.templateFields = []string{} // none named: the upstream keeps none
+	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
+		for _, f := range t.Fields() {
+			if !slices.Contains(h.templateFields, f) {
+				h.templateFields = append(h.templateFields, f)
+			}
+		}
+	}
 }
 
 // renderObject renders the object that the templates name for export id.
@@ -100,19 +119,9 @@ func (h *Handler) object(rec *record) (presign.Object, error) {
 	if rec.objErr != nil {
 		return presign.Object{}, rec.objErr
 	}
-	vals := rec.vals
-	var id string
+	id, vals := rec.exportID(), rec.vals
 	if rec.oddID {
-		id, vals = nextVal(vals)
-	} else {
-		var buf [36]byte
-		hex.Encode(buf[0:8], rec.uuid[0:4])
-		hex.Encode(buf[9:13], rec.uuid[4:6])
-		hex.Encode(buf[14:18], rec.uuid[6:8])
-		hex.Encode(buf[19:23], rec.uuid[8:10])
-		hex.Encode(buf[24:36], rec.uuid[10:16])
-		buf[8], buf[13], buf[18], buf[23] = '-', '-', '-', '-'
-		id = string(buf[:])
+		_, vals = nextVal(vals) // the id
 	}
 	var fields map[string]string
 	if len(h.templateFields) > 0 {
@@ -136,81 +145,4 @@ func nextVal(vals string) (v, rest string) {
 		return "", ""
 	}
 	return vals[k : k+int(n)], vals[k+int(n):]
-}
-
-// parseUUID decodes a canonical (lowercase) UUID.
-func parseUUID(s string, b *[16]byte) bool {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return false
-	}
-	for i, j := 0, 0; i < 36; j++ {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++ // a dash
-		}
-		hi, lo := unhex(s[i]), unhex(s[i+1])
-		if hi > 15 || lo > 15 {
-			return false
-		}
-		b[j] = hi<<4 | lo
-		i += 2
-	}
-	return true
-}
-
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return 255
-}
-
-// presignURL returns a URL for the record's object: a reused one while its
-// reuse window lasts, else a new one (one presign per object at a time).
-func (h *Handler) presignURL(ctx context.Context, rec *record, now time.Time) (s *presign.Signed, reused bool, err error) {
-	exp := rec.answer.Export.ExpiresAt
-	// The record remembers the last URL it handed out: a hit then needs no
-	// second lookup, nor the object rendered. It is the shared cache's URL,
-	// with the shared window, and only from this config's URL cache (a
-	// reload with other S3 settings has another one).
-	if h.caches != nil {
-		if m := rec.url.Load(); m != nil && m.urls == h.caches.urls && now.Before(m.until) {
-			h.metrics.presignReused.Inc()
-			return m.signed, true, nil
-		}
-	}
-	obj, err := h.object(rec)
-	if err != nil {
-		return nil, false, err
-	}
-	if h.caches != nil {
-		urls := h.caches.urls
-		if s, until, ok := urls.LookupAt(obj, exp, now); ok {
-			rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
-			h.metrics.presignReused.Inc()
-			return s, true, nil
-		}
-	}
-	sign := func(ctx context.Context) (*presign.Signed, error) {
-		h.metrics.presignNew.Inc()
-		return h.presigner.Presign(ctx, obj, h.now(), exp)
-	}
-	if h.caches == nil {
-		s, err = sign(ctx)
-		return s, false, err
-	}
-	urls := h.caches.urls
-	s, reused, err = urls.Sign(ctx, obj, exp, sign)
-	if err != nil {
-		return nil, false, err
-	}
-	if reused {
-		h.metrics.presignReused.Inc()
-	}
-	if until := urls.ReuseUntil(s); now.Before(until) {
-		rec.url.Store(&memoURL{urls: urls, signed: s, until: until})
-	}
-	return s, reused, nil
 }

@@ -18,6 +18,8 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/exportedge/caddy-export-download/internal/route"
 )
 
 // Key identifies an answer: a digest of the caller's credentials and the
@@ -45,45 +47,13 @@ func (k Key) stored() skey { return skey{k.Cred, idOf(k.ID)} }
 
 func idOf(id string) idBytes {
 	var b idBytes
-	if parseUUID(id, &b) {
+	if route.ParseUUID(id, (*[16]byte)(&b)) {
 		return b
 	}
 	sum := sha256.Sum256([]byte(id))
 	copy(b[:], sum[:])
 	return b
 }
-
-// parseUUID decodes a canonical UUID: 8-4-4-4-12 lowercase hex digits.
-// It is on the hit path, so it reads a table rather than branch per digit.
-func parseUUID(s string, b *idBytes) bool {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return false
-	}
-	var bad byte
-	for j, i := range uuidPairs {
-		hi, lo := hexVal[s[i]], hexVal[s[i+1]]
-		bad |= hi | lo
-		b[j] = hi<<4 | lo
-	}
-	return bad < 16
-}
-
-// uuidPairs are where a canonical UUID's 16 bytes are written.
-var uuidPairs = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
-
-// hexVal is the value of a lowercase hex digit, 0xff for any other byte.
-var hexVal = func() (t [256]byte) {
-	for i := range t {
-		t[i] = 0xff
-	}
-	for c := byte('0'); c <= '9'; c++ {
-		t[c] = c - '0'
-	}
-	for c := byte('a'); c <= 'f'; c++ {
-		t[c] = c - 'a' + 10
-	}
-	return t
-}()
 
 // Entry is a stored answer. Value and the times never change after it is
 // stored; a purge or a fleet resync only demotes it.
@@ -246,7 +216,7 @@ type State uint8
 const (
 	Absent  State = iota // nothing usable: load
 	Fresh                // serve it
-	Refresh              // serve it; past 80% of its lifetime: RefreshAsync
+	Refresh              // serve it; past 80% of its lifetime and no refresh started yet: RefreshAsync
 	Stale                // past freshness, within stale_if_error: load, and serve it if that fails
 )
 
@@ -260,7 +230,8 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	}
 	n := now.UnixNano()
 	staleUntil := e.freshUntil + int64(c.staleIfError)
-	if e.flags.Load()&flagDemoted != 0 {
+	flags := e.flags.Load()
+	if flags&flagDemoted != 0 {
 		if n < staleUntil {
 			return e, Stale
 		}
@@ -268,6 +239,11 @@ func (c *Cache[V]) PeekAt(key Key, now time.Time) (*Entry[V], State) {
 	}
 	switch {
 	case n < e.refreshAt:
+		c.stats.hits.Add(1)
+		return e, Fresh
+	case n < e.freshUntil && flags&flagRefreshing != 0:
+		// A refresh runs (or failed): the caller need not build the
+		// loader of another, which costs allocations on every hit.
 		c.stats.hits.Add(1)
 		return e, Fresh
 	case n < e.freshUntil:

@@ -404,6 +404,10 @@ func TestRefreshAsync(t *testing.T) {
 		}
 		<-g.entered
 		for range 5 {
+			// Peek says so first: a hit need not build another loader.
+			if _, st := c.Peek(k); st != Fresh {
+				t.Fatalf("Peek while a refresh runs = %v, want Fresh (nothing to start)", st)
+			}
 			if c.RefreshAsync(k, e, g.load) {
 				t.Fatal("a second refresh started while one is running")
 			}
@@ -435,10 +439,11 @@ func TestRefreshErrorReported(t *testing.T) {
 		fail := func(context.Context) (string, time.Duration, error) { calls.Add(1); return "", 0, boom }
 		c.RefreshAsync(k, e, fail)
 		synctest.Wait()
-		// A failed refresh is not retried on every later hit of the entry.
+		// A failed refresh is not retried on every later hit of the entry:
+		// Peek no longer asks for one.
 		e, st := c.Peek(k)
-		if st != Refresh || e.Value != "old" {
-			t.Fatalf("after a failed refresh Peek = %v, %v; want the old entry", e, st)
+		if st != Fresh || e.Value != "old" {
+			t.Fatalf("after a failed refresh Peek = %v, %v; want the old entry, Fresh", e, st)
 		}
 		if c.RefreshAsync(k, e, fail) {
 			t.Fatal("a failed refresh is retried on the next hit")

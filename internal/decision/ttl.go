@@ -45,7 +45,7 @@ func ParseClass(name string) (Class, error) {
 // TTLs holds a fresh lifetime per Class; zero means "do not cache".
 type TTLs [numClasses]time.Duration
 
-// DefaultTTLs are the README\'s "Caching" defaults.
+// DefaultTTLs are the README's "Caching" defaults.
 func DefaultTTLs() TTLs {
 	return TTLs{
 		Completed:         5 * time.Minute,

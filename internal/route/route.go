@@ -48,32 +48,76 @@ func (t Template) Match(path string) (id string, ok bool) {
 	return id, true
 }
 
+// An export id is a UUID in its canonical 8-4-4-4-12 hex form. ParseID
+// reads the form a request carries (any case); ParseUUID, on the cache's
+// hit path, its 16 bytes from the lowercase form ParseID returns;
+// AppendUUID writes that form back. All three share one table.
+
 // ParseID accepts a UUID in canonical 8-4-4-4-12 hex form, in any case, and
 // returns it lowercased (without allocating when it already is).
 func ParseID(s string) (string, bool) {
-	if len(s) != 36 {
+	var b [16]byte
+	flags := decode(s, &b)
+	switch {
+	case flags&invalid != 0:
 		return "", false
-	}
-	upper := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return "", false
-			}
-			continue
-		}
-		switch {
-		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
-		case 'A' <= c && c <= 'F':
-			upper = true
-		default:
-			return "", false
-		}
-	}
-	if upper {
+	case flags&upper != 0:
 		return strings.ToLower(s), true
 	}
 	return s, true
+}
+
+// ParseUUID decodes a canonical lowercase UUID, as ParseID returns it,
+// into b. It does not branch per digit: it is on the hit path.
+func ParseUUID(s string, b *[16]byte) bool { return decode(s, b) == 0 }
+
+// AppendUUID appends the canonical lowercase form of b.
+func AppendUUID(dst []byte, b *[16]byte) []byte {
+	const digits = "0123456789abcdef"
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, digits[c>>4], digits[c&15])
+	}
+	return dst
+}
+
+// Flags of decode's result; 0 means a canonical lowercase UUID.
+const (
+	upper   = 0x40 // an upper-case hex digit
+	invalid = 0x80 // not a UUID
+)
+
+// uuidPairs are where a UUID's 16 bytes are written, as two hex digits each.
+var uuidPairs = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// hexVal is a hex digit's value, with upper set for A-F; invalid for any
+// other byte.
+var hexVal = func() (t [256]byte) {
+	for i := range t {
+		t[i] = invalid
+	}
+	for c := byte('0'); c <= '9'; c++ {
+		t[c] = c - '0'
+	}
+	for c := byte('a'); c <= 'f'; c++ {
+		t[c] = c - 'a' + 10
+		t[c-'a'+'A'] = (c - 'a' + 10) | upper
+	}
+	return t
+}()
+
+// decode writes s's 16 bytes into b and returns the flags of what it read.
+func decode(s string, b *[16]byte) byte {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return invalid
+	}
+	var flags byte
+	for j, i := range uuidPairs {
+		hi, lo := hexVal[s[i]], hexVal[s[i+1]]
+		flags |= hi | lo
+		b[j] = hi<<4 | lo&15
+	}
+	return flags & (upper | invalid)
 }

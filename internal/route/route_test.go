@@ -82,6 +82,51 @@ func TestParseID(t *testing.T) {
 	}
 }
 
+// TestParseUUID: the 16 bytes of a lowercase UUID, written back as they
+// came; anything ParseID would not return as is (upper case included)
+// is refused, without an allocation either way.
+func TestParseUUID(t *testing.T) {
+	const id = "01935abc-def0-7123-4567-890abcdef012"
+	var b [16]byte
+	if !ParseUUID(id, &b) {
+		t.Fatalf("ParseUUID(%q) refused it", id)
+	}
+	if want := [16]byte{0x01, 0x93, 0x5a, 0xbc, 0xde, 0xf0, 0x71, 0x23, 0x45, 0x67, 0x89, 0x0a, 0xbc, 0xde, 0xf0, 0x12}; b != want {
+		t.Fatalf("ParseUUID(%q) = %x, want %x", id, b, want)
+	}
+	if got := string(AppendUUID(nil, &b)); got != id {
+		t.Fatalf("AppendUUID = %q, want %q", got, id)
+	}
+	for _, bad := range []string{"01935ABC-DEF0-7123-4567-890ABCDEF012", "01935abc-def0-7123-4567-890abcdef01", "01935abc-def0-7123-4567-890abcdef01g",
+		"01935abcdef07123-4567-890abcdef012-", "0193-abc-def0-7123-4567-890abcdef012", ""} {
+		if ParseUUID(bad, &b) {
+			t.Errorf("ParseUUID(%q) accepted it", bad)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { ParseUUID(id, &b) }); n != 0 {
+		t.Errorf("ParseUUID allocates %v times", n)
+	}
+}
+
+// FuzzParseUUID: ParseUUID accepts exactly what ParseID returns unchanged,
+// and AppendUUID gives it back.
+func FuzzParseUUID(f *testing.F) {
+	for _, s := range []string{"01935abc-def0-7123-4567-890abcdef012", "01935ABC-DEF0-7123-4567-890ABCDEF012", "", "01935abc-def0-7123-4567-890abcdef01\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var b [16]byte
+		ok := ParseUUID(s, &b)
+		id, valid := ParseID(s)
+		if ok != (valid && id == s) {
+			t.Fatalf("ParseUUID(%q) = %v, but ParseID = %q, %v", s, ok, id, valid)
+		}
+		if ok && string(AppendUUID(nil, &b)) != s {
+			t.Fatalf("AppendUUID(ParseUUID(%q)) = %q", s, AppendUUID(nil, &b))
+		}
+	})
+}
+
 func FuzzParseID(f *testing.F) {
 	for _, s := range []string{"01935abc-def0-7123-4567-890abcdef012", "01935ABC-DEF0-7123-4567-890ABCDEF012", "", "../..", "%2F"} {
 		f.Add(s)
