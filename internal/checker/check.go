@@ -49,7 +49,11 @@ type Row struct {
 	Status5xx       int
 	// Invalidations are those acknowledged in the phase.
 	Invalidations int
-	Late          int
+	// Checked are the answers the bound applies to: reads that started
+	// later than the bound after a covering invalidation was
+	// acknowledged. Late are those of them that were 302s.
+	Checked int
+	Late    int
 	// WorstLate is the largest Lateness of the phase's late reads.
 	WorstLate time.Duration
 	// UpstreamCalls is how many metadata GETs the app received while the
@@ -172,17 +176,21 @@ func Check(h *History, bound time.Duration) Report {
 				}
 			}
 		}
-		if !rd.Redirect() {
-			continue
-		}
-		r.Redirects++
 		var worst *binding
 		for _, b := range []binding{byExport[rd.Export], byKey[rd.Key]} {
 			if b.by.Kind != "" && (worst == nil || b.from < worst.from) {
 				worst = &b
 			}
 		}
-		if worst == nil || rd.Start <= worst.from+bound {
+		checked := worst != nil && rd.Start > worst.from+bound
+		if checked {
+			r.Checked++
+		}
+		if !rd.Redirect() {
+			continue
+		}
+		r.Redirects++
+		if !checked {
 			continue
 		}
 		l := Late{Read: rd, By: worst.by, From: worst.from, Lateness: rd.Start - worst.from - bound, Phase: phase}
@@ -231,6 +239,7 @@ func Check(h *History, bound time.Duration) Report {
 		t.Redirects += r.Redirects
 		t.Status5xx += r.Status5xx
 		t.Invalidations += r.Invalidations
+		t.Checked += r.Checked
 		t.Late += r.Late
 		t.WorstLate = max(t.WorstLate, r.WorstLate)
 		t.Live += r.Live
@@ -293,7 +302,7 @@ func (r Report) Problems(minHitRatio float64) []string {
 // to worst late reads in detail.
 func (r Report) WriteTable(w io.Writer, worst int) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "phase\tfaults\ttime\tanswers\t302s\terrors\t5xx\tinvalidations\tlate 302s\tworst late\tapp calls\tapp calls/s\thit ratio\t\n")
+	fmt.Fprintf(tw, "phase\tfaults\ttime\tanswers\t302s\terrors\t5xx\tinvalidations\tchecked\tlate 302s\tworst late\tapp calls\tapp calls/s\thit ratio\t\n")
 	for _, row := range append(slices.Clone(r.Rows), r.Total) {
 		worstLate, hits := "-", "-"
 		if row.Late > 0 {
@@ -306,9 +315,9 @@ func (r Report) WriteTable(w io.Writer, worst int) error {
 		if row.Time > 0 {
 			rate = fmt.Sprintf("%.1f", float64(row.UpstreamCalls)/row.Time.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t\n", row.Phase, row.Faults,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t\n", row.Phase, row.Faults,
 			row.Time.Round(100*time.Millisecond), row.Answers, row.Redirects, row.Errors, row.Status5xx,
-			row.Invalidations, row.Late, worstLate, row.UpstreamCalls, rate, hits)
+			row.Invalidations, row.Checked, row.Late, worstLate, row.UpstreamCalls, rate, hits)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -198,9 +198,9 @@ func TestCheckRowsByPhase(t *testing.T) {
 	}
 	rep := Check(&h, time.Second)
 	want := map[string]Row{
-		NoFault: {Phase: NoFault, Time: ms(5000), Answers: 5, Redirects: 4, Invalidations: 2, UpstreamCalls: 2, Live: 4, Hits: 3},
+		NoFault: {Phase: NoFault, Time: ms(5000), Answers: 5, Redirects: 4, Invalidations: 2, Checked: 1, UpstreamCalls: 2, Live: 4, Hits: 3},
 		string(RedisRestart): {Phase: string(RedisRestart), Faults: 1, Time: ms(3000), Answers: 2, Errors: 1, Redirects: 1,
-			Status5xx: 1, Invalidations: 1, Late: 1, WorstLate: ms(6900), UpstreamCalls: 2, Live: 1},
+			Status5xx: 1, Invalidations: 1, Checked: 1, Late: 1, WorstLate: ms(6900), UpstreamCalls: 2, Live: 1},
 		string(LinkFreeze): {Phase: string(LinkFreeze), Faults: 1, Time: ms(2000), Answers: 1, Redirects: 1, UpstreamCalls: 1,
 			Live: 1, Hits: 1},
 	}
@@ -216,7 +216,7 @@ func TestCheckRowsByPhase(t *testing.T) {
 	if rep.Rows[0].Phase != NoFault || rep.Rows[1].Phase != string(RedisRestart) || rep.Rows[2].Phase != string(LinkFreeze) {
 		t.Errorf("rows out of order: %s, %s, %s", rep.Rows[0].Phase, rep.Rows[1].Phase, rep.Rows[2].Phase)
 	}
-	if rep.Total.Answers != 8 || rep.Total.Late != 1 || rep.Total.UpstreamCalls != 6 || rep.Total.Status5xx != 1 {
+	if rep.Total.Answers != 8 || rep.Total.Checked != 2 || rep.Total.Late != 1 || rep.Total.UpstreamCalls != 6 || rep.Total.Status5xx != 1 {
 		t.Errorf("total %+v", rep.Total)
 	}
 	if nf, _ := rep.Row(NoFault); nf.HitRatio() != 0.75 {
