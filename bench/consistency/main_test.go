@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,6 +120,37 @@ func TestCaddyfileFleetExtraLines(t *testing.T) {
 	for _, w := range []string{"admin 127.0.0.1:2019", "http://127.0.0.1:8080 {", "reverse_proxy 127.0.0.1:9"} {
 		if !strings.Contains(got, w) {
 			t.Errorf("Caddyfile lacks %q:\n%s", w, got)
+		}
+	}
+}
+
+func TestPoolProbesThroughNodesThatRedirected(t *testing.T) {
+	p := newPool(1, 3, 4, 2, 1, time.Minute) // every read a probe once something is gone
+	rng := rand.New(rand.NewPCG(2, 3))
+	zipf := newZipf(rng, len(p.exports))
+	if node, e, k := p.pick(rng, zipf); node != -1 || !p.live[e] || !p.live[k] {
+		t.Fatalf("nothing gone yet: pick = %d %s %s, want a live pair on any node", node, e, k)
+	}
+	for _, e := range p.exports {
+		for _, k := range p.keys {
+			p.answered(checker.Read{Node: 1, Export: e, Key: k, Status: 302})
+			p.answered(checker.Read{Node: 0, Export: e, Key: k, Status: 404})
+		}
+	}
+	goneExport, goneKey := p.takeExport(), p.takeKey()
+	// A 302 after the invalidation (a late one) is no reason to ask there.
+	p.answered(checker.Read{Node: 2, Export: goneExport, Key: p.keys[0], Status: 302})
+	for range 200 {
+		node, e, k := p.pick(rng, zipf)
+		switch {
+		case e == goneExport && k == goneKey:
+			t.Fatalf("pick %s %s: both gone; a probe keeps one side live", e, k)
+		case e != goneExport && k != goneKey:
+			t.Fatalf("pick %s %s: neither was invalidated", e, k)
+		case node != 1:
+			t.Fatalf("pick %s %s through node %d, want node1, the only one that redirected for it", e, k, node)
+		case !p.live[e] && !p.live[k]:
+			t.Fatalf("pick %s %s: the other side is not live", e, k)
 		}
 	}
 }

@@ -274,7 +274,7 @@ func (n *node) caddyfile(timeout time.Duration) string {
 http://127.0.0.1:%d {
 	export_download {
 		upstream http://%s
-		upstream_timeout 2s
+		upstream_timeout 5s
 		key_prefixes hb_test_
 		bucket exports
 		object_key exports/{export.project_id}/{id}.csv
@@ -327,6 +327,9 @@ func startNode(ctx context.Context, i int, bin, dir string, cfg nodeConfig, redi
 		if err = n.start(ctx); err == nil {
 			return n, nil
 		}
+		if !strings.Contains(readFile(n.logf.Name()), "address already in use") {
+			break // only a port taken meanwhile is worth another try
+		}
 	}
 	n.close()
 	return nil, err
@@ -359,7 +362,7 @@ func (n *node) waitReady(ctx context.Context, p *proc) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited before it was ready:\n%s", n.name, tailFile(n.logf.Name(), 20))
+			return fmt.Errorf("%s exited before it was ready: %s", n.name, lastError(n.logf.Name()))
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
@@ -374,7 +377,7 @@ func (n *node) waitReady(ctx context.Context, p *proc) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("%s not ready within 30s (%s):\n%s", n.name, last, tailFile(n.logf.Name(), 20))
+	return fmt.Errorf("%s not ready within 30s (%s); its log ends:\n%s", n.name, last, tailFile(n.logf.Name(), 10))
 }
 
 // fleetState is the admin API's fleet state over every cache of the node:
@@ -471,10 +474,27 @@ func (n *node) close() {
 	}
 }
 
+func readFile(name string) string {
+	b, _ := os.ReadFile(name)
+	return string(b)
+}
+
+// lastError is the message of the last error line of a Caddy log, or its
+// last line.
+func lastError(name string) string {
+	lines := strings.Split(strings.TrimRight(readFile(name), "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var l struct{ Level, Msg string }
+		if json.Unmarshal([]byte(lines[i]), &l) == nil && l.Level == "error" {
+			return l.Msg
+		}
+	}
+	return lines[len(lines)-1]
+}
+
 // tailFile is the last lines of a log file, for error messages.
 func tailFile(name string, lines int) string {
-	b, _ := os.ReadFile(name)
-	parts := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	parts := strings.Split(strings.TrimRight(readFile(name), "\n"), "\n")
 	if len(parts) > lines {
 		parts = parts[len(parts)-lines:]
 	}

@@ -47,6 +47,8 @@ type Row struct {
 	Answers, Errors int
 	Redirects       int
 	Status5xx       int
+	// Slowest is the longest time an answered read took.
+	Slowest time.Duration
 	// Invalidations are those acknowledged in the phase.
 	Invalidations int
 	// Checked are the answers the bound applies to: reads that started
@@ -165,6 +167,7 @@ func Check(h *History, bound time.Duration) Report {
 			continue
 		}
 		r.Answers++
+		r.Slowest = max(r.Slowest, rd.End-rd.Start)
 		if rd.Status >= 500 {
 			r.Status5xx++
 		}
@@ -238,6 +241,7 @@ func Check(h *History, bound time.Duration) Report {
 		t.Errors += r.Errors
 		t.Redirects += r.Redirects
 		t.Status5xx += r.Status5xx
+		t.Slowest = max(t.Slowest, r.Slowest)
 		t.Invalidations += r.Invalidations
 		t.Checked += r.Checked
 		t.Late += r.Late
@@ -302,7 +306,7 @@ func (r Report) Problems(minHitRatio float64) []string {
 // to worst late reads in detail.
 func (r Report) WriteTable(w io.Writer, worst int) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "phase\tfaults\ttime\tanswers\t302s\terrors\t5xx\tinvalidations\tchecked\tlate 302s\tworst late\tapp calls\tapp calls/s\thit ratio\t\n")
+	fmt.Fprintf(tw, "phase\tfaults\ttime\tanswers\t302s\terrors\t5xx\tslowest\tinvalidations\tchecked\tlate 302s\tworst late\tapp calls\tapp calls/s\thit ratio\t\n")
 	for _, row := range append(slices.Clone(r.Rows), r.Total) {
 		worstLate, hits := "-", "-"
 		if row.Late > 0 {
@@ -315,8 +319,9 @@ func (r Report) WriteTable(w io.Writer, worst int) error {
 		if row.Time > 0 {
 			rate = fmt.Sprintf("%.1f", float64(row.UpstreamCalls)/row.Time.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t\n", row.Phase, row.Faults,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t\n", row.Phase, row.Faults,
 			row.Time.Round(100*time.Millisecond), row.Answers, row.Redirects, row.Errors, row.Status5xx,
+			row.Slowest.Round(time.Millisecond),
 			row.Invalidations, row.Checked, row.Late, worstLate, row.UpstreamCalls, rate, hits)
 	}
 	if err := tw.Flush(); err != nil {

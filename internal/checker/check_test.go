@@ -198,10 +198,10 @@ func TestCheckRowsByPhase(t *testing.T) {
 	}
 	rep := Check(&h, time.Second)
 	want := map[string]Row{
-		NoFault: {Phase: NoFault, Time: ms(5000), Answers: 5, Redirects: 4, Invalidations: 2, Checked: 1, UpstreamCalls: 2, Live: 4, Hits: 3},
-		string(RedisRestart): {Phase: string(RedisRestart), Faults: 1, Time: ms(3000), Answers: 2, Errors: 1, Redirects: 1,
+		NoFault: {Phase: NoFault, Time: ms(5000), Answers: 5, Slowest: ms(10), Redirects: 4, Invalidations: 2, Checked: 1, UpstreamCalls: 2, Live: 4, Hits: 3},
+		string(RedisRestart): {Phase: string(RedisRestart), Faults: 1, Time: ms(3000), Answers: 2, Errors: 1, Redirects: 1, Slowest: ms(100),
 			Status5xx: 1, Invalidations: 1, Checked: 1, Late: 1, WorstLate: ms(6900), UpstreamCalls: 2, Live: 1},
-		string(LinkFreeze): {Phase: string(LinkFreeze), Faults: 1, Time: ms(2000), Answers: 1, Redirects: 1, UpstreamCalls: 1,
+		string(LinkFreeze): {Phase: string(LinkFreeze), Faults: 1, Time: ms(2000), Answers: 1, Redirects: 1, Slowest: ms(2), UpstreamCalls: 1,
 			Live: 1, Hits: 1},
 	}
 	if len(rep.Rows) != len(want) {
