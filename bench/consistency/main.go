@@ -96,7 +96,10 @@ func mainCode() int {
 	h, info, err := runChecker(ctx, c, os.Stderr)
 	if err != nil {
 		log.Print(err)
-		return 2
+		if h == nil {
+			return 2
+		}
+		log.Print("the report covers what was recorded until then")
 	}
 	if history != "" {
 		if err := writeHistory(history, h); err != nil {
@@ -108,6 +111,9 @@ func mainCode() int {
 	if problems := rep.Problems(minHits); len(problems) > 0 {
 		fmt.Printf("\nFAIL: the promise does not hold:\n- %s\n", strings.Join(problems, "\n- "))
 		return 1
+	}
+	if err != nil {
+		return 2
 	}
 	fmt.Printf("\nPASS: no late 302, no 5xx, fault-free hit ratio at least %.0f%%\n", 100*minHits)
 	return 0
