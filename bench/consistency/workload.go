@@ -27,9 +27,6 @@ type recorder struct {
 
 func (r *recorder) start(epoch time.Time) { r.epoch.Store(&epoch) }
 
-// recording reports whether start was called.
-func (r *recorder) recording() bool { return r.epoch.Load() != nil }
-
 // since is t as an offset from the epoch (monotonic: t and the epoch both
 // come from time.Now in this process); 0 before recording starts.
 func (r *recorder) since(t time.Time) time.Duration {
