@@ -63,6 +63,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        secret     <at least 32 bytes>               # required
 //	        timeout    50ms
 //	        lock_wait  750ms
+//	        sentinel   <master_name>                     # the redis addresses are Sentinels
+//	        sentinel_username <user>
+//	        sentinel_password <password>
+//	        max_staleness 5s                             # or off
 //	    }
 //	}
 //
@@ -384,6 +388,32 @@ func (h *Handler) unmarshalFleet(d *caddyfile.Dispenser, lines *settingLines) er
 			if err := durationArg(d, &f.LockWait); err != nil {
 				return err
 			}
+		case "sentinel":
+			if err := oneArg(d, &f.Sentinel); err != nil {
+				return err
+			}
+		case "sentinel_username":
+			if err := oneArg(d, &f.SentinelUsername); err != nil {
+				return err
+			}
+		case "sentinel_password":
+			if err := oneArg(d, &f.SentinelPassword); err != nil {
+				return err
+			}
+		case "max_staleness":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			if v == "off" {
+				f.MaxStaleness = &Staleness{Off: true}
+				break
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("fleet: max_staleness: want a positive duration or off, got %q", v)
+			}
+			f.MaxStaleness = &Staleness{Duration: caddy.Duration(dur)}
 		case "tls":
 			f.TLS = new(FleetTLS)
 			args := d.RemainingArgs()

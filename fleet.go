@@ -2,6 +2,7 @@ package exportdownload
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/fleet"
+	"github.com/exportedge/caddy-export-download/internal/tmpl"
 )
 
 // FleetConfig is the `fleet` block: decisions and invalidations shared by
@@ -53,6 +55,55 @@ type FleetConfig struct {
 	// LockWait is the longest wait on another node's upstream call before
 	// asking the app directly. Default: 750ms
 	LockWait caddy.Duration `json:"lock_wait,omitempty"`
+
+	// Sentinel, when set, names the master set that the Sentinels at the
+	// redis addresses monitor: the node follows its promoted master.
+	// Default: none (the addresses are Redis servers or Cluster seeds)
+	Sentinel string `json:"sentinel,omitempty"`
+
+	// SentinelUsername and SentinelPassword authenticate with the
+	// Sentinels, when they need it; {env.*} and {file.*} expand at
+	// provision. Default: none
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+	SentinelPassword string `json:"sentinel_password,omitempty"`
+
+	// MaxStaleness bounds how long after an invalidation (a DELETE answered
+	// 2xx, a purge, a refusal) any node may still answer from the old
+	// decision, whatever fails: a node that has not confirmed within it
+	// that it applied every invalidation asks the app again before
+	// answering from an entry older than that ("off": trust entries until
+	// their TTL, as without the bound). README, "Bounded staleness".
+	// Default: 5s
+	MaxStaleness *Staleness `json:"max_staleness,omitempty"`
+
+	// passwordFile is the file of a password given as {file.<path>}: read
+	// again at every new connection, so a rotated token is used without a
+	// reload.
+	passwordFile string
+}
+
+// Staleness is max_staleness: a duration, or "off".
+type Staleness struct {
+	Duration caddy.Duration
+	Off      bool
+}
+
+// MarshalJSON writes "off" or the duration, as Caddy writes durations.
+func (s Staleness) MarshalJSON() ([]byte, error) {
+	if s.Off {
+		return []byte(`"off"`), nil
+	}
+	return json.Marshal(time.Duration(s.Duration).String())
+}
+
+// UnmarshalJSON reads "off", a duration string or a number of nanoseconds.
+func (s *Staleness) UnmarshalJSON(b []byte) error {
+	if string(b) == `"off"` {
+		*s = Staleness{Off: true}
+		return nil
+	}
+	s.Off = false
+	return s.Duration.UnmarshalJSON(b)
 }
 
 // FleetTLS configures TLS to Redis.
@@ -64,12 +115,16 @@ type FleetTLS struct {
 	ServerName string `json:"server_name,omitempty"`
 }
 
-// expand replaces global placeholders ({env.*}, {file.*}) once.
+// expand replaces global placeholders ({env.*}, {file.*}) once. A password
+// that is exactly {file.<path>} is also read again at every new connection.
 func (c *FleetConfig) expand(repl *caddy.Replacer) {
 	for i, a := range c.Redis {
 		c.Redis[i] = repl.ReplaceKnown(a, "")
 	}
-	for _, s := range []*string{&c.Username, &c.Password, &c.Prefix, &c.Secret} {
+	if path, ok := strings.CutPrefix(c.Password, "{file."); ok && strings.HasSuffix(path, "}") && !strings.ContainsAny(path[:len(path)-1], "{}") {
+		c.passwordFile = path[:len(path)-1]
+	}
+	for _, s := range []*string{&c.Username, &c.Password, &c.Prefix, &c.Secret, &c.Sentinel, &c.SentinelUsername, &c.SentinelPassword} {
 		// A secret read from a file usually ends with a newline.
 		*s = strings.TrimRight(repl.ReplaceKnown(*s, ""), "\r\n")
 	}
@@ -88,6 +143,9 @@ func (c *FleetConfig) setDefaults() {
 	}
 	if c.LockWait == 0 {
 		c.LockWait = caddy.Duration(fleet.DefaultLockWait)
+	}
+	if c.MaxStaleness == nil {
+		c.MaxStaleness = &Staleness{Duration: caddy.Duration(fleet.DefaultMaxStaleness)}
 	}
 }
 
@@ -119,8 +177,24 @@ func (c *FleetConfig) validate(errs *configErrors, known func(string) bool) {
 	if c.Password != "" && known(c.Password) && strings.ContainsAny(c.Password, "\r\n") {
 		errs.add(at("password", ""), "must be one line")
 	}
-	if c.Prefix != "" && known(c.Prefix) && (strings.ContainsAny(c.Prefix, " \t\r\n{}*?[]") || len(c.Prefix) > 64) {
-		errs.add(at("prefix", ""), "%q must be at most 64 characters without blanks, braces or glob characters", c.Prefix)
+	if c.Prefix != "" && known(c.Prefix) {
+		if err := fleet.ValidPrefix(c.Prefix); err != nil {
+			errs.add(at("prefix", ""), "%v", err)
+		}
+	}
+	if c.SentinelPassword != "" && known(c.SentinelPassword) && strings.ContainsAny(c.SentinelPassword, "\r\n") {
+		errs.add(at("sentinel_password", ""), "must be one line")
+	}
+	if c.Sentinel == "" && (c.SentinelUsername != "" || c.SentinelPassword != "") {
+		errs.add(at("sentinel", ""), "sentinel_username and sentinel_password need sentinel <master_name>")
+	}
+	if c.Sentinel != "" && known(c.Sentinel) && strings.ContainsAny(c.Sentinel, " \t\r\n") {
+		errs.add(at("sentinel", ""), "%q is not a master name", c.Sentinel)
+	}
+	if st := c.MaxStaleness; st != nil && !st.Off {
+		if d := time.Duration(st.Duration); d < 100*time.Millisecond {
+			errs.add(at("max_staleness", ""), "%v is too short: at least 100ms (the stream is confirmed every quarter of it), or off", d)
+		}
 	}
 	if c.Timeout < 0 {
 		errs.add(at("timeout", ""), "must be positive")
@@ -131,17 +205,36 @@ func (c *FleetConfig) validate(errs *configErrors, known func(string) bool) {
 }
 
 // clientConfig builds the fleet client's settings; the lease outlives the
-// longest upstream call by a margin.
-func (c *FleetConfig) clientConfig(upstreamTimeout time.Duration) (fleet.Config, error) {
+// longest upstream call by a margin, and the client remembers
+// invalidations for the longest TTL (horizon).
+func (c *FleetConfig) clientConfig(upstreamTimeout, horizon time.Duration) (fleet.Config, error) {
 	cfg := fleet.Config{
-		Addrs:    c.Redis,
-		Username: c.Username,
-		Password: c.Password,
-		Prefix:   c.Prefix,
-		Secret:   []byte(c.Secret),
-		Timeout:  time.Duration(c.Timeout),
-		LockWait: time.Duration(c.LockWait),
-		LeaseTTL: upstreamTimeout + time.Second,
+		Addrs:            c.Redis,
+		Sentinel:         c.Sentinel,
+		SentinelUsername: c.SentinelUsername,
+		SentinelPassword: c.SentinelPassword,
+		Username:         c.Username,
+		Password:         c.Password,
+		Prefix:           c.Prefix,
+		Secret:           []byte(c.Secret),
+		Timeout:          time.Duration(c.Timeout),
+		LockWait:         time.Duration(c.LockWait),
+		LeaseTTL:         upstreamTimeout + time.Second,
+		MaxStaleness:     -1,
+		Horizon:          max(horizon, time.Second),
+	}
+	if st := c.MaxStaleness; st != nil && !st.Off {
+		cfg.MaxStaleness = time.Duration(st.Duration)
+	}
+	if path, user := c.passwordFile, c.Username; path != "" {
+		cfg.Credentials = func() (string, string, error) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				// The path, never the content.
+				return "", "", fmt.Errorf("fleet: password file: %w", err)
+			}
+			return user, strings.TrimRight(string(b), "\r\n"), nil
+		}
 	}
 	if c.TLS != nil {
 		t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLS.ServerName}
@@ -168,11 +261,15 @@ func (c *FleetConfig) clientConfig(upstreamTimeout time.Duration) (fleet.Config,
 // config's use of it, and the client's pool key, which also keys the
 // decisions cache: a cache outlives no client whose stream it follows.
 func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, string, error) {
-	m, err := newFleetMetrics(ctx.GetMetricsRegistry())
+	name := c.Prefix + "@" + c.Redis[0]
+	if c.Sentinel != "" {
+		name = c.Prefix + "@" + c.Sentinel
+	}
+	m, err := newFleetMetrics(ctx.GetMetricsRegistry(), name)
 	if err != nil {
 		return nil, "", err
 	}
-	cfg, err := c.clientConfig(time.Duration(h.UpstreamTimeout))
+	cfg, err := c.clientConfig(time.Duration(h.UpstreamTimeout), h.maxTTL)
 	if err != nil {
 		return nil, "", err
 	}
@@ -180,8 +277,9 @@ func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, str
 	if c.TLS != nil {
 		tlsID = *c.TLS
 	}
-	key := poolKey("fleet", []any{cfg.Addrs, cfg.Username, cfg.Password, tlsID, cfg.Prefix, cfg.Secret,
-		cfg.Timeout, cfg.LockWait, cfg.LeaseTTL})
+	key := poolKey("fleet", []any{cfg.Addrs, cfg.Sentinel, cfg.SentinelUsername, cfg.SentinelPassword, cfg.Username,
+		cfg.Password, c.passwordFile, tlsID, cfg.Prefix, cfg.Secret, cfg.Timeout, cfg.LockWait, cfg.LeaseTTL,
+		cfg.MaxStaleness, cfg.Horizon})
 	v, _, err := fleetClients.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg.Logger = h.logger.Named("fleet")
 		cfg.Now = h.now
@@ -194,76 +292,129 @@ func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, str
 	if err != nil {
 		return nil, "", err
 	}
-	s := &sharedTier{client: v.(pooledFleet).Client, fields: h.templateFields, now: h.now, logger: h.logger,
-		release: func() { _, _ = fleetClients.Delete(key) }}
-	s.client.SetObserver(m)
-	m.Up(s.client.Up())
+	client := v.(pooledFleet).Client
+	s := &sharedTier{client: client, site: client.Site(h.siteDigest()), fields: h.templateFields, now: h.now,
+		logger: h.logger, release: func() { _, _ = fleetClients.Delete(key) }}
+	s.removeObserver = client.AddObserver(m)
 	return s, key, nil
 }
 
+// siteDigest is the SHA-256 of what a shared decision means for this site:
+// whom it asks and how (upstream, path, headers, forwarded credentials),
+// how long it keeps each answer, and which fields it keeps. Sites that
+// differ in any of them never take each other's decisions (README, "Key
+// layout").
+func (h *Handler) siteDigest() [32]byte {
+	perRequest := make([]string, 0, len(h.perRequest))
+	for _, p := range h.perRequest {
+		perRequest = append(perRequest, p.name+"="+p.value)
+	}
+	b, _ := json.Marshal([]any{h.Upstream, h.UpstreamPath, h.UpstreamHeader, perRequest, h.forward,
+		h.ttls, h.templateFields, h.SurrogateKeyHeader, sharedVersion})
+	return sha256.Sum256(b)
+}
+
+// pooledFleet is a fleet client in its pool. When the last config using it
+// is cleaned up, what its outbox still holds goes to the clients that
+// remain (a reload that changed the fleet block must not lose the
+// invalidations that waited for Redis).
 type pooledFleet struct{ *fleet.Client }
 
-func (p pooledFleet) Destruct() error { p.Close(); return nil }
+func (p pooledFleet) Destruct() error {
+	left := p.Close()
+	if len(left) == 0 {
+		return nil
+	}
+	heirs := collect[pooledFleet](fleetClients)
+	for _, c := range heirs {
+		c.value.Adopt(left)
+	}
+	if len(heirs) == 0 {
+		// No fleet left on this node: nobody could deliver them.
+		p.logger().Warn("fleet: invalidations dropped with the fleet block", zap.Int("events", len(left)))
+	}
+	return nil
+}
+
+func (p pooledFleet) logger() *zap.Logger { return caddy.Log().Named("export_download.fleet") }
 
 // sharedTier is the fleet as the lookup sees it (lookup.go): the shared
 // decisions under the local cache. It also applies the fleet's
 // invalidations to this config's cache.
 type sharedTier struct {
-	client      *fleet.Client
-	fields      []string // the export fields the templates name: all a decision shares
-	now         func() time.Time
-	logger      *zap.Logger
-	release     func()
-	unsubscribe func()
+	client         *fleet.Client
+	site           string   // this site's scope in the keys (fleet.Client.Site)
+	fields         []string // the export fields the templates name: all a decision shares
+	now            func() time.Time
+	logger         *zap.Logger
+	release        func()
+	removeObserver func()
+	unsubscribe    func()
 }
 
 // upstreamCall asks the application: the answer and how long it stays
 // fresh here (0: not cacheable).
 type upstreamCall func(context.Context) (*decision.Answer, time.Duration, error)
 
+// sharedResult is what the shared tier answered for one fill.
+type sharedResult struct {
+	answer  *decision.Answer
+	ttl     time.Duration // how long it stays fresh here; 0: not cacheable
+	decided time.Time     // when the upstream was asked, by whichever node
+	by      sharedAnswer
+}
+
 // load returns the decision for (id, cred): a valid shared one fresh past
-// notBefore, else one from ask, called once for the whole fleet (a lease)
-// and shared. It says how the shared tier answered, also with an error.
-func (s *sharedTier) load(ctx context.Context, id string, cred [32]byte, notBefore time.Time, ask upstreamCall) (*decision.Answer, time.Duration, sharedAnswer, error) {
+// minFresh and made after notBefore, else one from ask, called once for
+// the whole fleet (a lease) and shared. It says how the shared tier
+// answered, also with an error.
+func (s *sharedTier) load(ctx context.Context, id string, cred [32]byte, minFresh, notBefore time.Time, ask upstreamCall) (sharedResult, error) {
 	var mine *decision.Answer
 	var mineTTL time.Duration
-	payload, freshUntil, src, err := s.client.Load(ctx, id, cred, notBefore, func(ctx context.Context) ([]byte, time.Duration, error) {
+	q := fleet.Query{ID: id, Cred: cred, Site: s.site, MinFresh: minFresh, NotBefore: notBefore}
+	d, err := s.client.Load(ctx, q, func(ctx context.Context) (fleet.Fill, error) {
 		a, ttl, err := ask(ctx)
 		if err != nil {
-			return nil, 0, err
+			return fleet.Fill{}, err
 		}
 		mine, mineTTL = a, ttl
 		switch {
 		case ttl > 0 && a.Kind != decision.KindRateLimited:
-			return s.encode(a), ttl, nil
+			return fleet.Fill{Payload: s.encode(a), Tags: a.SurrogateKeys, TTL: ttl}, nil
 		case a.Kind == decision.KindUnauthorized || a.Kind == decision.KindNotFound:
 			// A refusal this node does not cache still refutes the
 			// shared decision: delete it, so no node takes it again.
-			return nil, -1, nil
+			return fleet.Fill{Refutes: true}, nil
 		}
-		return nil, 0, nil // not cacheable here: not shared either
+		return fleet.Fill{}, nil // not cacheable here: not shared either
 	})
-	by := sharedAnswerOf(src)
+	res := sharedResult{by: sharedAnswerOf(d.Source), decided: d.DecidedAt}
 	if err != nil {
-		return nil, 0, by, err
+		return res, err
 	}
 	if mine != nil {
-		return mine, mineTTL, by, nil
+		res.answer, res.ttl = mine, mineTTL
+		return res, nil
 	}
-	a, err := s.decode(payload)
+	a, err := s.decode(d.Payload, d.Tags)
 	if err != nil {
 		// Authenticated, so written by a node of this fleet, but with
-		// another version's format or templates (a rolling deploy).
-		// Ask the app rather than guess.
+		// another version's format (a rolling deploy). Ask the app rather
+		// than guess.
 		s.logger.Warn("unusable shared decision", zap.String("export_id", id), zap.Error(err))
-		a, ttl, err := ask(ctx)
-		return a, ttl, by, err
+		res.decided = s.now()
+		res.answer, res.ttl, err = ask(ctx)
+		return res, err
 	}
-	return a, freshUntil.Sub(s.now()), by, nil
+	res.answer, res.ttl = a, d.FreshUntil.Sub(s.now())
+	return res, nil
 }
 
-// pending reports invalidations of this node that wait to be published.
-func (s *sharedTier) pending() bool { return s.client.Pending() }
+// trusts reports whether an answer decided at decided (Unix nanoseconds)
+// may still be served at now: the bound of max_staleness.
+func (s *sharedTier) trusts(decided int64, now time.Time) bool {
+	return s.client.Trusts(decided, now.UnixNano())
+}
 
 func sharedAnswerOf(src fleet.Source) sharedAnswer {
 	switch src {
@@ -295,6 +446,9 @@ func (s *sharedTier) subscribe(d *cache.Cache[*record]) {
 	})
 }
 
+// close ends this config's use of the client: its subscription and its
+// metrics (a config that failed to load leaves the running one's series
+// alone), then its hold on the pooled client.
 func (s *sharedTier) close() {
 	if s == nil {
 		return
@@ -302,26 +456,35 @@ func (s *sharedTier) close() {
 	if s.unsubscribe != nil {
 		s.unsubscribe()
 	}
+	if s.removeObserver != nil {
+		s.removeObserver()
+	}
 	s.release()
 }
 
+// sharedVersion names the layout of sharedDecision; it is part of the site
+// digest, so nodes of another layout never read this one's decisions.
+const sharedVersion = 2
+
 // sharedDecision is what a node shares: the decision and only the fields
-// the templates name, never a credential or the upstream's body.
+// the templates name, never a credential or the upstream's body. The
+// answer's surrogate keys travel beside it (fleet.Fill.Tags).
 type sharedDecision struct {
 	Kind      decision.Kind     `json:"k"`
 	Status    string            `json:"s,omitempty"`
-	ExpiresAt int64             `json:"e,omitempty"` // Unix nanoseconds; 0: none
+	ExpiresAt *[2]int64         `json:"x,omitempty"` // Unix seconds and nanoseconds; nil: none
 	Fields    map[string]string `json:"f,omitempty"`
-	Tags      []string          `json:"t,omitempty"`
 }
 
 func (s *sharedTier) encode(a *decision.Answer) []byte {
-	d := sharedDecision{Kind: a.Kind, Status: a.Export.Status, Tags: a.SurrogateKeys}
-	if !a.Export.ExpiresAt.IsZero() {
-		d.ExpiresAt = a.Export.ExpiresAt.UnixNano()
+	d := sharedDecision{Kind: a.Kind, Status: a.Export.Status}
+	if t := a.Export.ExpiresAt; !t.IsZero() {
+		d.ExpiresAt = &[2]int64{t.Unix(), int64(t.Nanosecond())}
 	}
 	for _, name := range s.fields {
-		if v, ok := a.Fields[name]; ok {
+		// A value over the templates' cap fails to render here anyway:
+		// it is not worth a megabyte in Redis.
+		if v, ok := a.Fields[name]; ok && len(v) <= tmpl.MaxValueLen {
 			if d.Fields == nil {
 				d.Fields = make(map[string]string, len(s.fields))
 			}
@@ -333,8 +496,8 @@ func (s *sharedTier) encode(a *decision.Answer) []byte {
 }
 
 // decode reads a shared decision; a completed one must carry every field
-// this node's templates name (another node's templates may name fewer).
-func (s *sharedTier) decode(b []byte) (*decision.Answer, error) {
+// this node's templates name.
+func (s *sharedTier) decode(b []byte, tags []string) (*decision.Answer, error) {
 	var d sharedDecision
 	if err := json.Unmarshal(b, &d); err != nil {
 		return nil, err
@@ -344,10 +507,13 @@ func (s *sharedTier) decode(b []byte) (*decision.Answer, error) {
 	default:
 		return nil, errors.New("not a cacheable kind")
 	}
-	a := &decision.Answer{Kind: d.Kind, Fields: d.Fields, SurrogateKeys: d.Tags}
+	a := &decision.Answer{Kind: d.Kind, Fields: d.Fields, SurrogateKeys: tags}
 	a.Export.Status = d.Status
-	if d.ExpiresAt != 0 {
-		a.Export.ExpiresAt = time.Unix(0, d.ExpiresAt).UTC()
+	if d.ExpiresAt != nil {
+		a.Export.ExpiresAt = time.Unix(d.ExpiresAt[0], d.ExpiresAt[1]).UTC()
+		if a.Export.ExpiresAt.IsZero() {
+			a.Export.ExpiresAt = a.Export.ExpiresAt.Add(time.Nanosecond) // a past instant, not "none"
+		}
 	}
 	if a.Kind == decision.KindExport && a.Export.Status == "completed" {
 		for _, f := range s.fields {

@@ -36,14 +36,14 @@ type exchange struct {
 }
 
 // ServeHTTP answers GET and HEAD on the download path; it passes every
-// other request on untouched, watching DELETEs on the invalidation path
-// (invalidate.go). The steps, in order: path → API key → id → cached or
+// other request on untouched, watching the answers to unsafe requests for
+// invalidations (invalidate.go). The steps, in order: path → API key → id → cached or
 // upstream answer (lookup.go) → decision → presigned URL → response.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-	case http.MethodDelete:
-		return h.serveDelete(w, r, next)
+	case http.MethodDelete, http.MethodPost, http.MethodPut, http.MethodPatch:
+		return h.serveUnsafe(w, r, next)
 	default:
 		return next.ServeHTTP(w, r)
 	}

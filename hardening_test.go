@@ -231,7 +231,7 @@ func FuzzExportFields(f *testing.F) {
 	f.Fuzz(func(t *testing.T, project, name string) {
 		a := &decision.Answer{Kind: decision.KindExport, Export: decision.Export{Status: "completed"},
 			Fields: map[string]string{"project_id": project, "name": name}}
-		rec := h.newRecord(testID, a)
+		rec := h.newRecord(testID, a, time.Now())
 		if rec.objErr != nil {
 			return
 		}

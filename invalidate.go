@@ -11,39 +11,34 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/route"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
 
-// Invalidation, three ways in: a DELETE that the application answers 2xx
-// (serveDelete), the admin API's purge (adminapi.go) and the fleet's
+// Invalidation, four ways in: a DELETE on invalidate_path that the
+// application answers 2xx (serveUnsafe), an application answer to an
+// unsafe request that names cache groups to invalidate (RFC 9875,
+// serveUnsafe too), the admin API's purge (adminapi.go), and the fleet's
 // invalidation stream (fleet.go). Each drops entries with dropLocal; the
-// first two then publish to the fleet (purge).
+// first three go through purge, which also publishes to the fleet before
+// the client gets its answer.
 
-// serveDelete passes a DELETE on; when it hits invalidate_path and the next
-// handler answers 2xx, every cached answer of that export is dropped.
-func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+// serveUnsafe passes a DELETE, POST, PUT or PATCH on and watches its
+// answer: a 2xx to a DELETE on invalidate_path drops every cached answer
+// of that export, and a 2xx carrying Cache-Group-Invalidation purges those
+// groups (surrogate keys), here and on every node of the fleet, before the
+// status reaches the client.
+func (h *Handler) serveUnsafe(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.caches == nil {
 		return next.ServeHTTP(w, r)
 	}
-	raw, ok := h.invalidate.Match(r.URL.Path)
-	if !ok {
-		return next.ServeHTTP(w, r)
+	var id string
+	if r.Method == http.MethodDelete {
+		if raw, ok := h.invalidate.Match(r.URL.Path); ok {
+			id, _ = route.ParseID(raw)
+		}
 	}
-	id, ok := route.ParseID(raw)
-	if !ok {
-		return next.ServeHTTP(w, r)
-	}
-	sw := &successWriter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		onSuccess: func() {
-			// Every cache of this node first (other sites may hold the
-			// export too): this node never answers from them again. Then
-			// the fleet, still before the client sees its 2xx (each Redis
-			// call is bounded; unreachable, it waits in the outbox).
-			out := purge(context.WithoutCancel(r.Context()), purgeSelection{IDs: []string{id}})
-			h.logger.Debug("export invalidated", zap.String("export_id", id), zap.Int("entries", out.Dropped),
-				zap.Int("caches", out.Caches), zap.String("fleet", out.Fleet))
-		},
-	}
+	sw := &successWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	sw.onSuccess = func() { h.invalidateAnswered(r, id, sw.Header()) }
 	err := next.ServeHTTP(sw, r)
 	if err == nil && !sw.decided {
 		// The next handler wrote nothing: the server answers 200 once the
@@ -51,6 +46,31 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 		sw.decide(http.StatusOK)
 	}
 	return err
+}
+
+// invalidateAnswered purges what a successful unsafe request invalidates:
+// export id (when it was a DELETE on invalidate_path) and the groups its
+// answer names in Cache-Group-Invalidation.
+func (h *Handler) invalidateAnswered(r *http.Request, id string, answer http.Header) {
+	var sel purgeSelection
+	if id != "" {
+		sel.IDs = []string{id}
+	}
+	groups, ignored := upstream.CacheGroups(answer.Values("Cache-Group-Invalidation"))
+	sel.Tags = groups
+	if ignored > 0 {
+		h.logger.Debug("cache groups ignored", zap.String("method", r.Method), zap.Int("ignored", ignored))
+	}
+	if len(sel.IDs) == 0 && len(sel.Tags) == 0 {
+		return
+	}
+	// Every cache of this node first (other sites may hold them too): this
+	// node never answers from them again. Then the fleet, still before the
+	// client sees its 2xx (each Redis call is bounded; unreachable, it
+	// waits in the outbox).
+	out := purge(context.WithoutCancel(r.Context()), sel)
+	h.logger.Debug("invalidated", zap.Strings("export_ids", sel.IDs), zap.Strings("cache_groups", firstN(sel.Tags, 16)),
+		zap.Int("entries", out.Dropped), zap.Int("caches", out.Caches), zap.String("fleet", out.Fleet))
 }
 
 // successWriter calls onSuccess when the final status is 2xx, before the
@@ -115,9 +135,11 @@ type purgeOutcome struct {
 }
 
 // purge drops what sel names from every decisions cache of this process
-// (each config and site that shares one), then tells every fleet this
-// process belongs to. The pools are only read under their locks: the
-// drops and the Redis calls run outside them, so a reload does not wait
+// (each config and site that shares one), tells every fleet this process
+// belongs to, then drops again: a fill that raced the invalidation may
+// have stored the old answer meanwhile (one it read from Redis before the
+// new generation was written). The pools are only read under their locks:
+// the drops and the Redis calls run outside them, so a reload does not wait
 // for a purge (nor a purge for a reload).
 func purge(ctx context.Context, sel purgeSelection) purgeOutcome {
 	caches, fleets := collect[*pooledDecisions](decisionCaches), collect[pooledFleet](fleetClients)
@@ -126,6 +148,11 @@ func purge(ctx context.Context, sel purgeSelection) purgeOutcome {
 		out.Dropped += dropLocal(d.value.Cache, sel)
 	}
 	out.Fleet = publish(ctx, fleets, sel)
+	if len(fleets) > 0 {
+		for _, d := range caches {
+			out.Dropped += dropLocal(d.value.Cache, sel)
+		}
+	}
 	return out
 }
 

@@ -124,6 +124,15 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	}
 	c := h.caches.decisions
 	e, state := c.PeekAt(x.key, x.now)
+	if state == cache.Fresh || state == cache.Refresh {
+		if h.shared != nil && !h.shared.trusts(e.Value.decided, x.now) {
+			// The fleet has not confirmed lately that every invalidation
+			// reached this node, and this answer is older than the bound:
+			// ask again before answering from it, as for a stale entry
+			// (README, "Bounded staleness").
+			state = cache.Stale
+		}
+	}
 	switch state {
 	case cache.Fresh:
 		x.by.local = localHit
@@ -201,21 +210,24 @@ func (h *Handler) newFill(x *exchange, minFresh time.Time) *fill {
 }
 
 // load is the local cache's Loader: the shared tier over the upstream
-// when a fleet is configured, else the upstream.
+// when a fleet is configured, else the upstream. The record keeps when its
+// answer was decided, for the bound on staleness.
 func (f *fill) load(ctx context.Context) (*record, time.Duration, error) {
 	h := f.h
-	var a *decision.Answer
-	var ttl time.Duration
-	var err error
-	if h.shared != nil {
-		a, ttl, f.shared, err = h.shared.load(ctx, f.id, f.cred, h.sharedNotBefore(f.cred, f.minFresh), f.ask)
-	} else {
-		a, ttl, err = f.ask(ctx)
+	if h.shared == nil {
+		decided := h.now()
+		a, ttl, err := f.ask(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		return h.newRecord(f.id, a, decided), ttl, nil
 	}
+	res, err := h.shared.load(ctx, f.id, f.cred, f.minFresh, h.refusedAt(f.cred), f.ask)
+	f.shared = res.by
 	if err != nil {
 		return nil, 0, err
 	}
-	return h.newRecord(f.id, a), ttl, nil
+	return h.newRecord(f.id, res.answer, res.decided), res.ttl, nil
 }
 
 // ask is the last tier: one upstream call, and how long its answer stays
@@ -236,21 +248,14 @@ func (f *fill) ask(ctx context.Context) (*decision.Answer, time.Duration, error)
 	return a, h.ttls.FreshFor(a, h.now()), nil
 }
 
-// sharedNotBefore is how long a shared decision must stay fresh to be
-// taken, beyond minFresh: not at all while this node's own invalidations
-// wait to be published (Redis may still hold what they drop), and past the
-// longest TTL after this credential was last refused here (a decision that
-// fresh was filled after the refusal).
-func (h *Handler) sharedNotBefore(cred [32]byte, minFresh time.Time) time.Time {
-	if h.shared.pending() {
-		return minFresh.Add(100 * 365 * 24 * time.Hour)
-	}
+// refusedAt is when this node last saw the credential refused (a 401/403
+// dropped its entries), or zero: no shared decision made before it is
+// taken, so a revoked key is not brought back by Redis.
+func (h *Handler) refusedAt(cred [32]byte) time.Time {
 	if h.caches != nil {
 		if at, ok := h.caches.decisions.RefusedAt(cred); ok {
-			if nb := at.Add(h.maxTTL); nb.After(minFresh) {
-				return nb
-			}
+			return at
 		}
 	}
-	return minFresh
+	return time.Time{}
 }

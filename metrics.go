@@ -76,9 +76,9 @@ func (r *registrar) histogram(name, help string, buckets []float64) prometheus.H
 		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help, Buckets: buckets}))
 }
 
-func (r *registrar) gauge(name, help string) prometheus.Gauge {
-	return registerOn(r, prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}))
+func (r *registrar) gauges(name, help string, labels ...string) *prometheus.GaugeVec {
+	return registerOn(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}, labels))
 }
 
 // registerOn registers c, or returns the collector of the same description
@@ -120,8 +120,11 @@ func (m *metrics) observeUpstream(status int, d time.Duration, err error) {
 	}
 }
 
-// fleetMetrics are the fleet tier's series; the pooled client reports to
-// the latest config's through an Observer.
+// fleetMetrics are one fleet's series in one config's registry; the pooled
+// client reports to every config that uses it through an Observer.
+// fleet_up has a child per fleet (label fleet = "<prefix>@<first address
+// or sentinel master name>"): two fleet blocks in one config are two
+// series, and neither hides the other being down.
 type fleetMetrics struct {
 	lookups       map[string]prometheus.Counter
 	invalidations map[string]prometheus.Counter
@@ -129,18 +132,19 @@ type fleetMetrics struct {
 	up            prometheus.Gauge
 }
 
-func newFleetMetrics(reg prometheus.Registerer) (*fleetMetrics, error) {
+func newFleetMetrics(reg prometheus.Registerer, fleetName string) (*fleetMetrics, error) {
 	r := registrar{reg: reg}
 	lookups := r.counters("fleet_lookups_total", "Lookups of shared decisions in the fleet tier, by result.", "result")
 	invs := r.counters("fleet_invalidations_total", "Invalidations sent to or received from the fleet, by direction.", "direction")
 	lag := r.histogram("fleet_invalidation_lag_seconds", "Time from an invalidation event written to it applied on this node.",
 		[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5})
-	up := r.gauge("fleet_up", "1 while this node reads the fleet's invalidation stream, else 0.")
+	up := r.gauges("fleet_up", "1 while this node reads the fleet's invalidation stream, else 0; one series per fleet.", "fleet")
 	if r.err != nil {
 		return nil, r.err
 	}
-	m := &fleetMetrics{lookups: map[string]prometheus.Counter{}, invalidations: map[string]prometheus.Counter{}, lag: lag, up: up}
-	for _, r := range []string{fleet.ResultHit, fleet.ResultMiss, fleet.ResultCollapsed, fleet.ResultInvalid, fleet.ResultUnavailable} {
+	m := &fleetMetrics{lookups: map[string]prometheus.Counter{}, invalidations: map[string]prometheus.Counter{}, lag: lag,
+		up: up.WithLabelValues(fleetName)}
+	for _, r := range fleet.LookupResults {
 		m.lookups[r] = lookups.WithLabelValues(r)
 	}
 	for _, d := range []string{"sent", "received"} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
@@ -24,7 +25,12 @@ type record struct {
 	oddID  bool            // the id is not a canonical UUID: it is the first of vals
 	vals   string          // the values of h.templateFields, each length-prefixed
 	objErr error           // a template named a field the answer lacks
-	url    atomic.Pointer[memoURL]
+	// decided is when the upstream was asked for this answer (Unix
+	// nanoseconds), by this node or, for a shared decision, another: with a
+	// fleet, the bound on staleness compares it (README, "Bounded
+	// staleness").
+	decided int64
+	url     atomic.Pointer[memoURL]
 }
 
 // CacheTags are the answer's surrogate keys. The cache keeps its own copy
@@ -48,11 +54,11 @@ func (r *record) CacheRefutes() cache.Refutation {
 	return cache.RefutesNothing
 }
 
-// newRecord keeps what the cache needs of answer a for export id: the
-// decision, the id, and for a completed export, once its object is checked
-// to render, the fields that render it.
-func (h *Handler) newRecord(id string, a *decision.Answer) *record {
-	rec := &record{answer: *a}
+// newRecord keeps what the cache needs of answer a for export id, decided
+// at decided: the decision, the id, and for a completed export, once its
+// object is checked to render, the fields that render it.
+func (h *Handler) newRecord(id string, a *decision.Answer, decided time.Time) *record {
+	rec := &record{answer: *a, decided: decided.UnixNano()}
 	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
 	var b []byte
 	if !route.ParseUUID(id, &rec.uuid) {

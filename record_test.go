@@ -2,6 +2,7 @@ package exportdownload
 
 import (
 	"testing"
+	"time"
 
 	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/testenv"
@@ -20,7 +21,7 @@ func TestRecordObject(t *testing.T) {
 	for _, id := range []string{testID, "not-a-uuid", "01935ABC-DEF0-7123-4567-890ABCDEF012", ""} {
 		a := &decision.Answer{Kind: decision.KindExport, Export: decision.Export{Status: "completed"},
 			Fields: fields, SurrogateKeys: []string{"key_1", "proj_1"}}
-		rec := h.newRecord(id, a)
+		rec := h.newRecord(id, a, time.Now())
 		if rec.objErr != nil {
 			t.Fatalf("id %q: %v", id, rec.objErr)
 		}
@@ -41,7 +42,7 @@ func TestRecordObject(t *testing.T) {
 	}
 	a := &decision.Answer{Kind: decision.KindExport, Export: decision.Export{Status: "completed"},
 		Fields: map[string]string{"project_id": "proj_1"}}
-	if rec := h.newRecord(testID, a); rec.objErr == nil {
+	if rec := h.newRecord(testID, a, time.Now()); rec.objErr == nil {
 		t.Fatal("a record whose templates name missing fields has no objErr")
 	} else if _, err := h.object(rec); err == nil {
 		t.Fatal("such a record's object renders")

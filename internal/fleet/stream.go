@@ -303,24 +303,30 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	}
 	if r.started {
 		cmds = append(cmds, r.cl.B().Xread().Count(readCount).Streams().Key(stream).Id(r.last).Build())
-	} else {
-		// Keyless, so it runs on the stream's node (a Cluster routes it
-		// with the transaction's key).
+	}
+	// After the transaction (a refusal inside it would abort it), keyless
+	// so they run on the stream's node (a Cluster routes them with the
+	// transaction's key): ROLE, how many replicas the stream's master has,
+	// for the publishes' WAIT; and on the first read TIME, the server's
+	// clock, which the stream's ids count in.
+	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Role().Build())
+	if !r.started {
 		cmds = append(cmds, r.cl.B().Time().Build())
 	}
-	// ROLE after the transaction (a refusal inside it would abort it): how
-	// many replicas the stream's master has, for the publishes' WAIT.
-	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Role().Build())
 	res := r.cl.DoMulti(ctx, cmds...)
-	if n, err := roleReplicas(res[len(res)-1]); err == nil {
+	execAt := len(cmds) - 2
+	if !r.started {
+		execAt--
+	}
+	if n, err := roleReplicas(res[execAt+1]); err == nil {
 		c.replicas.Store(int32(n))
 	}
-	exec, err := res[len(res)-2].ToArray()
+	exec, err := res[execAt].ToArray()
 	if err != nil {
 		return nil, streamInfo{}, err
 	}
 	var info streamInfo
-	if len(exec) < 2 {
+	if len(exec) < 1 || (r.started && len(exec) < 2) {
 		return nil, info, errors.New("fleet: short transaction reply")
 	}
 	m, err := exec[0].AsMap()
@@ -347,16 +353,14 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 		return nil, info, err
 	}
 	if !r.started {
-		t, err := exec[1].AsStrSlice()
-		if err != nil || len(t) != 2 {
-			return nil, info, fmt.Errorf("fleet: TIME: %v", err)
+		info.serverNow = c.now() // when TIME is refused: the nodes' clocks agree with Redis's, within the skew
+		if t, err := res[len(res)-1].AsStrSlice(); err == nil && len(t) == 2 {
+			sec, err1 := strconv.ParseInt(t[0], 10, 64)
+			usec, err2 := strconv.ParseInt(t[1], 10, 64)
+			if err1 == nil && err2 == nil {
+				info.serverNow = time.Unix(sec, usec*1000)
+			}
 		}
-		sec, err1 := strconv.ParseInt(t[0], 10, 64)
-		usec, err2 := strconv.ParseInt(t[1], 10, 64)
-		if err1 != nil || err2 != nil {
-			return nil, info, errors.New("fleet: TIME: not two integers")
-		}
-		info.serverNow = time.Unix(sec, usec*1000)
 		return nil, info, nil
 	}
 	streams, err := exec[1].AsXRead()

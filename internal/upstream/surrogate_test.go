@@ -70,3 +70,22 @@ func TestFetchSurrogateKeys(t *testing.T) {
 		}
 	}
 }
+
+// Cache-Groups (RFC 9875) tags an answer beside Surrogate-Key: the two are
+// one list of keys, each once, bounded together.
+func TestFetchCacheGroups(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Surrogate-Key", "key_8f2a proj_91c0")
+		w.Header().Add("Cache-Groups", `"keyid_8f2a", "proj_91c0", "has space"`)
+		_, _ = w.Write([]byte(envelope(exportData(""))))
+	}))
+	defer srv.Close()
+	c := newTestClient(t, srv.URL, func(cfg *Config) { cfg.SurrogateKeyHeader = "Surrogate-Key" })
+	a, res, err := c.Fetch(context.Background(), testID, http.Header{"Authorization": {"Bearer k"}}, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"key_8f2a", "proj_91c0", "keyid_8f2a"}; !slices.Equal(a.SurrogateKeys, want) || res.BadSurrogateKeys != 1 {
+		t.Fatalf("keys %q (bad %d), want %q (bad 1)", a.SurrogateKeys, res.BadSurrogateKeys, want)
+	}
+}

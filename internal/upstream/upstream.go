@@ -317,6 +317,21 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 	if c.surrogate != "" {
 		a.SurrogateKeys, res.BadSurrogateKeys = SurrogateKeys(resp.Header.Values(c.surrogate))
 	}
+	if v := resp.Header.Values("Cache-Groups"); len(v) > 0 {
+		// RFC 9875's tags, beside Surrogate-Key's: an in-band invalidation
+		// (Cache-Group-Invalidation) or a purge of one drops the answer.
+		groups, ignored := CacheGroups(v)
+		res.BadSurrogateKeys += ignored
+		for _, g := range groups {
+			switch {
+			case slices.Contains(a.SurrogateKeys, g):
+			case len(a.SurrogateKeys) == MaxSurrogateKeys:
+				res.BadSurrogateKeys++
+			default:
+				a.SurrogateKeys = append(a.SurrogateKeys, g)
+			}
+		}
+	}
 	return a, res, nil
 }
 
