@@ -85,6 +85,14 @@ and fleet state. With --json, prints the admin API's answer as is.`,
 			addAdminFlags(stats)
 
 			cmd.AddCommand(purge, stats)
+			// Without a subcommand, the help; with an unknown one, an
+			// error (cobra would print the help and exit 0).
+			cmd.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unknown command %q: want purge or stats", args[0])
+				}
+				return cmd.Help()
+			}
 			// Errors, flag errors included, print as one plain line,
 			// "ERROR purge: <message>", terminal or not (see runCLI).
 			for _, c := range []*cobra.Command{cmd, purge, stats} {

@@ -355,6 +355,7 @@ http://%s {
 		{[]string{"purge", "--all=maybe", "--address", adminAddr}, `ERROR purge: invalid argument "maybe" for "--all" flag: strconv.ParseBool: parsing "maybe": invalid syntax`},
 		{[]string{"purge", "--bogus", "--address", adminAddr}, "ERROR purge: unknown flag: --bogus"},
 		{[]string{"stats", "extra", "--address", adminAddr}, `ERROR stats: unknown command "extra" for "caddy export-download stats"`},
+		{[]string{"bogus"}, `ERROR export-download: unknown command "bogus": want purge or stats`},
 		{[]string{"stats", "--address", "127.0.0.1:1"}, "ERROR stats: cannot reach the admin API at 127.0.0.1:1 (is Caddy running? --address or --config names another): dial tcp 127.0.0.1:1: connect: connection refused"},
 		{[]string{"stats", "--address", "localhost:1-3"}, `ERROR stats: invalid admin address "localhost:1-3": want one address, e.g. localhost:2019 or unix//run/caddy/admin.sock`},
 		{[]string{"purge", "--all", "--address", refusingAddr}, "ERROR purge: the admin API at " + refusingAddr + " answered 403 Forbidden: host not allowed: " + refusingAddr},
