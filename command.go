@@ -2,17 +2,24 @@ package exportdownload
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/exportedge/caddy-export-download/internal/route"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
 
 func init() {
@@ -34,6 +41,9 @@ process; the next request for them goes to the application. Without the
 fleet tier it reaches this node only, and says so ("fleet: off"); with
 it, it is published to every node.
 
+On failure a command prints one line, "ERROR <command>: <message>", on
+stderr and exits 1.
+
 Like 'caddy reload', these commands talk to the admin API at
 '` + caddy.DefaultAdminListen + `' unless --address names another, or --config
 names the config file to read the admin address from.`,
@@ -46,14 +56,16 @@ Drops cached answers from every export_download cache of the running Caddy:
 those of the export ids named with --id (repeatable, or a comma-separated
 list), those tagged with the surrogate keys named with --surrogate-key
 (repeatable), or, with --all, everything. Ids and keys can be combined;
---all stands alone.
+--all stands alone. A mistake in these flags (no selection, an id that
+is not a UUID, a key with a space, --all with others) is refused before
+anything is sent, by the admin API's own rules.
 
 Prints what was dropped on this node and what became of the purge on the
 fleet: "off" (no fleet tier: this node only), "published" (every node
 drops the entries) or "queued" (Redis unreachable: published when it
 answers). With --json, prints the admin API's answer as is.`,
 				Args: cobra.NoArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdPurge),
+				RunE: runCLI(cmdPurge),
 			}
 			purge.Flags().StringSlice("id", nil, "Export id to purge (repeatable, or comma-separated)")
 			purge.Flags().StringArray("surrogate-key", nil, "Surrogate key to purge (repeatable)")
@@ -68,11 +80,24 @@ Prints, for every export_download cache of the running Caddy, its entries,
 hits, misses, collapsed requests, stale answers served, surrogate keys held
 and fleet state. With --json, prints the admin API's answer as is.`,
 				Args: cobra.NoArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdStats),
+				RunE: runCLI(cmdStats),
 			}
 			addAdminFlags(stats)
 
 			cmd.AddCommand(purge, stats)
+			// Without a subcommand, the help; with an unknown one, an
+			// error (cobra would print the help and exit 0).
+			cmd.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unknown command %q: want purge or stats", args[0])
+				}
+				return cmd.Help()
+			}
+			// Errors, flag errors included, print as one plain line,
+			// "ERROR purge: <message>", terminal or not (see runCLI).
+			for _, c := range []*cobra.Command{cmd, purge, stats} {
+				c.SetErrPrefix("ERROR " + c.Name() + ":")
+			}
 		},
 	})
 }
@@ -86,97 +111,238 @@ func addAdminFlags(cmd *cobra.Command) {
 	cmd.Flags().Bool("json", false, "Print the admin API's JSON answer")
 }
 
-func cmdPurge(fl caddycmd.Flags) (int, error) {
+func cmdPurge(fl caddycmd.Flags) error {
 	ids, err := fl.GetStringSlice("id")
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
 	for i := range ids {
 		ids[i] = strings.TrimSpace(ids[i])
 	}
 	keys, err := fl.GetStringArray("surrogate-key")
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
-	// The admin API checks the selection, so that the rules live in one
-	// place and the CLI prints its words.
+	// Checked here, by the admin API's rules, so that a mistake is told in
+	// the flags' words and nothing is sent.
+	ids, keys, err = checkPurge(ids, keys, fl.Bool("all"), flagWords)
+	if err != nil {
+		return err
+	}
 	body, err := json.Marshal(purgeRequest{ExportIDs: ids, SurrogateKeys: keys, All: fl.Bool("all")})
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
 	raw, err := adminRequest(fl, http.MethodPost, adminPurgePath, body)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("purge: %w", err)
+		return err
 	}
 	if fl.Bool("json") {
 		_, _ = os.Stdout.Write(raw)
-		return caddy.ExitCodeSuccess, nil
+		return nil
 	}
 	var out purgeResponse
 	if err := json.Unmarshal(raw, &out); err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("purge: decoding the admin API's answer: %v", err)
+		return fmt.Errorf("decoding the admin API's answer: %v", err)
 	}
 	writePurge(os.Stdout, out)
-	return caddy.ExitCodeSuccess, nil
+	return nil
 }
 
-func cmdStats(fl caddycmd.Flags) (int, error) {
+func cmdStats(fl caddycmd.Flags) error {
 	raw, err := adminRequest(fl, http.MethodGet, adminStatsPath, nil)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("stats: %w", err)
+		return err
 	}
 	if fl.Bool("json") {
 		_, _ = os.Stdout.Write(raw)
-		return caddy.ExitCodeSuccess, nil
+		return nil
 	}
 	var out statsResponse
 	if err := json.Unmarshal(raw, &out); err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("stats: decoding the admin API's answer: %v", err)
+		return fmt.Errorf("decoding the admin API's answer: %v", err)
 	}
 	writeStats(os.Stdout, out)
-	return caddy.ExitCodeSuccess, nil
+	return nil
+}
+
+// runCLI adapts a subcommand for cobra. Its error goes back to cobra,
+// which prints it after the command's error prefix ("ERROR purge:") as
+// one plain line on stderr, and caddycmd.Main then exits 1. It does not
+// go through caddycmd.WrapCommandFuncForCobra, which logs the error with
+// Caddy's logger: a JSON log line when stderr is not a terminal.
+func runCLI(f func(caddycmd.Flags) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if err := f(caddycmd.Flags{FlagSet: cmd.Flags()}); err != nil {
+			return errors.New(oneLine(err.Error()))
+		}
+		return nil
+	}
+}
+
+// oneLine keeps an error message on one line, whatever an answer or a
+// lower layer put in it.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// The rules of a purge's selection: the admin API's and the CLI's, so that
+// the CLI refuses a mistake before sending anything and both say the same
+// thing, each in its own words.
+
+// maxPurgeValues bounds each list of a purge.
+const maxPurgeValues = 10_000
+
+// purgeWords names the parts of a purge in an error message, as the
+// admin API's JSON fields or as the CLI's flags.
+type purgeWords struct {
+	ids, keys string                                    // the lists: "export_ids", "--id"
+	all       string                                    // "all" alone: `"all"`, "--all"
+	allOn     string                                    // asking for all: `"all": true`, "--all"
+	many      func(list string) string                  // a list counted: "export_ids", "--id values"
+	value     func(list string, i int, v string) string // a list's value i, quoted: `export_ids[1]: "nope"`, `--id "nope"`
+}
+
+// flagWords are the CLI's words. A value is quoted whole: the user typed
+// it, and strconv.Quote keeps it on one line.
+var flagWords = purgeWords{
+	ids:   "--id",
+	keys:  "--surrogate-key",
+	all:   "--all",
+	allOn: "--all",
+	many:  func(list string) string { return list + " values" },
+	value: func(list string, _ int, v string) string { return list + " " + strconv.Quote(v) },
+}
+
+// checkPurge checks a purge's selection: export ids, surrogate keys, or
+// all, the last alone, each list at most maxPurgeValues long. It returns
+// the ids in canonical form (route.ParseID) and both lists without
+// duplicates; an error names the mistake in w's words.
+func checkPurge(ids, keys []string, all bool, w purgeWords) (checkedIDs, checkedKeys []string, err error) {
+	switch {
+	case all && (len(ids) > 0 || len(keys) > 0):
+		return nil, nil, fmt.Errorf("%s purges everything: name no %s or %s with it", w.all, w.ids, w.keys)
+	case all:
+		return nil, nil, nil
+	case len(ids) == 0 && len(keys) == 0:
+		return nil, nil, fmt.Errorf("nothing to purge: name %s, %s, or %s", w.ids, w.keys, w.allOn)
+	case len(ids) > maxPurgeValues:
+		return nil, nil, fmt.Errorf("too many %s: %d, at most %d per request", w.many(w.ids), len(ids), maxPurgeValues)
+	case len(keys) > maxPurgeValues:
+		return nil, nil, fmt.Errorf("too many %s: %d, at most %d per request", w.many(w.keys), len(keys), maxPurgeValues)
+	}
+	seen := make(map[string]bool, len(ids)+len(keys))
+	for i, s := range ids {
+		id, ok := route.ParseID(s)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)", w.value(w.ids, i, s))
+		}
+		if !seen[id] {
+			seen[id] = true
+			checkedIDs = append(checkedIDs, id)
+		}
+	}
+	clear(seen)
+	for i, k := range keys {
+		if !upstream.ValidSurrogateKey(k) {
+			return nil, nil, fmt.Errorf("%s is not a surrogate key (1 to %d bytes of visible ASCII, no spaces)", w.value(w.keys, i, k), upstream.MaxSurrogateKeyLen)
+		}
+		if !seen[k] {
+			seen[k] = true
+			checkedKeys = append(checkedKeys, k)
+		}
+	}
+	return checkedIDs, checkedKeys, nil
 }
 
 // adminRequest sends one request to the admin API found the way
-// 'caddy reload' finds it, and returns the answer's body. An error answer
-// becomes an error carrying the API's message.
+// 'caddy reload' finds it, and returns the answer's body.
+//
+// It does what caddycmd.AdminAPIRequest does (the same address forms,
+// Origin and dialing), except on an error answer: AdminAPIRequest folds
+// the body into an untyped error string, while this decodes Caddy's
+// error object ({"error": "…"}, caddy.APIError) into an *adminError.
 func adminRequest(fl caddycmd.Flags, method, uri string, body []byte) ([]byte, error) {
 	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
 	if err != nil {
-		return nil, fmt.Errorf("couldn't determine admin API address: %v", err)
+		return nil, fmt.Errorf("finding the admin API's address: %v", err)
+	}
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err != nil || na.PortRangeSize() > 1 {
+		return nil, fmt.Errorf("invalid admin address %q: want one address, e.g. localhost:2019 or unix//run/caddy/admin.sock", addr)
+	}
+	origin, dial := "http://"+na.JoinHostPort(0), na.JoinHostPort(0)
+	if na.IsUnixNetwork() {
+		// The admin endpoint wants a Host of 127.0.0.1 or ::1 on a
+		// socket, and the socket's permission bits ("path|0220", which
+		// ParseNetworkAddress checked) are not part of its path.
+		origin = "http://127.0.0.1"
+		dial, _, _ = strings.Cut(na.Host, "|")
 	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, make(http.Header), rd)
+	req, err := http.NewRequest(method, origin+uri, rd)
 	if err != nil {
-		return nil, apiMessage(err)
+		return nil, err
+	}
+	if !na.IsUnixNetwork() {
+		req.Header.Set("Origin", origin)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, na.Network, dial)
+		},
+	}}
+	resp, err := client.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) {
+			err = opErr
+		}
+		return nil, fmt.Errorf("cannot reach the admin API at %s (is Caddy running? --address or --config names another): %v", addr, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("reading the admin API's answer: %v", err)
 	}
+	if resp.StatusCode >= 400 {
+		return nil, newAdminError(addr, resp.StatusCode, raw)
+	}
 	return raw, nil
 }
 
-// apiMessage replaces the JSON error body that AdminAPIRequest quotes
-// ("caddy responded with error: HTTP 400: {"error":"…"}") with its
-// message.
-func apiMessage(err error) error {
-	s := err.Error()
-	i := strings.Index(s, "{")
-	if i < 0 {
-		return err
+// adminError is an error answer of the admin API.
+type adminError struct {
+	Addr    string // the admin address asked
+	Status  int
+	Message string // the "error" of Caddy's error object, or the start of a body that is not one
+}
+
+func newAdminError(addr string, status int, body []byte) *adminError {
+	var obj caddy.APIError
+	msg := ""
+	if json.Unmarshal(body, &obj) == nil {
+		msg = obj.Message
 	}
-	var body struct {
-		Error string `json:"error"`
+	if msg == "" {
+		// Not Caddy's error object: something else answers there.
+		msg = string(body)
+		if len(msg) > 200 {
+			msg = msg[:200] + "..."
+		}
 	}
-	if json.Unmarshal([]byte(s[i:]), &body) != nil || body.Error == "" {
-		return err
-	}
-	return fmt.Errorf("%s%s", s[:i], body.Error)
+	return &adminError{Addr: addr, Status: status, Message: oneLine(msg)}
+}
+
+func (e *adminError) Error() string {
+	return fmt.Sprintf("the admin API at %s answered %d %s: %s", e.Addr, e.Status, http.StatusText(e.Status), e.Message)
 }
 
 // writePurge prints a purge's outcome as one line, e.g. "dropped 3

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,14 +55,73 @@ func TestCommandOutput(t *testing.T) {
 		t.Errorf("writeStats of none: %q", b.String())
 	}
 
-	for in, want := range map[string]string{
-		`caddy responded with error: HTTP 400: {"error":"nothing to purge"}` + "\n": "caddy responded with error: HTTP 400: nothing to purge",
-		`caddy responded with error: HTTP 404: 404 page not found`:                  "caddy responded with error: HTTP 404: 404 page not found",
-		`performing request: dial tcp 127.0.0.1:1: connect: connection refused`:     "performing request: dial tcp 127.0.0.1:1: connect: connection refused",
-		`caddy responded with error: HTTP 502: {"not":"ours"}`:                      `caddy responded with error: HTTP 502: {"not":"ours"}`,
+}
+
+// TestAdminError checks how an error answer of the admin API reads: the
+// message of Caddy's error object, or the start of a body that is not one,
+// on one line.
+func TestAdminError(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   string
+	}{
+		{400, `{"error":"nothing to purge"}` + "\n", "the admin API at localhost:2019 answered 400 Bad Request: nothing to purge"},
+		{403, `{"error":"host not allowed: evil.example"}`, "the admin API at localhost:2019 answered 403 Forbidden: host not allowed: evil.example"},
+		{404, "404 page not found\n", "the admin API at localhost:2019 answered 404 Not Found: 404 page not found"},
+		{502, `{"not":"ours"}`, `the admin API at localhost:2019 answered 502 Bad Gateway: {"not":"ours"}`},
+		{500, "line one\nline two\n", "the admin API at localhost:2019 answered 500 Internal Server Error: line one line two"},
+		{500, strings.Repeat("x", 300), "the admin API at localhost:2019 answered 500 Internal Server Error: " + strings.Repeat("x", 200) + "..."},
 	} {
-		if got := apiMessage(errors.New(in)).Error(); got != want {
-			t.Errorf("apiMessage(%q) = %q, want %q", in, got, want)
+		err := error(newAdminError("localhost:2019", tc.status, []byte(tc.body)))
+		var ae *adminError
+		if !errors.As(err, &ae) || ae.Status != tc.status || err.Error() != tc.want {
+			t.Errorf("newAdminError(%d, %q) = %q, want %q", tc.status, tc.body, err, tc.want)
+		}
+	}
+}
+
+// TestCheckPurgeFlags checks the CLI's words for each mistake the admin
+// API's rules refuse, and what a valid selection becomes.
+func TestCheckPurgeFlags(t *testing.T) {
+	many := func(n int, f func(i int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = f(i)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		ids, keys []string
+		all       bool
+		want      string // the error, or "" for none
+		wantIDs   []string
+		wantKeys  []string
+	}{
+		{name: "nothing", want: "nothing to purge: name --id, --surrogate-key, or --all"},
+		{name: "all with an id", ids: []string{testID}, all: true, want: "--all purges everything: name no --id or --surrogate-key with it"},
+		{name: "all with a key", keys: []string{"k"}, all: true, want: "--all purges everything: name no --id or --surrogate-key with it"},
+		{name: "bad id", ids: []string{testID, "nope"}, want: `--id "nope" is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)`},
+		{name: "empty id", ids: []string{""}, want: `--id "" is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)`},
+		{name: "key with a space", keys: []string{"key_8f2a proj_91c0"}, want: `--surrogate-key "key_8f2a proj_91c0" is not a surrogate key (1 to 128 bytes of visible ASCII, no spaces)`},
+		{name: "key with a newline", keys: []string{"a\nb"}, want: `--surrogate-key "a\nb" is not a surrogate key (1 to 128 bytes of visible ASCII, no spaces)`},
+		{name: "key too long", keys: []string{strings.Repeat("k", 129)}, want: "is not a surrogate key"},
+		{name: "too many ids", ids: many(10_001, func(int) string { return testID }), want: "too many --id values: 10001, at most 10000 per request"},
+		{name: "too many keys", keys: many(10_001, func(i int) string { return fmt.Sprint("k", i) }), want: "too many --surrogate-key values: 10001, at most 10000 per request"},
+		{name: "all", all: true},
+		{name: "ids and keys, canonical and once each", ids: []string{strings.ToUpper(testID), testID2, testID}, keys: []string{"key_8f2a", "proj_91c0", "key_8f2a"},
+			wantIDs: []string{testID, testID2}, wantKeys: []string{"key_8f2a", "proj_91c0"}},
+		{name: "10000 ids", ids: many(10_000, func(int) string { return testID }), wantIDs: []string{testID}},
+	} {
+		ids, keys, err := checkPurge(tc.ids, tc.keys, tc.all, flagWords)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		case tc.want == "" && (!slices.Equal(ids, tc.wantIDs) || !slices.Equal(keys, tc.wantKeys)):
+			t.Errorf("%s: ids %q keys %q, want %q %q", tc.name, ids, keys, tc.wantIDs, tc.wantKeys)
 		}
 	}
 }
@@ -263,23 +324,72 @@ http://%s {
 		t.Errorf("purge --all --json: %+v, %v", purged, err)
 	}
 
-	// Failures exit non-zero with the admin API's message.
+	// Mistakes in the flags are refused in the flags' words, before any
+	// request: the admin log shows no further purge request. Every failure
+	// is one plain line on stderr and exit 1.
+	purgesLogged := func() int { return strings.Count(serverOut.String(), `"uri":"/export_download/purge"`) }
+	before := purgesLogged()
+	tooManyKeys := []string{"purge", "--address", adminAddr}
+	for i := range 10_001 {
+		tooManyKeys = append(tooManyKeys, fmt.Sprintf("--surrogate-key=k%d", i))
+	}
+	// An admin endpoint that refuses, as Caddy's does a Host it does not
+	// allow: its error object is what the CLI prints.
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = io.WriteString(w, `{"error":"host not allowed: `+r.Host+`"}`+"\n")
+	}))
+	t.Cleanup(refusing.Close)
+	refusingAddr := strings.TrimPrefix(refusing.URL, "http://")
 	for _, tc := range []struct {
 		args []string
-		want string
+		want string // the whole line
 	}{
-		{[]string{"purge", "--id", "nope", "--address", adminAddr}, `export_ids[0]: \"nope\" is not an export id`},
-		{[]string{"purge", "--surrogate-key", "a b", "--address", adminAddr}, `surrogate_keys[0]: \"a b\" is not a surrogate key`},
-		{[]string{"purge", "--address", adminAddr}, "nothing to purge"},
-		{[]string{"purge", "--all", "--id", testID, "--address", adminAddr}, "purges everything"},
-		{[]string{"stats", "--address", "127.0.0.1:1"}, "connection refused"},
-		{[]string{"stats", "extra", "--address", adminAddr}, "unknown command"},
+		{[]string{"purge", "--address", adminAddr}, "ERROR purge: nothing to purge: name --id, --surrogate-key, or --all"},
+		{[]string{"purge", "--id", "nope", "--address", adminAddr}, `ERROR purge: --id "nope" is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)`},
+		{[]string{"purge", "--id", testID + ",nope", "--address", adminAddr}, `ERROR purge: --id "nope" is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)`},
+		{[]string{"purge", "--all", "--id", testID, "--address", adminAddr}, "ERROR purge: --all purges everything: name no --id or --surrogate-key with it"},
+		{[]string{"purge", "--surrogate-key", "a b", "--address", adminAddr}, `ERROR purge: --surrogate-key "a b" is not a surrogate key (1 to 128 bytes of visible ASCII, no spaces)`},
+		{tooManyKeys, "ERROR purge: too many --surrogate-key values: 10001, at most 10000 per request"},
+		{[]string{"purge", "--all=maybe", "--address", adminAddr}, `ERROR purge: invalid argument "maybe" for "--all" flag: strconv.ParseBool: parsing "maybe": invalid syntax`},
+		{[]string{"purge", "--bogus", "--address", adminAddr}, "ERROR purge: unknown flag: --bogus"},
+		{[]string{"stats", "extra", "--address", adminAddr}, `ERROR stats: unknown command "extra" for "caddy export-download stats"`},
+		{[]string{"bogus"}, `ERROR export-download: unknown command "bogus": want purge or stats`},
+		{[]string{"stats", "--address", "127.0.0.1:1"}, "ERROR stats: cannot reach the admin API at 127.0.0.1:1 (is Caddy running? --address or --config names another): dial tcp 127.0.0.1:1: connect: connection refused"},
+		{[]string{"stats", "--address", "localhost:1-3"}, `ERROR stats: invalid admin address "localhost:1-3": want one address, e.g. localhost:2019 or unix//run/caddy/admin.sock`},
+		{[]string{"purge", "--all", "--address", refusingAddr}, "ERROR purge: the admin API at " + refusingAddr + " answered 403 Forbidden: host not allowed: " + refusingAddr},
 	} {
 		r := cli(tc.args...)
-		if r.code == 0 || !strings.Contains(r.stderr, tc.want) || r.stdout != "" {
-			t.Errorf("caddy export-download %s: exit %d, stdout %q, stderr %q; want a failure saying %s",
-				strings.Join(tc.args, " "), r.code, r.stdout, r.stderr, tc.want)
+		args := strings.Join(tc.args, " ")
+		if len(args) > 120 {
+			args = args[:120] + "..."
 		}
+		if r.code != 1 || r.stdout != "" || r.stderr != tc.want+"\n" {
+			t.Errorf("caddy export-download %s: exit %d, stdout %q, stderr %q; want exit 1 and the one line %q",
+				args, r.code, r.stdout, r.stderr, tc.want)
+		}
+	}
+	if n := purgesLogged(); n != before {
+		t.Errorf("the admin API got %d purge requests from refused flags, want none", n-before)
+	}
+
+	// The same plain line when stderr is a terminal: script(1) runs the
+	// CLI on a pseudo-terminal (util-linux; Debian's bsdutils).
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatal("script not found on PATH: install util-linux's script (Debian: bsdutils)")
+	}
+	tty := exec.Command(script, "--quiet", "--return", "--command", bin+" export-download purge --address "+adminAddr, "/dev/null")
+	tty.Env = append(env, "TERM=xterm-256color")
+	ttyOut, err := tty.Output()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 ||
+		strings.ReplaceAll(string(ttyOut), "\r\n", "\n") != "ERROR purge: nothing to purge: name --id, --surrogate-key, or --all\n" {
+		t.Errorf("on a terminal: %v, output %q; want exit 1 and the one plain line", err, ttyOut)
+	}
+	if n := purgesLogged(); n != before {
+		t.Errorf("the admin API got %d purge requests from refused flags, want none", n-before)
 	}
 }
 

@@ -4,8 +4,10 @@
 # Builds the custom Caddy (bin/caddy) and the sample metadata API
 # (bin/demo-api), installs the pinned versitygw if it is missing, starts
 # versitygw (S3, port 7070), the API (port 9080) and Caddy with
-# Caddyfile.example (port 8080), uploads the demo CSVs, then shows a download
-# and the error answers. It keeps running until Ctrl-C, which stops
+# Caddyfile.example (port 8080), uploads the demo CSVs, then shows a download,
+# the error answers, and a key revoked in one command (the app tags answers
+# with the key's id; `bin/caddy export-download purge --surrogate-key` drops
+# them). It keeps running until Ctrl-C, which stops
 # everything it started. With DEMO_EXIT=1 it exits after the checks (CI runs
 # it that way as a smoke test); it exits non-zero when an answer is wrong.
 #
@@ -24,7 +26,7 @@ case ${1:-} in
 "") ;;
 fleet) MODE=fleet ;;
 -h | --help)
-	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *)
@@ -60,6 +62,9 @@ readonly ID_PAST_EXPIRES_AT=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a06
 readonly ID_DISPOSABLE=01938f2a-5c10-7a3e-9b41-2c6d8e0f1a07
 readonly ALICE='Authorization: Bearer hb_test_demo_alice'
 readonly BOB='Authorization: Bearer hb_test_demo_bob'
+# Alice's second key, which the single-node demo revokes; the app tags its
+# answers with the key's id, key_leaked.
+readonly LEAKED='Authorization: Bearer hb_test_demo_leaked' LEAKED_ID=key_leaked
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 fail() {
@@ -223,11 +228,11 @@ CADDYFILE
 
 	# cache_status NODE ID [KEY]: the status and Cache-Status of a download.
 	cache_status() {
-		local hdrs=$WORK/hdrs.txt
-		show curl -sS -o /dev/null -D "$hdrs" -H "${3:-$ALICE}" "$1/v1/exports/$2/download"
-		tr -d '\r' <"$hdrs" | awk 'NR == 1 || tolower($1) == "cache-status:" || tolower($1) == "location:" { print "  " substr($0, 1, 110) }'
-		STATUS=$(awk 'NR == 1 { print $2 }' "$hdrs")
-		CACHE_STATUS=$(tr -d '\r' <"$hdrs" | awk 'tolower($1) == "cache-status:" { sub(/^[^:]*: */, ""); print }')
+		local hdrs
+		hdrs=$(show curl -sS -o /dev/null -D - -H "${3:-$ALICE}" "$1/v1/exports/$2/download" | tr -d '\r')
+		awk 'NR == 1 || tolower($1) == "cache-status:" || tolower($1) == "location:" { print "  " substr($0, 1, 110) }' <<<"$hdrs"
+		STATUS=$(awk 'NR == 1 { print $2 }' <<<"$hdrs")
+		CACHE_STATUS=$(awk 'tolower($1) == "cache-status:" { sub(/^[^:]*: */, ""); print }' <<<"$hdrs")
 	}
 
 	say "Node A: first download of an export. A asks the API and shares the decision"
@@ -259,17 +264,17 @@ CADDYFILE
 
 	say "Node B no longer answers from its cache: the app says the export is gone"
 	# Polled, so that the first answer after the DELETE is the one shown.
-	local start_ns elapsed_ms hdrs=$WORK/hdrs.txt
+	local start_ns elapsed_ms hdrs
 	start_ns=$(date +%s%N)
-	echo "\$ curl -sS -o /dev/null -D $hdrs -H '$ALICE' $NODE_B/v1/exports/$ID_DISPOSABLE/download"
+	echo "\$ curl -sS -o /dev/null -D - -H '$ALICE' $NODE_B/v1/exports/$ID_DISPOSABLE/download"
 	for i in $(seq 100); do
-		curl -sS -o /dev/null -D "$hdrs" -H "$ALICE" "$NODE_B/v1/exports/$ID_DISPOSABLE/download"
-		[[ $(awk 'NR == 1 { print $2 }' "$hdrs") == 404 ]] && break
+		hdrs=$(curl -sS -o /dev/null -D - -H "$ALICE" "$NODE_B/v1/exports/$ID_DISPOSABLE/download" | tr -d '\r')
+		[[ $(awk 'NR == 1 { print $2 }' <<<"$hdrs") == 404 ]] && break
 		sleep 0.02
 	done
 	elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
-	tr -d '\r' <"$hdrs" | awk 'NR == 1 || tolower($1) == "cache-status:" { print "  " $0 }'
-	[[ $(awk 'NR == 1 { print $2 }' "$hdrs") == 404 ]] || fail "node B still answers from its cache 2s after the DELETE"
+	awk 'NR == 1 || tolower($1) == "cache-status:" { print "  " $0 }' <<<"$hdrs"
+	[[ $(awk 'NR == 1 { print $2 }' <<<"$hdrs") == 404 ]] || fail "node B still answers from its cache 2s after the DELETE"
 	echo "(node B's answer changed $elapsed_ms ms after the DELETE's 204, in $i request(s); the time includes starting curl)"
 
 	say "Node B's fleet metrics"
@@ -288,7 +293,12 @@ CADDYFILE
 	echo "Node B:       $NODE_B   (admin and /metrics: http://localhost:$NODE_B_ADMIN/metrics)"
 	echo "Redis:        127.0.0.1:$REDIS_PORT"
 	echo "metadata API: http://127.0.0.1:$API_PORT"
+	echo "S3:           $S3_ENDPOINT"
 	echo "Keys:         hb_test_demo_alice (owns every export), hb_test_demo_bob (owns none)"
+	echo "Exports:      completed $ID_COMPLETED (the shared hit)"
+	echo "              deleted through node A $ID_DISPOSABLE"
+	echo "              pending $ID_PENDING, processing $ID_PROCESSING, failed $ID_FAILED"
+	echo "              expired $ID_EXPIRED, completed past expires_at $ID_PAST_EXPIRES_AT"
 }
 
 # --- build -------------------------------------------------------------------
@@ -391,11 +401,27 @@ check 302 "download (cached now)" -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE/d
 check 204 "DELETE /v1/exports/{id} (to the app)" -X DELETE -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE"
 check 404 "download after the DELETE" -H "$ALICE" "$BASE/v1/exports/$ID_DISPOSABLE/download"
 
+say "Revoke a key in one command: the app tags each answer with the key's id"
+show curl -sS -o /dev/null -D - -H "$LEAKED" "http://127.0.0.1:$API_PORT/v1/exports/$ID_COMPLETED" |
+	tr -d '\r' | awk 'tolower($1) == "surrogate-key:" { print "  " $0 }'
+echo "(the app's answer, asked directly; Caddy keeps the tags with the cached answer and never forwards the header)"
+check 302 "download with Alice's second key (cached now)" -H "$LEAKED" "$BASE/v1/exports/$ID_COMPLETED/download"
+check 204 "app revokes it: DELETE /v1/api_keys/$LEAKED_ID" -X DELETE -H "$ALICE" "$BASE/v1/api_keys/$LEAKED_ID"
+check 302 "the revoked key, answered from the edge's cache" -H "$LEAKED" "$BASE/v1/exports/$ID_COMPLETED/download"
+echo "(the edge cannot know until it is told: the operator purges the key's tag through Caddy's admin API)"
+purged=$(show bin/caddy export-download purge --surrogate-key "$LEAKED_ID" --address "localhost:$ADMIN_PORT")
+echo "  $purged"
+[[ $purged == "dropped 1 entry in 1 cache; fleet: off (this node only)" ]] ||
+	fail "purge --surrogate-key $LEAKED_ID: expected one entry dropped, got '$purged'"
+check 401 "the revoked key after the purge" -H "$LEAKED" "$BASE/v1/exports/$ID_COMPLETED/download"
+check 302 "Alice's other key still downloads" -H "$ALICE" "$BASE/v1/exports/$ID_COMPLETED/download"
+
 say "All checks passed"
 echo "Caddy:        $BASE   (admin and /metrics: http://localhost:$ADMIN_PORT/metrics)"
 echo "metadata API: http://127.0.0.1:$API_PORT"
 echo "S3:           $S3_ENDPOINT"
-echo "Keys:         hb_test_demo_alice (owns every export), hb_test_demo_bob (owns none)"
+echo "Keys:         hb_test_demo_alice (owns every export), hb_test_demo_bob (owns none),"
+echo "              hb_test_demo_leaked (Alice's second key, revoked by the demo)"
 echo "Exports:      completed $ID_COMPLETED"
 echo "              pending $ID_PENDING, processing $ID_PROCESSING, failed $ID_FAILED"
 echo "              expired $ID_EXPIRED, completed past expires_at $ID_PAST_EXPIRES_AT"

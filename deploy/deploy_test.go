@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -150,6 +151,30 @@ func adapt(t *testing.T, bin, caddyfile string, env map[string]string) map[strin
 		t.Fatalf("caddy adapt %s: %v", caddyfile, err)
 	}
 	return cfg
+}
+
+// adaptRefused runs `caddy adapt` on a Caddyfile that must be refused and
+// returns Caddy's error output.
+func adaptRefused(t *testing.T, bin, caddyfile string, env map[string]string) string {
+	t.Helper()
+	cmd := exec.Command(bin, "adapt", "--config", caddyfile, "--adapter", "caddyfile")
+	cmd.Env = caddyEnv(t, env)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("caddy adapt %s accepted it, want a refusal", caddyfile)
+	}
+	return string(out)
+}
+
+// lineOf returns the 1-based number of the first line of text that holds
+// substr (0 if none).
+func lineOf(text, substr string) int {
+	for i, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, substr) {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 // syncBuffer collects a process's output for failure messages.
@@ -314,6 +339,223 @@ func uncommentFleet(t *testing.T, caddyfile string) string {
 	return strings.Join(lines, "\n")
 }
 
+// caddyfileVars returns every variable a kit Caddyfile reads, with how it
+// is required: "yes" (no default, outside the fleet block), "fleet" (no
+// default, only in the commented fleet block) or "no" (a default).
+func caddyfileVars(t *testing.T, caddyfile string) map[string]string {
+	t.Helper()
+	rank := map[string]int{"no": 0, "fleet": 1, "yes": 2}
+	out := make(map[string]string)
+	add := func(name, class string) {
+		if cur, ok := out[name]; !ok || rank[class] > rank[cur] {
+			out[name] = class
+		}
+	}
+	shipped := strings.Split(caddyfile, "\n")
+	for i, line := range strings.Split(uncommentFleet(t, caddyfile), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		inFleet := strings.HasPrefix(strings.TrimSpace(shipped[i]), "#")
+		class := func(hasDefault bool) string {
+			switch {
+			case hasDefault:
+				return "no"
+			case inFleet:
+				return "fleet"
+			}
+			return "yes"
+		}
+		for _, m := range envPlaceholder.FindAllStringSubmatch(line, -1) {
+			add(m[1], class(false))
+		}
+		for _, m := range adaptPlaceholder.FindAllStringSubmatch(line, -1) {
+			add(m[1], class(m[2] != ""))
+		}
+	}
+	return out
+}
+
+// readmeVars returns the variables that deploy/README.md lists in the
+// table under the ### heading naming file, with their "required" cell.
+func readmeVars(t *testing.T, readme, file string) map[string]string {
+	t.Helper()
+	nameRE := regexp.MustCompile("`([A-Z_][A-Z0-9_]*)`")
+	out := make(map[string]string)
+	in, found := false, false
+	for _, line := range strings.Split(readme, "\n") {
+		if strings.HasPrefix(line, "#") {
+			in = strings.HasPrefix(line, "### ") && strings.Contains(line, "`"+file+"`")
+			found = found || in
+			continue
+		}
+		if !in || !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 {
+			t.Errorf("deploy/README.md, %s: a row without a required column: %s", file, line)
+			continue
+		}
+		required := strings.ToLower(strings.Trim(strings.TrimSpace(cells[2]), "*"))
+		for _, m := range nameRE.FindAllStringSubmatch(cells[1], -1) {
+			out[m[1]] = required
+		}
+	}
+	if !found {
+		t.Errorf("deploy/README.md has no ### heading naming `%s`", file)
+	}
+	return out
+}
+
+// TestDeployREADMEListsVariables checks that deploy/README.md lists every
+// variable each kit file reads, no other, each with the right "required"
+// (a Caddyfile's {$NAME} without default or {env.NAME}; compose's
+// ${NAME:?}), and says what the app must do with X-Edge-Token when a
+// Caddyfile sends it.
+func TestDeployREADMEListsVariables(t *testing.T) {
+	t.Parallel()
+	readme := readFile(t, "deploy/README.md")
+	for _, f := range []struct {
+		file string
+		vars map[string]string
+	}{
+		{"docker/Caddyfile", caddyfileVars(t, readFile(t, "deploy/docker/Caddyfile"))},
+		{"systemd/Caddyfile", caddyfileVars(t, readFile(t, "deploy/systemd/Caddyfile"))},
+		{"docker/compose.yaml", composeVars(readFile(t, "deploy/docker/compose.yaml"))},
+		{"docker/compose.fleet.yaml", composeVars(readFile(t, "deploy/docker/compose.fleet.yaml"))},
+	} {
+		if len(f.vars) == 0 {
+			t.Errorf("%s reads no variable: the parser is broken", f.file)
+		}
+		listed := readmeVars(t, readme, f.file)
+		for _, name := range slices.Sorted(maps.Keys(f.vars)) {
+			switch got, ok := listed[name]; {
+			case !ok:
+				t.Errorf("deploy/README.md, %s: %s is read but not listed", f.file, name)
+			case got != f.vars[name]:
+				t.Errorf("deploy/README.md, %s: %s is listed as required %q, want %q", f.file, name, got, f.vars[name])
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(listed)) {
+			if _, ok := f.vars[name]; !ok {
+				t.Errorf("deploy/README.md, %s: lists %s, which the file does not read", f.file, name)
+			}
+		}
+	}
+	for _, rel := range []string{"deploy/docker/Caddyfile", "deploy/systemd/Caddyfile"} {
+		if strings.Contains(readFile(t, rel), "upstream_header X-Edge-Token") &&
+			!regexp.MustCompile("(?m)^## .*X-Edge-Token.*what your app must do").MatchString(readme) {
+			t.Errorf("%s sends X-Edge-Token; deploy/README.md has no section on what the app must do with it", rel)
+		}
+	}
+}
+
+// caddyVersion returns go.mod's Caddy version, e.g. v2.11.9.
+func caddyVersion(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/caddyserver/caddy/v2").Output()
+	if err != nil {
+		t.Fatalf("go list -m caddy: %v", err)
+	}
+	version := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(version, "v2.") {
+		t.Fatalf("caddy version %q", version)
+	}
+	return version
+}
+
+// docFiles returns the repository's documentation that may name the image
+// or the kit's figures: the Markdown files at the root and under docs/, and
+// every file of deploy/ but the tests.
+func docFiles(t *testing.T) []string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(repoRoot, "*.md"))
+	for _, dir := range []string{"docs", "deploy"} {
+		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d fs.DirEntry, err error) error {
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				return fs.SkipDir
+			case err != nil:
+				return err
+			case d.IsDir() || strings.HasSuffix(path, ".go"):
+				return nil
+			case dir == "docs" && !strings.HasSuffix(path, ".md"):
+				return nil
+			}
+			files = append(files, path)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return files
+}
+
+// TestImageTags checks that every mention of the kit's image, in the
+// Dockerfile's comment, the READMEs, compose.yaml and the Deployment, has
+// one tag: go.mod's Caddy version.
+func TestImageTags(t *testing.T) {
+	t.Parallel()
+	want := "caddy-export-download:" + strings.TrimPrefix(caddyVersion(t), "v")
+	imageRE := regexp.MustCompile(`caddy-export-download:[A-Za-z0-9][A-Za-z0-9._-]*`)
+	seen := make(map[string]bool)
+	for _, f := range docFiles(t) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(repoRoot, f)
+		for _, m := range imageRE.FindAllString(string(b), -1) {
+			seen[rel] = true
+			if m != want {
+				t.Errorf("%s names the image %s, want %s", rel, m, want)
+			}
+		}
+	}
+	for _, rel := range []string{"deploy/docker/Dockerfile", "deploy/docker/README.md", "deploy/docker/compose.yaml", "deploy/kubernetes/deployment.yaml"} {
+		if !seen[rel] {
+			t.Errorf("%s does not name the image %s", rel, want)
+		}
+	}
+}
+
+// TestMemoryFigures checks the Deployment's memory comment against the
+// measurement it quotes: the heap of 100,000 entries that
+// TestHeap100kEntries records in the benchmarks' table.
+func TestMemoryFigures(t *testing.T) {
+	t.Parallel()
+	dep := readFile(t, "deploy/kubernetes/deployment.yaml")
+	m := regexp.MustCompile(`About (\d+)–(\d+) bytes[^.]*?TestHeap100kEntries[\s\S]*?some (\d+) MiB`).FindStringSubmatch(dep)
+	if m == nil {
+		t.Fatal("deployment.yaml: no \"About N–M bytes … TestHeap100kEntries … some N MiB\" memory comment")
+	}
+	rowRE := regexp.MustCompile(`(?m)^\|.*?([0-9.]+) MiB \((\d+) B per entry.*\x60TestHeap100kEntries\x60`)
+	var row []string
+	for _, f := range docFiles(t) {
+		if b, err := os.ReadFile(f); err == nil && strings.HasSuffix(f, ".md") {
+			if r := rowRE.FindStringSubmatch(string(b)); r != nil {
+				row = r
+				break
+			}
+		}
+	}
+	if row == nil {
+		t.Fatal("no benchmarks table row with TestHeap100kEntries's heap (\"41.2 MiB (432 B per entry …) | `TestHeap100kEntries`\")")
+	}
+	measuredMiB, _ := strconv.ParseFloat(row[1], 64)
+	perEntry, _ := strconv.Atoi(row[2])
+	low, _ := strconv.Atoi(m[1])
+	mib, _ := strconv.Atoi(m[3])
+	if math.Round(measuredMiB) != float64(mib) {
+		t.Errorf("deployment.yaml says %d MiB for 100,000 entries; TestHeap100kEntries measured %s MiB", mib, row[1])
+	}
+	if low > perEntry || perEntry-low >= 10 {
+		t.Errorf("deployment.yaml says from %d bytes per answer; TestHeap100kEntries measured %d", low, perEntry)
+	}
+}
+
 // listenPorts returns the ports each server of an adapted config listens on.
 func listenPorts(t *testing.T, cfg map[string]any) map[int]map[string]any {
 	t.Helper()
@@ -345,14 +587,21 @@ func dig(v any, keys ...string) any {
 }
 
 // TestCaddyfilesAdapt adapts every Caddyfile of the kit with the built
-// Caddy, with the defaults and with the fleet block when it exists.
+// Caddy, with its required settings and with the fleet block, and checks
+// that without a required setting Caddy refuses it at that setting's line.
 func TestCaddyfilesAdapt(t *testing.T) {
 	t.Parallel()
 	bin := caddyBinary(t)
 	for _, rel := range []string{"deploy/docker/Caddyfile", "deploy/systemd/Caddyfile"} {
 		t.Run(rel, func(t *testing.T) {
 			path := filepath.Join(repoRoot, rel)
-			cfg := adapt(t, bin, path, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/caddy-export-download.service"})
+			text := readFile(t, rel)
+			required := map[string]string{
+				"CREDENTIALS_DIRECTORY": "/run/credentials/caddy-export-download.service",
+				"APP_UPSTREAM":          "http://app.test:8080",
+				"S3_BUCKET":             "exports-test",
+			}
+			cfg := adapt(t, bin, path, required)
 			ports := listenPorts(t, cfg)
 			if _, ok := ports[9180]; !ok {
 				t.Errorf("no server on the metrics port 9180: %v", ports)
@@ -364,11 +613,31 @@ func TestCaddyfilesAdapt(t *testing.T) {
 			if bytes.Contains(body, []byte("REPLACE-ME")) {
 				t.Error("a secret value reached the adapted config")
 			}
+
+			// A required setting missing: refused, at its line.
+			for _, c := range []struct{ name, directive string }{
+				{"APP_UPSTREAM", "upstream {$APP_UPSTREAM}"},
+				{"S3_BUCKET", "bucket {$S3_BUCKET}"},
+			} {
+				env := maps.Clone(required)
+				delete(env, c.name)
+				out := adaptRefused(t, bin, path, env)
+				if want := fmt.Sprintf("%s:%d", filepath.Base(path), lineOf(text, c.directive)); !strings.Contains(out, want) {
+					t.Errorf("without %s: want the refusal to name %s (%q), got:\n%s", c.name, want, c.directive, out)
+				}
+			}
+
 			fleet := filepath.Join(t.TempDir(), "Caddyfile")
-			if err := os.WriteFile(fleet, []byte(uncommentFleet(t, readFile(t, rel))), 0o600); err != nil {
+			if err := os.WriteFile(fleet, []byte(uncommentFleet(t, text)), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			adapt(t, bin, fleet, map[string]string{"CREDENTIALS_DIRECTORY": "/run/credentials/x"})
+			withFleet := maps.Clone(required)
+			withFleet["REDIS_ADDRESS"] = "redis.test:6379"
+			adapt(t, bin, fleet, withFleet)
+			// The fleet's address has no default either.
+			if out := adaptRefused(t, bin, fleet, required); !strings.Contains(out, "redis") {
+				t.Errorf("the fleet block without REDIS_ADDRESS: want a refusal naming redis, got:\n%s", out)
+			}
 		})
 	}
 }
@@ -379,14 +648,7 @@ func TestCaddyfilesAdapt(t *testing.T) {
 // go.mod with the xcaddy command that xcaddy.md documents for a checkout.
 func TestDockerfile(t *testing.T) {
 	t.Parallel()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/caddyserver/caddy/v2").Output()
-	if err != nil {
-		t.Fatalf("go list -m caddy: %v", err)
-	}
-	version := strings.TrimSpace(string(out)) // v2.11.9
-	if !strings.HasPrefix(version, "v2.") {
-		t.Fatalf("caddy version %q", version)
-	}
+	version := caddyVersion(t) // v2.11.9
 	tag := strings.TrimPrefix(version, "v")
 
 	instructions := dockerInstructions(readFile(t, "deploy/docker/Dockerfile"))
@@ -467,82 +729,267 @@ func documentedOfflineBuild(t *testing.T) string {
 	return ""
 }
 
-// TestCompose checks compose.yaml against the Dockerfile, the Caddyfile it
-// mounts and env.example.
-func TestCompose(t *testing.T) {
-	t.Parallel()
-	text := readFile(t, "deploy/docker/compose.yaml")
-	var compose struct {
-		Services map[string]struct {
-			Build *struct {
-				Context    string `yaml:"context"`
-				Dockerfile string `yaml:"dockerfile"`
-			} `yaml:"build"`
-			Image       string            `yaml:"image"`
-			Environment map[string]string `yaml:"environment"`
-			Volumes     []string          `yaml:"volumes"`
-			Ports       []string          `yaml:"ports"`
-			ReadOnly    bool              `yaml:"read_only"`
-			CapDrop     []string          `yaml:"cap_drop"`
-			User        string            `yaml:"user"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal([]byte(text), &compose); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"caddy-1", "caddy-2", "valkey", "app"} {
-		if _, ok := compose.Services[name]; !ok {
-			t.Errorf("no service %q", name)
+// composeService is what the tests read of a compose service.
+type composeService struct {
+	Build *struct {
+		Context    string `yaml:"context"`
+		Dockerfile string `yaml:"dockerfile"`
+	} `yaml:"build"`
+	Image       string            `yaml:"image"`
+	Environment map[string]string `yaml:"environment"`
+	Volumes     []string          `yaml:"volumes"`
+	Ports       []string          `yaml:"ports"`
+	ReadOnly    bool              `yaml:"read_only"`
+	CapDrop     []string          `yaml:"cap_drop"`
+	User        string            `yaml:"user"`
+	DependsOn   []string          `yaml:"depends_on"`
+}
+
+// composeVarRE matches compose's interpolation: ${NAME}, ${NAME:-default},
+// ${NAME-default}, ${NAME:?message}, ${NAME?message}, and $$ (a "$").
+var composeVarRE = regexp.MustCompile(`\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}`)
+
+// withoutComments drops a YAML file's comment lines, which compose does
+// not interpolate.
+func withoutComments(text string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			b.WriteString(line + "\n")
 		}
 	}
+	return b.String()
+}
+
+// composeVars returns the variables a compose file reads: "yes" for a
+// required one (${NAME:?…}), else "no".
+func composeVars(text string) map[string]string {
+	out := make(map[string]string)
+	for _, m := range composeVarRE.FindAllStringSubmatch(withoutComments(text), -1) {
+		if m[1] == "" {
+			continue
+		}
+		if m[2] == ":?" || m[2] == "?" {
+			out[m[1]] = "yes"
+		} else if out[m[1]] == "" {
+			out[m[1]] = "no"
+		}
+	}
+	return out
+}
+
+// interpolate substitutes a compose file's variables from env as compose
+// does, and fails as compose does on a required one that is unset or
+// empty, naming it.
+func interpolate(text string, env map[string]string) (string, error) {
+	var err error
+	out := composeVarRE.ReplaceAllStringFunc(withoutComments(text), func(m string) string {
+		if m == "$$" {
+			return "$"
+		}
+		sm := composeVarRE.FindStringSubmatch(m)
+		name, op, arg := sm[1], sm[2], sm[3]
+		v, set := env[name]
+		switch {
+		case op == ":-" && v == "", op == "-" && !set:
+			return arg
+		case (op == ":?" && v == "") || (op == "?" && !set):
+			if err == nil {
+				err = fmt.Errorf("required variable %s is missing a value: %s", name, arg)
+			}
+		}
+		return v
+	})
+	return out, err
+}
+
+// loadCompose interpolates compose files with env and merges them in
+// order, as `docker compose -f a -f b` does for what the tests read:
+// services are added, environments merged, depends_on joined.
+func loadCompose(t *testing.T, env map[string]string, texts ...string) (map[string]*composeService, error) {
+	t.Helper()
+	model := make(map[string]*composeService)
+	for _, text := range texts {
+		src, err := interpolate(text, env)
+		if err != nil {
+			return nil, err
+		}
+		var f struct {
+			Services map[string]*composeService `yaml:"services"`
+		}
+		if err := yaml.Unmarshal([]byte(src), &f); err != nil {
+			t.Fatal(err)
+		}
+		for name, s := range f.Services {
+			cur, ok := model[name]
+			if !ok {
+				model[name] = s
+				continue
+			}
+			if cur.Environment == nil {
+				cur.Environment = make(map[string]string)
+			}
+			maps.Copy(cur.Environment, s.Environment)
+			for _, d := range s.DependsOn {
+				if !slices.Contains(cur.DependsOn, d) {
+					cur.DependsOn = append(cur.DependsOn, d)
+				}
+			}
+			if s.Image != "" {
+				cur.Image = s.Image
+			}
+		}
+	}
+	return model, nil
+}
+
+// envExample reads env.example's NAME=value lines.
+func envExample(t *testing.T) map[string]string {
+	t.Helper()
+	out := make(map[string]string)
+	for _, line := range strings.Split(readFile(t, "deploy/docker/env.example"), "\n") {
+		if name, value, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			out[name] = value
+		}
+	}
+	return out
+}
+
+// TestCompose checks compose.yaml and compose.fleet.yaml against the
+// Dockerfile, the Caddyfile they mount and env.example, interpolated as
+// compose does: without the fleet file, no fleet variable is needed; with
+// it, the fleet's secrets are required; a required value left empty (as
+// env.example ships) stops compose, naming it.
+func TestCompose(t *testing.T) {
+	t.Parallel()
+	base := readFile(t, "deploy/docker/compose.yaml")
+	fleetFile := readFile(t, "deploy/docker/compose.fleet.yaml")
 	caddyfile := readFile(t, "deploy/docker/Caddyfile")
-	caddyfile = uncommentFleet(t, caddyfile)
-	provision, _ := placeholders(caddyfile)
+	var fleetVars []string
+	for name, class := range caddyfileVars(t, caddyfile) {
+		if class == "fleet" {
+			fleetVars = append(fleetVars, name)
+		}
+	}
+	if len(fleetVars) == 0 {
+		t.Fatal("the Caddyfile's fleet block reads no variable of its own")
+	}
+
+	// env.example lists every variable either file reads.
+	example := envExample(t)
+	baseVars, fleetFileVars := composeVars(base), composeVars(fleetFile)
+	for _, vars := range []map[string]string{baseVars, fleetFileVars} {
+		for name := range vars {
+			if _, ok := example[name]; !ok {
+				t.Errorf("compose reads ${%s}, env.example does not list it", name)
+			}
+		}
+	}
+	for _, name := range fleetVars {
+		if _, ok := baseVars[name]; ok {
+			t.Errorf("compose.yaml reads ${%s}, which only the fleet block needs: it belongs in compose.fleet.yaml", name)
+		}
+	}
+
+	// Every listed variable filled in, the fleet's left out.
+	filled := make(map[string]string)
+	for name := range example {
+		if !slices.Contains(fleetVars, name) {
+			filled[name] = "test-" + strings.ToLower(name)
+		}
+	}
+	for _, name := range fleetVars {
+		delete(filled, name)
+	}
+	noFleet, err := loadCompose(t, filled, base)
+	if err != nil {
+		t.Fatalf("compose.yaml with the fleet off and no fleet variable: %v", err)
+	}
+	for name, class := range baseVars {
+		if class != "yes" {
+			continue
+		}
+		env := maps.Clone(filled)
+		env[name] = ""
+		if _, err := loadCompose(t, env, base); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("compose.yaml with %s empty: %v, want a refusal naming it", name, err)
+		}
+	}
+	if _, err := loadCompose(t, example, base); err == nil {
+		t.Error("env.example as shipped passes compose.yaml's required variables: its values would be used as they are")
+	}
+	if _, err := loadCompose(t, filled, base, fleetFile); err == nil {
+		t.Error("compose.fleet.yaml without the fleet's secrets: accepted, want a refusal")
+	}
+	withFleet := maps.Clone(filled)
+	for name := range fleetFileVars {
+		withFleet[name] = "test-" + strings.ToLower(name)
+	}
+	fleet, err := loadCompose(t, withFleet, base, fleetFile)
+	if err != nil {
+		t.Fatalf("compose.yaml and compose.fleet.yaml with the fleet's secrets: %v", err)
+	}
+
+	checkCompose(t, "compose.yaml", noFleet, caddyfile, []string{"app", "caddy-1", "caddy-2"})
+	checkCompose(t, "compose.yaml + compose.fleet.yaml", fleet, uncommentFleet(t, caddyfile), []string{"app", "caddy-1", "caddy-2", "valkey"})
+}
+
+// checkCompose checks one compose model: its services, and that its
+// Caddy nodes are built from the Dockerfile, mount the Caddyfile, set
+// every variable it reads, and run with least privilege.
+func checkCompose(t *testing.T, what string, model map[string]*composeService, caddyfile string, services []string) {
+	t.Helper()
+	if got := slices.Sorted(maps.Keys(model)); !slices.Equal(got, services) {
+		t.Errorf("%s: services %q, want %q", what, got, services)
+	}
+	provision, adaptRequired := placeholders(caddyfile)
 	nodes := 0
-	for name, s := range compose.Services {
+	for name, s := range model {
+		for _, d := range s.DependsOn {
+			if _, ok := model[d]; !ok {
+				t.Errorf("%s: %s depends on %q, which is not a service here", what, name, d)
+			}
+		}
 		if s.Build == nil {
 			continue
 		}
 		nodes++
 		if got := filepath.Join(repoRoot, "deploy/docker", s.Build.Context); got != repoRoot {
-			t.Errorf("%s: build context %s, want the repository root", name, got)
+			t.Errorf("%s: %s: build context %s, want the repository root", what, name, got)
 		}
 		if s.Build.Dockerfile != "deploy/docker/Dockerfile" {
-			t.Errorf("%s: dockerfile %q", name, s.Build.Dockerfile)
+			t.Errorf("%s: %s: dockerfile %q", what, name, s.Build.Dockerfile)
 		}
 		if !slices.Contains(s.Volumes, "./Caddyfile:/etc/caddy/Caddyfile:ro") {
-			t.Errorf("%s: the Caddyfile is not mounted read-only at /etc/caddy/Caddyfile: %q", name, s.Volumes)
+			t.Errorf("%s: %s: the Caddyfile is not mounted read-only at /etc/caddy/Caddyfile: %q", what, name, s.Volumes)
 		}
-		for _, v := range provision {
-			if _, ok := s.Environment[v]; !ok {
-				t.Errorf("%s: the Caddyfile reads {env.%s}, which the service does not set", name, v)
+		for _, v := range append(provision, adaptRequired...) {
+			if s.Environment[v] == "" {
+				t.Errorf("%s: %s: the Caddyfile reads %s, which the service does not set", what, name, v)
 			}
 		}
 		for _, v := range []string{"APP_UPSTREAM", "REDIS_ADDRESS"} {
-			host := strings.TrimPrefix(s.Environment[v], "http://")
+			value, ok := s.Environment[v]
+			if !ok {
+				continue
+			}
+			host := strings.TrimPrefix(value, "http://")
 			host, _, _ = strings.Cut(host, ":")
-			if _, ok := compose.Services[host]; !ok {
-				t.Errorf("%s: %s=%q names no service", name, v, s.Environment[v])
+			if _, ok := model[host]; !ok {
+				t.Errorf("%s: %s: %s=%q names no service", what, name, v, value)
 			}
 		}
 		for _, p := range s.Ports {
 			if !strings.HasPrefix(p, "127.0.0.1:") || !strings.HasSuffix(p, ":8080") {
-				t.Errorf("%s: port %q: want 127.0.0.1:<host port>:8080", name, p)
+				t.Errorf("%s: %s: port %q: want 127.0.0.1:<host port>:8080", what, name, p)
 			}
 		}
 		if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") || s.User == "" || strings.HasPrefix(s.User, "0") {
-			t.Errorf("%s: want read_only, cap_drop ALL and a non-root user", name)
+			t.Errorf("%s: %s: want read_only, cap_drop ALL and a non-root user", what, name)
 		}
 	}
 	if nodes != 2 {
-		t.Errorf("%d Caddy nodes built from the Dockerfile, want 2", nodes)
-	}
-	// Every ${VAR} the file needs is in env.example.
-	example := readFile(t, "deploy/docker/env.example")
-	for _, m := range regexp.MustCompile(`\$\{([A-Z_][A-Z0-9_]*)`).FindAllStringSubmatch(text, -1) {
-		if !regexp.MustCompile(`(?m)^` + m[1] + `=`).MatchString(example) {
-			t.Errorf("compose.yaml uses ${%s}, env.example does not list it", m[1])
-		}
+		t.Errorf("%s: %d Caddy nodes built from the Dockerfile, want 2", what, nodes)
 	}
 }
 
@@ -604,8 +1051,9 @@ type podSpec struct {
 			Value     string `yaml:"value"`
 			ValueFrom *struct {
 				SecretKeyRef *struct {
-					Name string `yaml:"name"`
-					Key  string `yaml:"key"`
+					Name     string `yaml:"name"`
+					Key      string `yaml:"key"`
+					Optional bool   `yaml:"optional"`
 				} `yaml:"secretKeyRef"`
 			} `yaml:"valueFrom"`
 		} `yaml:"env"`
@@ -811,8 +1259,10 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 
 	// The environment provides every placeholder; secrets come from the
-	// Secret.
+	// Secret, the fleet's from optional keys, so that a Secret without
+	// them runs pods without the fleet tier.
 	secret := objs["Secret"]
+	vars := caddyfileVars(t, caddyfile)
 	env := make(map[string]string)
 	for _, e := range c.Env {
 		switch {
@@ -821,7 +1271,11 @@ func TestKubernetesManifests(t *testing.T) {
 			if ref.Name != secret.Metadata.Name {
 				t.Errorf("env %s refers to Secret %q", e.Name, ref.Name)
 			}
-			if _, ok := secret.StringData[ref.Key]; !ok {
+			_, inSecret := secret.StringData[ref.Key]
+			switch {
+			case vars[e.Name] == "fleet" && !ref.Optional:
+				t.Errorf("env %s (the fleet block's) refers to key %q without optional: true: the fleet's secrets would be needed with the fleet off", e.Name, ref.Key)
+			case vars[e.Name] != "fleet" && !inSecret:
 				t.Errorf("env %s refers to key %q, which the Secret lacks", e.Name, ref.Key)
 			}
 			env[e.Name] = "secret-" + ref.Key
@@ -829,8 +1283,8 @@ func TestKubernetesManifests(t *testing.T) {
 			env[e.Name] = e.Value
 		}
 	}
-	caddyfile = uncommentFleet(t, caddyfile)
-	provision, adaptRequired := placeholders(caddyfile)
+	fleetCaddyfile := uncommentFleet(t, caddyfile)
+	provision, adaptRequired := placeholders(fleetCaddyfile)
 	for _, v := range append(provision, adaptRequired...) {
 		if _, ok := env[v]; !ok {
 			t.Errorf("the Caddyfile reads %s, which the Deployment does not set", v)
@@ -842,11 +1296,34 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
-	// Adapt with the Deployment's environment: the probes and the
-	// container ports must be ports the Caddyfile serves.
+	// As shipped, the required settings are empty and Caddy refuses the
+	// Caddyfile at its upstream line: a placeholder is never used.
 	bin := caddyBinary(t)
-	path := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+	dir := t.TempDir()
+	shipped := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(shipped, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, want := adaptRefused(t, bin, shipped, env), fmt.Sprintf("Caddyfile:%d", lineOf(caddyfile, "upstream {$APP_UPSTREAM}")); !strings.Contains(out, want) {
+		t.Errorf("the Caddyfile with the Deployment's env as shipped: want a refusal at %s (upstream), got:\n%s", want, out)
+	}
+	samples := map[string]string{"APP_UPSTREAM": "http://app.test:8080", "S3_BUCKET": "exports-test", "REDIS_ADDRESS": "redis.test:6379"}
+	for _, v := range adaptRequired {
+		if env[v] != "" {
+			continue
+		}
+		if vars[v] == "yes" {
+			t.Logf("%s is left empty in the Deployment, to fill in", v)
+		}
+		if env[v] = samples[v]; env[v] == "" {
+			t.Errorf("the Deployment leaves %s empty; the test has no sample value for it", v)
+		}
+	}
+
+	// Adapt with the Deployment's environment, filled in: the probes and
+	// the container ports must be ports the Caddyfile serves.
+	path := filepath.Join(dir, "Caddyfile.fleet")
+	if err := os.WriteFile(path, []byte(fleetCaddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := adapt(t, bin, path, env)
@@ -1037,6 +1514,7 @@ func TestMetricNamesExist(t *testing.T) {
 		"HTTP_PORT":    strconv.Itoa(httpPort),
 		"METRICS_PORT": strconv.Itoa(metricsPort),
 		"APP_UPSTREAM": up.URL,
+		"S3_BUCKET":    "exports-test",
 		"EDGE_TOKEN":   "edge-token-from-env",
 	}
 	caddyfile := filepath.Join(repoRoot, "deploy/docker/Caddyfile")
@@ -1484,6 +1962,7 @@ func TestSystemdCaddyfile(t *testing.T) {
 		"SITE_ADDRESS":          fmt.Sprintf("http://127.0.0.1:%d", sitePort),
 		"METRICS_PORT":          strconv.Itoa(metricsPort),
 		"APP_UPSTREAM":          up.URL,
+		"S3_BUCKET":             "exports-test",
 	})
 	out := startCaddy(t, env, fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort), bin, argv(start)...)
 

@@ -3,6 +3,18 @@
 // export_download asks, for a few fixed exports in every state, and
 // everything else the app would serve, so that pass-through can be seen.
 //
+// Every "Get export" answer made with a known key, 200 and refusals alike,
+// names the key's id in a Surrogate-Key header (with the project's id on a
+// 200), as the README's "Revoke a key in one command" asks of an app:
+//
+//	Surrogate-Key: key_alice proj_demo
+//
+// A key's id is "key_" and the key's name without "hb_test_demo_"
+// (hb_test_demo_alice is key_alice). DELETE /v1/api_keys/{key id} revokes a
+// key of the caller's: the app forgets it and answers 401 to it from then
+// on, and the edge keeps answering from its cache until the operator purges
+// the tag (caddy export-download purge --surrogate-key key_leaked).
+//
 //	demo-api -listen 127.0.0.1:9080      serve the metadata API
 //	demo-api -seed                       create the bucket and upload the CSVs
 //	demo-api -csv <id>                   print the CSV that -seed uploads for id
@@ -52,14 +64,35 @@ const (
 	IDDisposable = "01938f2a-5c10-7a3e-9b41-2c6d8e0f1a07"
 )
 
-// The demo API keys. Alice owns every demo export; Bob owns none, so he gets
-// 404 for each (the app does not reveal that an id exists).
+// The demo API keys. Alice owns every demo export and has two keys, so that
+// revoking one (KeyLeaked) leaves her other one working; Bob owns none, so
+// he gets 404 for each (the app does not reveal that an id exists).
 const (
-	KeyAlice = "hb_test_demo_alice"
-	KeyBob   = "hb_test_demo_bob"
+	KeyAlice  = "hb_test_demo_alice"
+	KeyLeaked = "hb_test_demo_leaked"
+	KeyBob    = "hb_test_demo_bob"
 )
 
-var owners = map[string]string{KeyAlice: "alice", KeyBob: "bob"}
+// apiKey is one row of the app's API keys table.
+type apiKey struct {
+	id    string // what the app tags answers with: keyID(raw)
+	owner string
+}
+
+// demoKeys returns the keys by their raw value.
+func demoKeys() map[string]apiKey {
+	return map[string]apiKey{
+		KeyAlice:  {id: keyID(KeyAlice), owner: "alice"},
+		KeyLeaked: {id: keyID(KeyLeaked), owner: "alice"},
+		KeyBob:    {id: keyID(KeyBob), owner: "bob"},
+	}
+}
+
+// keyID is the short id of a demo key, derived from its name:
+// hb_test_demo_alice is key_alice. A real app would use its keys table's id.
+func keyID(raw string) string {
+	return "key_" + strings.TrimPrefix(raw, "hb_test_demo_")
+}
 
 const projectID = "proj_demo"
 
@@ -209,35 +242,29 @@ func seedBucket(ctx context.Context, endpoint, region, bucket, accessKey, secret
 }
 
 // api is the app's state: the exports, which DELETE really removes, so that
-// the demo can show Caddy dropping its cached answer afterwards.
+// the demo can show Caddy dropping its cached answer afterwards, and the
+// API keys, which DELETE /v1/api_keys/{id} revokes.
 type api struct {
 	mu      sync.Mutex
 	exports map[string]*export
+	keys    map[string]apiKey // by raw value
 }
 
 func serve(addr string) error {
-	a := &api{exports: demoExports(time.Now())}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, r, http.StatusOK, map[string]any{"data": map[string]string{"status": "ok"}})
-	})
-	mux.HandleFunc("GET /v1/exports", a.withKey(a.listExports))
-	mux.HandleFunc("GET /v1/exports/{id}", a.withKey(a.getExport))
-	mux.HandleFunc("DELETE /v1/exports/{id}", a.withKey(a.deleteExport))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, http.StatusNotFound, "NOT_FOUND", "Not found")
-	})
-
+	a := &api{exports: demoExports(time.Now()), keys: demoKeys()}
 	srv := &http.Server{
 		Addr:              addr,
-		Handler:           logRequests(mux),
+		Handler:           a.handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Printf("serving the metadata API on http://%s (keys %s, %s)", addr, KeyAlice, KeyBob)
+	log.Printf("serving the metadata API on http://%s", addr)
+	log.Printf("keys: %s (id %s, owns every export), %s (id %s, also Alice's), %s (id %s, owns none)",
+		KeyAlice, keyID(KeyAlice), KeyLeaked, keyID(KeyLeaked), KeyBob, keyID(KeyBob))
+	log.Printf(`"Get export" answers carry "Surrogate-Key: <key id> %s"; DELETE /v1/api_keys/<key id> revokes a key`, projectID)
 	select {
 	case err := <-errc:
 		return err
@@ -248,18 +275,36 @@ func serve(addr string) error {
 	}
 }
 
-// withKey answers 401 unless the request bears a known demo key, and passes
-// the key's owner on.
-func (a *api) withKey(next func(w http.ResponseWriter, r *http.Request, owner string)) http.HandlerFunc {
+// handler routes the app's API, logging every request.
+func (a *api) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, r, http.StatusOK, map[string]any{"data": map[string]string{"status": "ok"}})
+	})
+	mux.HandleFunc("GET /v1/exports", a.withKey(a.listExports))
+	mux.HandleFunc("GET /v1/exports/{id}", a.withKey(a.getExport))
+	mux.HandleFunc("DELETE /v1/exports/{id}", a.withKey(a.deleteExport))
+	mux.HandleFunc("DELETE /v1/api_keys/{id}", a.withKey(a.revokeKey))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, http.StatusNotFound, "NOT_FOUND", "Not found")
+	})
+	return logRequests(mux)
+}
+
+// withKey answers 401 unless the request bears a known (not revoked) demo
+// key, and passes the key on.
+func (a *api) withKey(next func(w http.ResponseWriter, r *http.Request, key apiKey)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		scheme, key, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-		owner, ok := owners[strings.TrimSpace(key)]
+		scheme, raw, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		a.mu.Lock()
+		key, ok := a.keys[strings.TrimSpace(raw)]
+		a.mu.Unlock()
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "Invalid or missing API key")
 			return
 		}
-		next(w, r, owner)
+		next(w, r, key)
 	}
 }
 
@@ -287,14 +332,35 @@ func (a *api) lookup(w http.ResponseWriter, r *http.Request, owner string) (expo
 	return cp, true
 }
 
-func (a *api) getExport(w http.ResponseWriter, r *http.Request, owner string) {
-	if e, ok := a.lookup(w, r, owner); ok {
+// getExport is "Get export". Its answers name the key's id (and on a 200
+// the project's) in Surrogate-Key, so that purging the key's tag drops
+// every answer the edge cached for that key.
+func (a *api) getExport(w http.ResponseWriter, r *http.Request, key apiKey) {
+	w.Header().Set("Surrogate-Key", key.id)
+	if e, ok := a.lookup(w, r, key.owner); ok {
+		w.Header().Set("Surrogate-Key", key.id+" "+e.ProjectID)
 		writeJSON(w, r, http.StatusOK, map[string]any{"data": e})
 	}
 }
 
-func (a *api) deleteExport(w http.ResponseWriter, r *http.Request, owner string) {
-	e, ok := a.lookup(w, r, owner)
+// revokeKey revokes one of the caller's keys, by id: the app forgets the
+// key, so it gets 401 from then on.
+func (a *api) revokeKey(w http.ResponseWriter, r *http.Request, caller apiKey) {
+	id := r.PathValue("id")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for raw, k := range a.keys {
+		if k.id == id && k.owner == caller.owner {
+			delete(a.keys, raw)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	writeError(w, r, http.StatusNotFound, "NOT_FOUND", "API key not found")
+}
+
+func (a *api) deleteExport(w http.ResponseWriter, r *http.Request, key apiKey) {
+	e, ok := a.lookup(w, r, key.owner)
 	if !ok {
 		return
 	}
@@ -304,11 +370,11 @@ func (a *api) deleteExport(w http.ResponseWriter, r *http.Request, owner string)
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (a *api) listExports(w http.ResponseWriter, r *http.Request, owner string) {
+func (a *api) listExports(w http.ResponseWriter, r *http.Request, key apiKey) {
 	a.mu.Lock()
 	list := []export{}
 	for _, e := range a.exports {
-		if e.owner == owner {
+		if e.owner == key.owner {
 			list = append(list, *e)
 		}
 	}
