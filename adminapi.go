@@ -12,8 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/exportedge/caddy-export-download/internal/fleet"
-	"github.com/exportedge/caddy-export-download/internal/route"
-	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
 
 func init() {
@@ -60,11 +58,10 @@ const (
 )
 
 // Bounds of a purge request: a body beyond maxPurgeBody gets 413, a list
-// longer than maxPurgeItems gets 400. An invalid value is quoted in the
+// longer than maxPurgeValues gets 400. An invalid value is quoted in the
 // error up to maxQuotedValue bytes.
 const (
 	maxPurgeBody   = 1 << 20
-	maxPurgeItems  = 10_000
 	maxQuotedValue = 64
 )
 
@@ -264,43 +261,21 @@ func decodePurgeRequest(dec *json.Decoder) (purgeRequest, error) {
 }
 
 // selection checks req and returns what it names, ids in canonical form
-// and without duplicates.
+// and without duplicates (the rules the CLI applies too: checkPurge).
 func (req purgeRequest) selection() (purgeSelection, error) {
-	switch {
-	case req.All && (len(req.ExportIDs) > 0 || len(req.SurrogateKeys) > 0):
-		return purgeSelection{}, badRequest(http.StatusBadRequest, `"all" purges everything: name no export_ids or surrogate_keys with it`)
-	case req.All:
-		return purgeSelection{All: true}, nil
-	case len(req.ExportIDs) == 0 && len(req.SurrogateKeys) == 0:
-		return purgeSelection{}, badRequest(http.StatusBadRequest, `nothing to purge: name export_ids, surrogate_keys, or "all": true`)
-	case len(req.ExportIDs) > maxPurgeItems:
-		return purgeSelection{}, badRequest(http.StatusBadRequest, "too many export_ids: %d, at most %d per request", len(req.ExportIDs), maxPurgeItems)
-	case len(req.SurrogateKeys) > maxPurgeItems:
-		return purgeSelection{}, badRequest(http.StatusBadRequest, "too many surrogate_keys: %d, at most %d per request", len(req.SurrogateKeys), maxPurgeItems)
+	ids, keys, err := checkPurge(req.ExportIDs, req.SurrogateKeys, req.All, apiWords)
+	if err != nil {
+		return purgeSelection{}, badRequest(http.StatusBadRequest, "%v", err)
 	}
-	var sel purgeSelection
-	seen := make(map[string]bool, len(req.ExportIDs)+len(req.SurrogateKeys))
-	for i, s := range req.ExportIDs {
-		id, ok := route.ParseID(s)
-		if !ok {
-			return purgeSelection{}, badRequest(http.StatusBadRequest, "export_ids[%d]: %q is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)", i, clip(s))
-		}
-		if !seen[id] {
-			seen[id] = true
-			sel.IDs = append(sel.IDs, id)
-		}
-	}
-	clear(seen)
-	for i, k := range req.SurrogateKeys {
-		if !upstream.ValidSurrogateKey(k) {
-			return purgeSelection{}, badRequest(http.StatusBadRequest, "surrogate_keys[%d]: %q is not a surrogate key (1 to %d bytes of visible ASCII, no spaces)", i, clip(k), upstream.MaxSurrogateKeyLen)
-		}
-		if !seen[k] {
-			seen[k] = true
-			sel.Tags = append(sel.Tags, k)
-		}
-	}
-	return sel, nil
+	return purgeSelection{IDs: ids, Tags: keys, All: req.All}, nil
+}
+
+// apiWords are the admin API's words: its JSON members, a value quoted up
+// to maxQuotedValue bytes.
+var apiWords = purgeWords{
+	ids: "export_ids", keys: "surrogate_keys", all: `"all"`, allOn: `"all": true`,
+	many:  func(list string) string { return list },
+	value: func(list string, i int, v string) string { return fmt.Sprintf("%s[%d]: %q", list, i, clip(v)) },
 }
 
 // bodyError turns a reading or syntax error into the API error the client

@@ -180,8 +180,8 @@ func (a *adminEdge) cacheStatus(t *testing.T, id, key string, status int) string
 func TestAdminAPIRequests(t *testing.T) {
 	a := startAdminEdge(t)
 	longID := strings.Repeat("z", 1000)
-	manyIDs := `{"export_ids":["` + strings.Repeat(testID+`","`, maxPurgeItems) + testID + `"]}`
-	manyKeys := `{"surrogate_keys":["` + strings.Repeat(`k","`, maxPurgeItems) + `k"]}`
+	manyIDs := `{"export_ids":["` + strings.Repeat(testID+`","`, maxPurgeValues) + testID + `"]}`
+	manyKeys := `{"surrogate_keys":["` + strings.Repeat(`k","`, maxPurgeValues) + `k"]}`
 	huge := `{"surrogate_keys":["` + strings.Repeat("k", maxPurgeBody) + `"]}`
 
 	for _, tc := range []struct {

@@ -2,6 +2,7 @@ package exportdownload
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 
@@ -125,6 +126,64 @@ type purgeSelection struct {
 	IDs  []string
 	Tags []string
 	All  bool
+}
+
+// The rules of a purge's selection: the admin API's and the CLI's, so that
+// the CLI refuses a mistake before sending anything and both say the same
+// thing, each in its own words.
+
+// maxPurgeValues bounds each list of a purge.
+const maxPurgeValues = 10_000
+
+// purgeWords names the parts of a purge in an error message, as the
+// admin API's JSON fields or as the CLI's flags.
+type purgeWords struct {
+	ids, keys string                                    // the lists: "export_ids", "--id"
+	all       string                                    // "all" alone: `"all"`, "--all"
+	allOn     string                                    // asking for all: `"all": true`, "--all"
+	many      func(list string) string                  // a list counted: "export_ids", "--id values"
+	value     func(list string, i int, v string) string // a list's value i, quoted: `export_ids[1]: "nope"`, `--id "nope"`
+}
+
+// checkPurge checks a purge's selection: export ids, surrogate keys, or
+// all, the last alone, each list at most maxPurgeValues long. It returns
+// the ids in canonical form (route.ParseID) and both lists without
+// duplicates; an error names the mistake in w's words.
+func checkPurge(ids, keys []string, all bool, w purgeWords) (checkedIDs, checkedKeys []string, err error) {
+	switch {
+	case all && (len(ids) > 0 || len(keys) > 0):
+		return nil, nil, fmt.Errorf("%s purges everything: name no %s or %s with it", w.all, w.ids, w.keys)
+	case all:
+		return nil, nil, nil
+	case len(ids) == 0 && len(keys) == 0:
+		return nil, nil, fmt.Errorf("nothing to purge: name %s, %s, or %s", w.ids, w.keys, w.allOn)
+	case len(ids) > maxPurgeValues:
+		return nil, nil, fmt.Errorf("too many %s: %d, at most %d per request", w.many(w.ids), len(ids), maxPurgeValues)
+	case len(keys) > maxPurgeValues:
+		return nil, nil, fmt.Errorf("too many %s: %d, at most %d per request", w.many(w.keys), len(keys), maxPurgeValues)
+	}
+	seen := make(map[string]bool, len(ids)+len(keys))
+	for i, s := range ids {
+		id, ok := route.ParseID(s)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s is not an export id (a UUID, e.g. 01935abc-def0-7123-4567-890abcdef012)", w.value(w.ids, i, s))
+		}
+		if !seen[id] {
+			seen[id] = true
+			checkedIDs = append(checkedIDs, id)
+		}
+	}
+	clear(seen)
+	for i, k := range keys {
+		if !upstream.ValidSurrogateKey(k) {
+			return nil, nil, fmt.Errorf("%s is not a surrogate key (1 to %d bytes of visible ASCII, no spaces)", w.value(w.keys, i, k), upstream.MaxSurrogateKeyLen)
+		}
+		if !seen[k] {
+			seen[k] = true
+			checkedKeys = append(checkedKeys, k)
+		}
+	}
+	return checkedIDs, checkedKeys, nil
 }
 
 // purgeOutcome is what a purge did on this node.
