@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -27,40 +26,11 @@ type adminEdge struct {
 }
 
 // startAdminEdge runs Caddy with the admin endpoint on, on a random port.
-// Like every test that runs a whole Caddy, it holds caddyMu until the test
-// ends.
 func startAdminEdge(t *testing.T) *adminEdge {
 	t.Helper()
-	caddyMu.Lock()
-	t.Cleanup(caddyMu.Unlock)
-	e := &edge{up: testenv.NewUpstream(t), s3: testenv.StartS3(t), app: new(echoApp)}
-	app := httptest.NewServer(e.app)
-	t.Cleanup(app.Close)
-	addr := freeAddr(t)
+	e := newEdge(t)
 	_, adminPort, _ := net.SplitHostPort(freeAddr(t))
-	e.base = "http://" + addr
-	runCaddy(t, fmt.Sprintf(`{
-	admin localhost:%s
-	persist_config off
-	auto_https off
-	default_bind 127.0.0.1
-}
-
-http://%s {
-	export_download {
-		upstream %s
-		key_prefixes hb_test_ hb_live_
-		bucket exports
-		object_key exports/{export.project_id}/{id}.csv
-		endpoint %s
-		path_style
-		region %s
-		access_key_id %s
-		secret_access_key %s
-	}
-	reverse_proxy %s
-}
-`, adminPort, addr, e.up.URL, e.s3.Endpoint, e.s3.Region, e.s3.AccessKey, e.s3.SecretKey, strings.TrimPrefix(app.URL, "http://")))
+	runCaddy(t, globalOptions("localhost:"+adminPort)+e.site(e.addr, "", ""))
 	t.Cleanup(func() {
 		// caddy.Stop leaves the admin endpoint up; a config without
 		// one closes it.

@@ -282,3 +282,27 @@ func TestCaddyfileDispenser(t *testing.T) {
 		}
 	}
 }
+
+// FuzzUnmarshalCaddyfile: no Caddyfile text panics the parser, and what it
+// accepts names the required subdirectives.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	for _, s := range []string{
+		"export_download {\n upstream http://127.0.0.1:9080\n bucket b\n object_key k/{id}.csv\n}",
+		"export_download {\n upstream http://x\n bucket {env.B}\n object_key {export.project_id}/{id}\n cache {\n ttl pending 0\n max_entries 10\n }\n}",
+		"export_download {\n cache off\n}",
+		"export_download {\n upstream_header X-A \"a b\"\n forward_header X-T\n key_prefixes a b\n}",
+		"export_download {\n ttl\n }\n}",
+		"export_download x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		h := new(Handler)
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+			return
+		}
+		if h.Upstream == "" || h.Bucket == "" || h.ObjectKey == "" {
+			t.Fatalf("accepted a config without upstream, bucket or object_key: %q", input)
+		}
+	})
+}

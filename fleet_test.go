@@ -14,14 +14,6 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-const fleetSecret = "0123456789abcdef0123456789abcdef-test"
-
-func withFleet(addr string) func(*Handler) {
-	return func(h *Handler) {
-		h.Fleet = &FleetConfig{Redis: []string{addr}, Secret: fleetSecret, Prefix: "t" + strings.ReplaceAll(addr, ":", "_")}
-	}
-}
-
 // TestFleetCacheStatus: in one process the fleet tier sits under the local
 // cache: a miss asks Redis and shares the app's answer; a local hit asks
 // nothing; once the local entry is gone, the shared decision answers.
@@ -63,6 +55,116 @@ func TestFleetCacheStatus(t *testing.T) {
 	}
 }
 
+// TestSharedDecisionsNeverUndoAnInvalidation: the fleet's shared decisions
+// never bring back an answer this node has dropped (SECURITY.md: "a
+// refusal drops what it refutes whether it is cached or not"; README,
+// "Running a fleet": the node that saw the DELETE drops its entries before
+// the 2xx reaches the client).
+func TestSharedDecisionsNeverUndoAnInvalidation(t *testing.T) {
+	const fleetStored = "export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored"
+	unauthorized := `{"error":{"code":"UNAUTHORIZED","message":"Invalid or missing API key"}}`
+	// A 401 on one export drops every answer of the credential here: the
+	// next miss of another export must not take the shared "completed".
+	t.Run("a revoked key", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		up := testenv.NewUpstream(t)
+		completed(up, testID, time.Time{})
+		h := newHandler(t, up, nil, withFleet(r.Addr))
+		waitUntil(t, "the fleet is up", h.shared.client.Up)
+		checkReply(t, download(t, h, testID, testKey), http.StatusFound, fleetStored)
+
+		// The app revokes the key: every answer for it is now 401.
+		for _, id := range []string{testID, testID2} {
+			up.SetFor(testKey, id, testenv.Response{Status: 401, Body: unauthorized})
+		}
+		if rec := download(t, h, testID2, testKey); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("revoked key on another export: %d", rec.Code)
+		}
+		rec := download(t, h, testID, testKey)
+		if rec.Code == http.StatusFound {
+			t.Fatalf("after a 401 for the key on this node, testID still redirects: %q (upstream asked %d times for it)",
+				rec.Header().Get("Cache-Status"), up.CallsFor(testID))
+		}
+	})
+	// With ttl not_found 0 a 404 is not cached, yet it refutes the shared
+	// decision: the node's next request must not redirect again.
+	t.Run("a refusal not cached", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		up := testenv.NewUpstream(t)
+		completed(up, testID, time.Time{})
+		clock := newClock()
+		h := newHandler(t, up, clock, withFleet(r.Addr), func(h *Handler) {
+			h.Cache = &CacheConfig{TTL: map[string]caddy.Duration{"not_found": 0}}
+		})
+		waitUntil(t, "the fleet is up", h.shared.client.Up)
+		checkReply(t, download(t, h, testID, testKey), http.StatusFound, fleetStored)
+
+		// The app deletes the export (no DELETE through the edge); past 80% of
+		// the entry's life a hit refreshes it in the background and gets 404.
+		up.SetFor(testKey, testID, testenv.Response{Status: 404,
+			Body: `{"error":{"code":"NOT_FOUND","message":"Export not found"}}`})
+		clock.Advance(4*time.Minute + 30*time.Second)
+		checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
+		waitUntil(t, "the refresh got the 404", func() bool { return up.CallsFor(testID) == 2 })
+		waitUntil(t, "the 404 dropped the entry", func() bool { return h.caches.decisions.Stats().Entries == 0 })
+
+		rec := download(t, h, testID, testKey)
+		if rec.Code == http.StatusFound {
+			t.Fatalf("after the app answered 404 for it, the export redirects again: %q", rec.Header().Get("Cache-Status"))
+		}
+	})
+	// A DELETE whose publish Redis did not take waits in the outbox, and
+	// Redis still holds the shared decision of the old generation: this
+	// node must not take it while its own invalidation waits.
+	t.Run("own DELETE waiting in the outbox", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		up := testenv.NewUpstream(t)
+		completed(up, testID, time.Time{})
+		h := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
+			h.Fleet.Timeout = caddy.Duration(50 * time.Millisecond)
+		})
+		waitUntil(t, "the fleet is up", h.shared.client.Up)
+		checkReply(t, download(t, h, testID, testKey), http.StatusFound, fleetStored)
+
+		// The app deletes the export; the DELETE passes through this node
+		// while Redis refuses scripts (plain reads still work).
+		up.Set(testID, testenv.Response{Status: 404, Body: `{"error":{"code":"NOT_FOUND","message":"Export not found"}}`})
+		r.MustDo(t, "ACL", "SETUSER", "default", "-eval", "-evalsha")
+		deleteExport(t, h, testID, http.StatusNoContent)
+		if s := h.shared.client.Stats(); s.OutboxLen == 0 {
+			t.Fatalf("the DELETE was published although Redis refused its scripts: %+v", s)
+		}
+
+		rec := download(t, h, testID, testKey)
+		if rec.Code == http.StatusFound {
+			t.Fatalf("after its own DELETE answered 204, this node redirects again: %q (outbox %d)",
+				rec.Header().Get("Cache-Status"), h.shared.client.Stats().OutboxLen)
+		}
+	})
+}
+
+// TestSharedDecisionOfOtherTemplates: during a rolling deploy that adds
+// {export.project_id} to object_key, a decision shared by a node of the
+// old templates lacks the field; a node of the new ones asks the app
+// rather than answer 500 for the decision's whole TTL (README, "Running a
+// fleet": a node behaves at least as one without the fleet tier).
+func TestSharedDecisionOfOtherTemplates(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p1"})})
+	oldNode := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) { h.ObjectKey = "exports/{id}.csv" })
+	newNode := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) { h.ObjectKey = "exports/{export.project_id}/{id}.csv" })
+	waitUntil(t, "the fleet is up", oldNode.shared.client.Up)
+
+	checkReply(t, download(t, oldNode, testID, testKey), http.StatusFound,
+		"export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored")
+	rec := download(t, newNode, testID, testKey)
+	if rec.Code != http.StatusFound {
+		t.Fatalf("the node with the new template: %d %q %s (the app would have answered with project_id)",
+			rec.Code, rec.Header().Get("Cache-Status"), rec.Body)
+	}
+}
+
 func TestFleetCaddyfile(t *testing.T) {
 	for _, tc := range []struct{ name, block, want string }{
 		{"missing secret", "fleet {\n redis 127.0.0.1:6379\n}", "fleet: secret: required"},
@@ -73,6 +175,9 @@ func TestFleetCaddyfile(t *testing.T) {
 		{"unknown", "fleet {\n redis a:1\n secret " + fleetSecret + "\n pool 3\n}", `fleet: unrecognized subdirective "pool"`},
 		{"duplicate", "fleet {\n redis a:1\n secret " + fleetSecret + "\n timeout 1s\n timeout 2s\n}", "fleet: timeout: duplicate"},
 		{"glob prefix", "fleet {\n redis a:1\n secret " + fleetSecret + "\n prefix a*\n}", "fleet: prefix"},
+		// The usual way to write a Redis URL holds a password: refused
+		// without quoting it.
+		{"redis URL with a password", "fleet {\n redis redis://caddy:s3cretpw@10.0.0.5:6379\n secret " + fleetSecret + "\n}", "fleet: redis: want host:port, not a URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := "export_download {\n upstream http://127.0.0.1:9\n bucket b\n object_key k/{id}\n " + tc.block + "\n}"
@@ -80,8 +185,10 @@ func TestFleetCaddyfile(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error = %v, want one containing %q", err, tc.want)
 			}
-			if err != nil && strings.Contains(err.Error(), fleetSecret) {
-				t.Fatalf("the error quotes the secret: %v", err)
+			for _, secret := range []string{fleetSecret, "s3cretpw"} {
+				if err != nil && strings.Contains(err.Error(), secret) {
+					t.Fatalf("the error quotes a secret: %v", err)
+				}
 			}
 		})
 	}

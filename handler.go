@@ -231,7 +231,6 @@ var outcomeWords = [...]any{
 	decision.Redirect: "redirect", decision.NotReady: "not_ready", decision.Expired: "expired",
 	decision.NotFound: "not_found", decision.Unauthorized: "unauthorized", decision.InvalidRequest: "bad_request",
 	decision.RateLimited: "rate_limited", decision.Unavailable: "unavailable", decision.InternalError: "internal_error",
-	decision.Passthrough: "passthrough",
 }
 
 // exportIDOf is a record seen as its export id: the export_id placeholder

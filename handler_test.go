@@ -2,9 +2,10 @@ package exportdownload
 
 import (
 	"context"
-	"encoding/json"
-	"net/http/httptest"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
@@ -12,34 +13,15 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// envelope is the README\'s "Responses" error body.
-type envelope struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-	Meta struct {
-		RequestID string `json:"request_id"`
-	} `json:"meta"`
-}
-
-func decodeEnvelope(t *testing.T, body string) envelope {
-	t.Helper()
-	var env envelope
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		t.Fatalf("body %q is not the error envelope: %v", body, err)
-	}
-	return env
-}
-
-// TestContractTable walks the README\'s "Responses" decision table through ServeHTTP with a
-// fake upstream programmed per row.
+// TestContractTable walks the decision table of the README's "Responses"
+// through ServeHTTP with a fake upstream programmed per row.
 func TestContractTable(t *testing.T) {
 	clock := newClock()
 	now := clock.Now()
@@ -282,6 +264,53 @@ func TestIDRule(t *testing.T) {
 	}
 }
 
+// TestPathTricks pins what each odd path gets: never a redirect for an id
+// other than the one asked, and a documented outcome for each.
+func TestPathTricks(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil)
+	for _, tc := range []struct {
+		name, rawPath string
+		want          int // 418: passed to the next handler
+		upstreamID    string
+	}{
+		{"canonical", "/v1/exports/" + testID + "/download", 302, testID},
+		{"upper-case UUID", "/v1/exports/" + strings.ToUpper(testID) + "/download", 302, testID},
+		{"query string ignored", "/v1/exports/" + testID + "/download?id=" + testID2 + "&x=1", 302, testID},
+		{"percent-encoded hex digit is the same id", "/v1/exports/" + strings.Replace(testID, "0", "%30", 1) + "/download", 302, testID},
+		{"encoded slash", "/v1/exports/" + testID + "%2F..%2F" + testID2 + "/download", 418, ""},
+		{"dot-dot segment", "/v1/exports/%2e%2e/download", 400, ""},
+		{"double slash", "/v1/exports//" + testID + "/download", 418, ""},
+		{"trailing slash", "/v1/exports/" + testID + "/download/", 418, ""},
+		{"id with braces", "/v1/exports/%7B" + testID[1:35] + "%7D/download", 400, ""},
+		{"id with NUL", "/v1/exports/" + testID[:35] + "%00/download", 400, ""},
+		{"id with CRLF", "/v1/exports/" + testID[:34] + "%0D%0A/download", 400, ""},
+		{"empty id", "/v1/exports//download", 400, ""},
+		{"very long id", "/v1/exports/" + strings.Repeat("a", 8192) + "/download", 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(up.Requests())
+			req := httpRequest(t, tc.rawPath)
+			rec := serveReq(t, h, req)
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d (%s)", rec.Code, tc.want, rec.Body)
+			}
+			reqs := up.Requests()[before:]
+			if tc.upstreamID == "" {
+				if len(reqs) != 0 && rec.Code != 302 {
+					t.Errorf("asked the upstream %+v", reqs)
+				}
+				return
+			}
+			loc, _ := url.Parse(rec.Header().Get("Location"))
+			if !strings.Contains(loc.Path, tc.upstreamID) {
+				t.Errorf("redirect to %s, want the object of %s", loc.Path, tc.upstreamID)
+			}
+		})
+	}
+}
+
 func TestUpstreamRequest(t *testing.T) {
 	up := testenv.NewUpstream(t)
 	completed(up, testID, time.Time{})
@@ -327,6 +356,26 @@ func TestUpstreamRequest(t *testing.T) {
 	}
 }
 
+// TestCredentialOnlyToUpstream: the API key goes to the configured
+// upstream and nowhere else: not into Location, not into an error body.
+func TestCredentialOnlyToUpstream(t *testing.T) {
+	const key = "hb_live_TOPSECRET42"
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	h := newHandler(t, up, nil)
+	rec := download(t, h, testID, key)
+	for name, vals := range rec.Header() {
+		for _, v := range vals {
+			if strings.Contains(v, "TOPSECRET") {
+				t.Errorf("response header %s holds the key", name)
+			}
+		}
+	}
+	if reqs := up.Requests(); len(reqs) != 1 || reqs[0].Header.Get("Authorization") != "Bearer "+key {
+		t.Errorf("the upstream did not get the key: %+v", reqs)
+	}
+}
+
 func TestRequestID(t *testing.T) {
 	up := testenv.NewUpstream(t)
 	h := newHandler(t, up, nil)
@@ -352,6 +401,36 @@ func TestRequestID(t *testing.T) {
 		if env := decodeEnvelope(t, rec.Body.String()); env.Meta.RequestID != got {
 			t.Errorf("body request id %q, header %q", env.Meta.RequestID, got)
 		}
+	}
+}
+
+// TestRequestIDPropagation follows one id from the client to the upstream,
+// the response header, the body and the log line.
+func TestRequestIDPropagation(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "pending", nil, nil)})
+	h := newHandler(t, up, nil)
+	logs := observe(h)
+	rec := serve(t, h, request{path: "/v1/exports/" + testID + "/download", header: map[string]string{"Authorization": "Bearer " + testKey, "X-Request-Id": "req_client-7"}})
+	if rec.Header().Get("X-Request-Id") != "req_client-7" {
+		t.Errorf("response header %q", rec.Header().Get("X-Request-Id"))
+	}
+	body, _ := io.ReadAll(rec.Body)
+	if !strings.Contains(string(body), `"request_id":"req_client-7"`) {
+		t.Errorf("body %s", body)
+	}
+	if reqs := up.Requests(); len(reqs) != 1 || reqs[0].Header.Get("X-Request-Id") != "req_client-7" {
+		t.Errorf("upstream did not get the id: %+v", reqs)
+	}
+	if logs.FilterField(zap.String("request_id", "req_client-7")).Len() != 1 {
+		t.Errorf("log line lacks the id")
+	}
+	// A generated id travels the same way.
+	rec = serve(t, h, request{path: "/v1/exports/" + testID2 + "/download", header: map[string]string{"Authorization": "Bearer " + testKey}})
+	id := rec.Header().Get("X-Request-Id")
+	reqs := up.Requests()
+	if !strings.HasPrefix(id, "req_") || reqs[len(reqs)-1].Header.Get("X-Request-Id") != id {
+		t.Errorf("generated id %q not forwarded (%q)", id, reqs[len(reqs)-1].Header.Get("X-Request-Id"))
 	}
 }
 
@@ -447,6 +526,94 @@ func TestCustomPath(t *testing.T) {
 	}
 	if reqs := up.Requests(); len(reqs) != 1 || reqs[0].Path != "/internal/exports/"+testID+"/meta" {
 		t.Errorf("upstream saw %+v", reqs)
+	}
+}
+
+// observe swaps h's logger for an observer that keeps every level.
+func observe(h *Handler) *observer.ObservedLogs {
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	return logs
+}
+
+// allText flattens every log entry, message and fields, for searching.
+func allText(logs *observer.ObservedLogs) string {
+	var b strings.Builder
+	for _, e := range logs.All() {
+		b.WriteString(e.Level.String() + " " + e.Message)
+		enc := zapcore.NewMapObjectEncoder()
+		for _, f := range e.Context {
+			f.AddTo(enc)
+		}
+		for k, v := range enc.Fields {
+			b.WriteString(" " + k + "=")
+			b.WriteString(toString(v))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func toString(v any) string { return fmt.Sprint(v) }
+
+// TestLogsHoldNoSecret drives every kind of answer with a recognisable key
+// and checks that no log line at any level holds the key, the S3 secret or
+// a signature, while the per-request debug line and the warn on upstream
+// failures are there.
+func TestLogsHoldNoSecret(t *testing.T) {
+	const key = "hb_test_SECRETKEY0123456789"
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Now().Add(time.Hour))
+	up.Set(testID2, testenv.Response{Status: 500, Body: `{"echo":"Bearer ` + key + `"}`})
+	h := newHandler(t, up, nil, func(h *Handler) { h.ObjectKey = "exports/{export.project_id}/{id}.csv" })
+	logs := observe(h)
+
+	var signatures []string
+	for _, r := range []request{
+		{path: "/v1/exports/" + testID + "/download", header: map[string]string{"Authorization": "Bearer " + key, "X-Request-Id": "trace-1"}},
+		{path: "/v1/exports/" + testID + "/download", header: map[string]string{"Authorization": "Bearer " + key}},
+		{path: "/v1/exports/" + testID2 + "/download", header: map[string]string{"Authorization": "Bearer " + key}},
+		{path: "/v1/exports/not-a-uuid/download", header: map[string]string{"Authorization": "Bearer " + key}},
+		{path: "/v1/exports/" + testID + "/download", header: map[string]string{"Authorization": "Basic " + key}},
+	} {
+		rec := serve(t, h, r)
+		if loc := rec.Header().Get("Location"); loc != "" {
+			sig := loc[strings.Index(loc, "X-Amz-Signature=")+len("X-Amz-Signature="):]
+			signatures = append(signatures, sig)
+		}
+		if strings.Contains(rec.Body.String(), key) {
+			t.Errorf("a response body holds the API key: %s", rec.Body)
+		}
+	}
+	if len(signatures) != 2 {
+		t.Fatalf("want 2 redirects, got %d", len(signatures))
+	}
+	text := allText(logs)
+	for _, secret := range append(signatures, key, "SECRETKEY", h.SecretAccessKey, "X-Amz-Signature", "X-Amz-Credential") {
+		if strings.Contains(text, secret) {
+			t.Errorf("a log line holds %q:\n%s", secret, text)
+		}
+	}
+	if n := logs.FilterMessage("export download").FilterField(zap.String("request_id", "trace-1")).Len(); n != 1 {
+		t.Errorf("want one debug line with the client's request id, got %d:\n%s", n, text)
+	}
+	debug := logs.FilterMessage("export download").All()
+	if len(debug) != 5 {
+		t.Errorf("want a debug line per request, got %d", len(debug))
+	}
+	for _, e := range debug {
+		fields := e.ContextMap()
+		for _, name := range []string{"request_id", "export_id", "outcome", "cache", "upstream_ms"} {
+			if _, ok := fields[name]; !ok {
+				t.Errorf("debug line lacks %s: %v", name, fields)
+			}
+		}
+		if e.Level != zapcore.DebugLevel {
+			t.Errorf("per-request line at %v", e.Level)
+		}
+	}
+	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessage("upstream failure").Len(); n != 1 {
+		t.Errorf("want one warn for the upstream failure, got %d:\n%s", n, text)
 	}
 }
 

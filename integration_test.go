@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,157 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
-
-// caddyMu serialises the tests that run a whole Caddy: a process holds one
-// running config at a time.
-var caddyMu sync.Mutex
-
-// freeAddr returns a loopback address nobody listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// runCaddy adapts caddyfile and loads it into this process's Caddy, as
-// `caddy run` would, and stops it when the test ends. Calling it again in
-// the same test is a config reload.
-func runCaddy(t *testing.T, caddyfile string) {
-	t.Helper()
-	adapter := caddyconfig.GetAdapter("caddyfile")
-	cfg, warnings, err := adapter.Adapt([]byte(caddyfile), nil)
-	if err != nil {
-		t.Fatalf("adapting the Caddyfile: %v\n%s", err, caddyfile)
-	}
-	for _, w := range warnings {
-		t.Logf("adapt warning: %s", w)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading the config: %v", err)
-	}
-}
-
-// edge is a running Caddy with export_download in front of reverse_proxy.
-type edge struct {
-	base string // http://127.0.0.1:port
-	up   *testenv.Upstream
-	s3   *testenv.S3
-	app  *echoApp
-	cfg  func(extra string) string
-}
-
-// echoApp stands for the application behind reverse_proxy: it echoes what
-// it got and answers DELETEs with 204.
-type echoApp struct {
-	mu   sync.Mutex
-	seen []string
-}
-
-func (a *echoApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	b, _ := io.ReadAll(r.Body)
-	a.mu.Lock()
-	a.seen = append(a.seen, r.Method+" "+r.URL.Path+" "+string(b))
-	a.mu.Unlock()
-	if r.Method == http.MethodDelete {
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
-	w.Header().Set("X-App", "1")
-	fmt.Fprintf(w, "app:%s %s %s", r.Method, r.URL.Path, b)
-}
-
-func startEdge(t *testing.T, directives string) *edge {
-	t.Helper()
-	caddyMu.Lock()
-	t.Cleanup(caddyMu.Unlock)
-	e := &edge{up: testenv.NewUpstream(t), s3: testenv.StartS3(t), app: new(echoApp)}
-	app := httptest.NewServer(e.app)
-	t.Cleanup(app.Close)
-	addr := freeAddr(t)
-	e.base = "http://" + addr
-	e.cfg = func(extra string) string {
-		return fmt.Sprintf(`{
-	admin off
-	persist_config off
-	auto_https off
-	default_bind 127.0.0.1
-}
-
-http://%s {
-	export_download {
-		upstream %s
-		key_prefixes hb_test_ hb_live_
-		bucket exports
-		object_key exports/{export.project_id}/{id}.csv
-		endpoint %s
-		path_style
-		region %s
-		access_key_id %s
-		secret_access_key %s
-		%s
-	}
-	%s
-	reverse_proxy %s
-}
-`, addr, e.up.URL, e.s3.Endpoint, e.s3.Region, e.s3.AccessKey, e.s3.SecretKey, directives, extra, strings.TrimPrefix(app.URL, "http://"))
-	}
-	runCaddy(t, e.cfg(""))
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping Caddy: %v", err)
-		}
-	})
-	e.s3.CreateBucket(t, "exports")
-	return e
-}
-
-// noRedirects is a client that, like the official Go SDK, does not follow
-// redirects. It opens a connection per request: a reload closes the old
-// server's idle keep-alive connections, and Go does not retry a DELETE
-// sent on one of those just as it closes.
-var noRedirects = &http.Client{
-	Timeout:       10 * time.Second,
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	Transport:     &http.Transport{DisableKeepAlives: true},
-}
-
-func (e *edge) get(t *testing.T, client *http.Client, method, path, key string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, e.base+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := client.Do(req)
-	// Right after a reload, Caddy's SO_REUSEPORT listener swap may reset a
-	// connection before any response (see TestReloadUnderLoad): a GET or
-	// HEAD, idempotent, is retried; a DELETE is not.
-	for try := 0; err != nil && try < 3 && (method == http.MethodGet || method == http.MethodHead); try++ {
-		time.Sleep(20 * time.Millisecond)
-		resp, err = client.Do(req)
-	}
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, body
-}
 
 func TestEndToEndDownload(t *testing.T) {
 	e := startEdge(t, `filename "Export {id}.csv"`)

@@ -2,14 +2,155 @@ package exportdownload
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/exportedge/caddy-export-download/internal/cache"
+	"github.com/exportedge/caddy-export-download/internal/decision"
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
+
+// TestCacheInvalidateOnDelete: a DELETE of an export that the next handler
+// answers with a 2xx drops the export's entries for every key, and only
+// then, and only that export's.
+func TestCacheInvalidateOnDelete(t *testing.T) {
+	answer := func(code int) caddyhttp.Handler {
+		return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			if code == http.StatusOK {
+				_, err := w.Write([]byte("{}")) // an implicit 200
+				return err
+			}
+			w.WriteHeader(code)
+			return nil
+		})
+	}
+	tests := []struct {
+		name    string
+		path    string
+		code    int
+		dropped string // the export whose entries go; "": none
+	}{
+		{"204", "/v1/exports/" + testID, http.StatusNoContent, testID},
+		{"implicit 200", "/v1/exports/" + testID, http.StatusOK, testID},
+		{"upper-case id", "/v1/exports/" + strings.ToUpper(testID), http.StatusNoContent, testID},
+		{"403", "/v1/exports/" + testID, http.StatusForbidden, ""},
+		{"404", "/v1/exports/" + testID, http.StatusNotFound, ""},
+		{"500", "/v1/exports/" + testID, http.StatusInternalServerError, ""},
+		{"another id", "/v1/exports/" + testID2, http.StatusNoContent, testID2},
+		{"another path", "/v1/projects/" + testID, http.StatusNoContent, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			completed(up, testID, time.Time{})
+			completed(up, testID2, time.Time{})
+			h := newHandler(t, up, newClock())
+			// testID is cached for two keys, testID2 for one.
+			cached := map[string][]string{testID: {testKey, otherKy}, testID2: {testKey}}
+			for _, id := range []string{testID, testID2} {
+				for _, key := range cached[id] {
+					checkReply(t, download(t, h, id, key), http.StatusFound, wantStored)
+				}
+			}
+
+			rec := serve(t, h, request{method: http.MethodDelete, path: tt.path, next: answer(tt.code),
+				header: map[string]string{"Authorization": "Bearer " + testKey}})
+			if rec.Code != tt.code {
+				t.Fatalf("DELETE answered %d, want the next handler's %d", rec.Code, tt.code)
+			}
+
+			for _, id := range []string{testID, testID2} {
+				want, calls := wantHit, len(cached[id])
+				if id == tt.dropped {
+					want, calls = wantStored, 2*len(cached[id])
+				}
+				for _, key := range cached[id] {
+					checkReply(t, download(t, h, id, key), http.StatusFound, want)
+				}
+				checkCalls(t, up, id, calls)
+			}
+		})
+	}
+
+	// README, "Caching": a DELETE answered 2xx drops the export's answers
+	// "on this node", in every cache of it: two sites whose settings differ
+	// (here the file name) keep two caches, and the fleet does not deliver
+	// a node's own events back to it.
+	t.Run("every cache of the node, with the fleet tier", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		up := testenv.NewUpstream(t)
+		completed(up, testID, time.Time{})
+		h1 := newHandler(t, up, nil, withFleet(r.Addr))
+		h2 := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) { h.Filename = "other-{id}.csv" })
+		if h1.caches.decisions == h2.caches.decisions {
+			t.Fatal("the two handlers share a cache: the test needs two")
+		}
+		waitUntil(t, "the fleet is up", h1.shared.client.Up)
+		if rec := download(t, h1, testID, testKey); rec.Code != http.StatusFound {
+			t.Fatalf("h1: %d", rec.Code)
+		}
+		if rec := download(t, h2, testID, testKey); rec.Code != http.StatusFound {
+			t.Fatalf("h2: %d", rec.Code)
+		}
+
+		// Dropped before the 2xx reaches the client: no wait for the fleet.
+		deleteExport(t, h1, testID, http.StatusNoContent)
+
+		rec := download(t, h2, testID, testKey)
+		if got := rec.Header().Get("Cache-Status"); got == wantHit {
+			t.Fatalf("after a DELETE answered 204 on this node, the other site's cache still answers %q", got)
+		}
+	})
+}
+
+// TestInvalidateEveryWayOfAnswering: the DELETE watcher sees a 2xx however
+// the next handler sends it: io.Copy (ReadFrom) without WriteHeader, an
+// implicit 200 with no body, a Flush first. A 500 after a flushed 200 does
+// not exist on the wire; a handler error is not a success.
+func TestInvalidateEveryWayOfAnswering(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		next caddyhttp.HandlerFunc
+		want bool // dropped
+	}{
+		{"io.Copy without WriteHeader", func(w http.ResponseWriter, r *http.Request) error {
+			// Not a WriterTo: io.Copy then takes the writer's ReadFrom.
+			_, err := io.Copy(w, io.LimitReader(strings.NewReader("deleted"), 100))
+			return err
+		}, true},
+		{"implicit 200, no body", func(w http.ResponseWriter, r *http.Request) error { return nil }, true},
+		{"flush before anything", func(w http.ResponseWriter, r *http.Request) error {
+			return http.NewResponseController(w).Flush()
+		}, true},
+		{"204", func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(204); return nil }, true},
+		{"handler error", func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("app down"))
+		}, false},
+		{"403", func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(403); return nil }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			completed(up, testID, time.Time{})
+			h := newHandler(t, up, newClock())
+			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantStored)
+			req := httptest.NewRequest(http.MethodDelete, "/v1/exports/"+testID, nil)
+			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+			_ = h.ServeHTTP(httptest.NewRecorder(), req, tc.next)
+			rec := download(t, h, testID, testKey)
+			if dropped := rec.Header().Get("Cache-Status") != wantHit; dropped != tc.want {
+				t.Fatalf("after the DELETE: Cache-Status %q; want dropped=%v", rec.Header().Get("Cache-Status"), tc.want)
+			}
+		})
+	}
+}
 
 // TestPurgeOutsideThePoolLocks: a purge reads the pools, then drops and
 // publishes outside their locks. While its publish waits on a Redis that
@@ -54,5 +195,46 @@ func TestPurgeOutsideThePoolLocks(t *testing.T) {
 	proxy.Resume()
 	if out := <-purged; out.Dropped != 1 || out.Fleet == "off" {
 		t.Fatalf("purge = %+v, want 1 dropped and the fleet told", out)
+	}
+}
+
+// TestDropLocal: the one drop that DELETEs, purges and the fleet's events
+// share drops what the selection names, for every credential, and costs
+// what it drops.
+func TestDropLocal(t *testing.T) {
+	c := cache.New[*record](cache.Config{MaxEntries: 100})
+	t.Cleanup(c.Close)
+	ids := []string{testID, testID2, "01935abc-def0-7123-4567-890abcdef014"}
+	fill := func() {
+		for i, id := range ids {
+			for cred := range 2 {
+				rec := &record{answer: decision.Answer{Kind: decision.KindExport, SurrogateKeys: []string{fmt.Sprintf("tag_%d", i)}}}
+				key := cache.Key{ID: id}
+				key.Cred[0] = byte(cred)
+				if _, how, err := c.Load(context.Background(), key, func(context.Context) (*record, time.Duration, error) { return rec, time.Hour, nil }); err != nil || how != cache.Stored {
+					t.Fatalf("filling %s: %v, %v", id, how, err)
+				}
+			}
+		}
+	}
+	fill()
+	for _, tc := range []struct {
+		name string
+		sel  purgeSelection
+		want int
+	}{
+		{"one id, both credentials", purgeSelection{IDs: []string{testID}}, 2},
+		{"an id dropped already", purgeSelection{IDs: []string{testID}}, 0},
+		{"a tag", purgeSelection{Tags: []string{"tag_1"}}, 2},
+		{"an id and a tag of the same entries", purgeSelection{IDs: []string{ids[2]}, Tags: []string{"tag_2"}}, 2},
+		{"nothing left to name", purgeSelection{IDs: []string{testID2}, Tags: []string{"tag_0"}}, 0},
+	} {
+		if got := dropLocal(c, tc.sel); got != tc.want {
+			t.Errorf("%s: dropped %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	fill()
+	if got := dropLocal(c, purgeSelection{All: true}); got != 2*len(ids) || c.Stats().Entries != 0 {
+		t.Errorf("all: dropped %d, %d left; want %d, none", got, c.Stats().Entries, 2*len(ids))
 	}
 }

@@ -7,6 +7,8 @@ package exportdownload
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -252,20 +254,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.logger.Info("export_download provisioned",
-		zap.String("path", h.Path),
-		zap.String("upstream", h.Upstream+h.UpstreamPath),
-		zap.Duration("upstream_timeout", time.Duration(h.UpstreamTimeout)),
-		zap.Strings("forward_header", h.forward),
-		zap.String("bucket", h.Bucket),
-		zap.String("object_key", h.ObjectKey),
-		zap.String("region", h.Region),
-		zap.String("endpoint", h.Endpoint),
-		zap.Bool("static_credentials", h.AccessKeyID != ""),
-		zap.Duration("presign_expiry", time.Duration(h.PresignExpiry)),
-		zap.String("on_upstream_error", h.OnUpstreamError),
-		zap.Bool("cache", !h.Cache.Disabled),
-		zap.Int("max_entries", h.Cache.MaxEntries),
-		zap.Bool("fleet", h.shared != nil),
+		zap.String("path", h.Path), zap.String("upstream", h.Upstream+h.UpstreamPath),
+		zap.Duration("upstream_timeout", time.Duration(h.UpstreamTimeout)), zap.Strings("forward_header", h.forward),
+		zap.String("bucket", h.Bucket), zap.String("object_key", h.ObjectKey),
+		zap.String("region", h.Region), zap.String("endpoint", h.Endpoint),
+		zap.Bool("static_credentials", h.AccessKeyID != ""), zap.Duration("presign_expiry", time.Duration(h.PresignExpiry)),
+		zap.String("on_upstream_error", h.OnUpstreamError), zap.Bool("cache", !h.Cache.Disabled),
+		zap.Int("max_entries", h.Cache.MaxEntries), zap.Bool("fleet", h.shared != nil),
 	)
 	return nil
 }
@@ -438,6 +433,8 @@ var (
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 	_ caddy.AdminRouter           = (*adminAPI)(nil)
 	_ caddy.Provisioner           = (*adminAPI)(nil)
+	_ io.ReaderFrom               = (*successWriter)(nil)
+	_ http.Flusher                = (*successWriter)(nil)
 	_ caddy.Destructor            = (*pooledDecisions)(nil)
 	_ caddy.Destructor            = (*pooledURLs)(nil)
 	_ caddy.Destructor            = pooledFleet{}

@@ -170,8 +170,25 @@ func TestValidateAcceptsValid(t *testing.T) {
 	}
 }
 
-// TestProvisionDefaults checks the README\'s "Configuration reference" defaults after Provision, and that
-// values given explicitly (including an explicit 0) are kept.
+// TestConfigErrorsHideUserInfo: a URL with a password in it is refused
+// without quoting the password back into Caddy's error log.
+func TestConfigErrorsHideUserInfo(t *testing.T) {
+	h := &Handler{Upstream: "http://user:hunter2@127.0.0.1:9/", Bucket: "b", ObjectKey: "k",
+		Endpoint: "http://AKID:s3cretpw@localhost:1"}
+	err := h.Validate()
+	if err == nil || !strings.Contains(err.Error(), "upstream:") || !strings.Contains(err.Error(), "endpoint:") {
+		t.Fatalf("want upstream and endpoint refused, got %v", err)
+	}
+	for _, secret := range []string{"hunter2", "s3cretpw"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error quotes the password %q: %v", secret, err)
+		}
+	}
+}
+
+// TestProvisionDefaults checks the defaults of the README's "Configuration
+// reference" after Provision, and that values given explicitly (including
+// an explicit 0) are kept.
 func TestProvisionDefaults(t *testing.T) {
 	dur := func(p *caddy.Duration) any {
 		if p == nil {
