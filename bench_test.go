@@ -132,7 +132,7 @@ func TestCacheHitAllocs(t *testing.T) {
 			// Past 80% of the 5m lifetime: the next hit starts a refresh,
 			// which the upstream holds until the test ends.
 			up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, nil), Delay: time.Minute})
-			clock.Advance(4*time.Minute + 30*time.Second)
+			advance(t, h, clock, 4*time.Minute+30*time.Second)
 			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
 			waitUntil(t, "the refresh reaches the upstream", func() bool { return up.CallsFor(testID) == 2 })
 			hits("refresh window, a refresh running")

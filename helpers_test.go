@@ -504,3 +504,15 @@ func heapAlloc() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
 }
+
+// advance moves the handler's clock forward by d. With a fleet it then
+// waits until the stream reader has confirmed at the new time: the bound
+// on staleness counts in the handler's clock, and in production the clock
+// never jumps past the reader's confirmations.
+func advance(t testing.TB, h *Handler, clock *fakeClock, d time.Duration) {
+	t.Helper()
+	clock.Advance(d)
+	if h.shared != nil {
+		waitUntil(t, "the fleet confirms at the new time", func() bool { return h.shared.trusts(0, clock.Now()) })
+	}
+}

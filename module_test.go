@@ -533,7 +533,11 @@ const fullConfig = `{
 		"prefix": "edge1",
 		"secret": "{env.FLEET_SECRET}",
 		"timeout": 100000000,
-		"lock_wait": 500000000
+		"lock_wait": 500000000,
+		"sentinel": "mymaster",
+		"sentinel_username": "sentinel-user",
+		"sentinel_password": "{env.SENTINEL_PASSWORD}",
+		"max_staleness": "1s"
 	}
 }`
 
