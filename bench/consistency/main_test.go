@@ -15,14 +15,14 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/checker"
 )
 
-// The short run's product-dependent settings. Today's product has no
-// max_staleness and ignores Cache-Group-Invalidation; once it has both,
-// set ciFleetExtra = "max_staleness 1s" and ciInband = true. Without
-// editing, CONSISTENCY_FLEET_EXTRA (lines separated by ";") and
-// CONSISTENCY_INBAND (true/false) override them.
+// The short run's product-dependent settings: the bound the tests use and
+// in-band invalidations (RFC 9875). CONSISTENCY_FLEET_EXTRA (lines
+// separated by ";") and CONSISTENCY_INBAND (true/false) override them, e.g.
+// to show that the checker finds late answers with the bound off
+// (CONSISTENCY_FLEET_EXTRA='max_staleness off').
 const (
-	ciFleetExtra = ""
-	ciInband     = false
+	ciFleetExtra = "max_staleness 1s"
+	ciInband     = true
 )
 
 // TestConsistencyShort is the checker's short run (about a minute, every
