@@ -512,6 +512,40 @@ func TestMissingTemplateField(t *testing.T) {
 	}
 }
 
+// A field that would make the key or bucket name another object than the
+// template means (a dot or empty segment, a control character, a leading
+// slash the template does not have, a value over 1 KiB) is a 500 with the
+// envelope and a logged reason, never a redirect: some S3-compatible
+// stores resolve dot segments (versitygw served exports/p/../../secret.csv
+// as secret.csv; internal/presign's TestUnsafeKeysAgainstS3).
+func TestUnsafeObjectRefused(t *testing.T) {
+	for _, tc := range []struct{ name, key, field string }{
+		{"dot-dot segments", "exports/{export.p}/{id}.csv", "p/../../secret"},
+		{"a dot segment", "exports/{export.p}/{id}.csv", "."},
+		{"an empty segment", "exports/{export.p}/{id}.csv", "a//b"},
+		{"a control character", "exports/{export.p}/{id}.csv", "p\u0001q"},
+		{"a leading slash from a field", "{export.p}/{id}.csv", "/p"},
+		{"a field over 1 KiB", "exports/{export.p}/{id}.csv", strings.Repeat("p", 1025)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			up.Set(testID, testenv.Response{Body: testenv.ExportBody(testID, "completed", nil, map[string]any{"p": tc.field})})
+			h := newHandler(t, up, nil, func(h *Handler) { h.ObjectKey = tc.key })
+			logs := observe(h)
+			rec := download(t, h, testID, testKey)
+			if rec.Code != 500 || rec.Header().Get("Location") != "" {
+				t.Fatalf("status %d, Location %q: want 500 and no URL", rec.Code, rec.Header().Get("Location"))
+			}
+			if env := decodeEnvelope(t, rec.Body.String()); env.Error.Code != "INTERNAL_ERROR" {
+				t.Errorf("%+v", env)
+			}
+			if logs.FilterMessage("cannot build the object to download").Len() != 1 {
+				t.Errorf("no error line with the reason")
+			}
+		})
+	}
+}
+
 func TestCustomPath(t *testing.T) {
 	up := testenv.NewUpstream(t)
 	completed(up, testID, time.Time{})

@@ -238,3 +238,83 @@ func TestDropLocal(t *testing.T) {
 		t.Errorf("all: dropped %d, %d left; want %d, none", got, c.Stats().Entries, 2*len(ids))
 	}
 }
+
+// In-band invalidation (RFC 9875): an application answer to an unsafe
+// request that passes through the edge with a 2xx and
+// Cache-Group-Invalidation purges those groups, as the admin API would,
+// before the status reaches the client; answers to GET/HEAD, and answers
+// that are not 2xx, change nothing. Cache-Groups tags an answer like
+// Surrogate-Key.
+func TestInBandInvalidation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		method  string
+		status  int
+		header  string
+		dropped bool
+	}{
+		{"POST 200 with the group", http.MethodPost, 200, `"key_alice"`, true},
+		{"PUT 204 with the group and another", http.MethodPut, 204, `"other", "key_alice"`, true},
+		{"PATCH 200", http.MethodPatch, 200, `"key_alice"`, true},
+		{"DELETE of another path, 200", http.MethodDelete, 200, `"key_alice"`, true},
+		{"a group from Cache-Groups", http.MethodPost, 200, `"grp_alice"`, true},
+		{"GET 200: a safe method changes nothing", http.MethodGet, 200, `"key_alice"`, false},
+		{"POST 403: not a success", http.MethodPost, 403, `"key_alice"`, false},
+		{"POST 302: not a success", http.MethodPost, 302, `"key_alice"`, false},
+		{"POST 200 with another group", http.MethodPost, 200, `"key_bob"`, false},
+		{"POST 200, not a List of Strings: ignored", http.MethodPost, 200, `key_alice`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			up.Set(testID, testenv.Response{
+				Header: http.Header{"Surrogate-Key": {"key_alice"}, "Cache-Groups": {`"grp_alice"`}},
+				Body:   testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p"})})
+			h := newHandler(t, up, nil)
+			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantStored)
+			sawEntries := -1
+			app := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				w.Header().Set("Cache-Group-Invalidation", tc.header)
+				w.WriteHeader(tc.status)
+				return nil
+			})
+			// The client must not see the status before the purge: the
+			// recorder is checked when the status is written.
+			rec := &statusWatcher{ResponseRecorder: httptest.NewRecorder(), atStatus: func() { sawEntries = h.caches.decisions.Stats().Entries }}
+			req := httptest.NewRequest(tc.method, "/v1/keys/alice/revoke", nil)
+			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+			if tc.method == http.MethodGet {
+				req.URL.Path = "/v1/keys/alice" // not the download path: passed on
+			}
+			if err := h.ServeHTTP(rec, req, app); err != nil {
+				t.Fatal(err)
+			}
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want the app's %d", rec.Code, tc.status)
+			}
+			want := 1
+			if tc.dropped {
+				want = 0
+			}
+			if sawEntries != want {
+				t.Fatalf("entries when the status left: %d, want %d", sawEntries, want)
+			}
+			wantCS := wantHit
+			if tc.dropped {
+				wantCS = wantStored
+			}
+			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantCS)
+		})
+	}
+}
+
+// statusWatcher calls atStatus when the status is written: what a client
+// could observe first.
+type statusWatcher struct {
+	*httptest.ResponseRecorder
+	atStatus func()
+}
+
+func (s *statusWatcher) WriteHeader(code int) {
+	s.atStatus()
+	s.ResponseRecorder.WriteHeader(code)
+}

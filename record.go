@@ -91,7 +91,7 @@ func (rec *record) exportID() string {
 // record keeps of an answer.
 func (h *Handler) provisionTemplates() {
 	h.bucket, _ = tmpl.Parse(h.Bucket)
-	h.key, _ = tmpl.Parse(h.ObjectKey)
+	h.key, _ = tmpl.ParseObjectKey(h.ObjectKey) // a leading slash only if the template has one
 	h.file, _ = tmpl.Parse(h.Filename)
 	h.templateFields = []string{} // none named: the upstream keeps none
 	for _, t := range []tmpl.Template{h.bucket, h.key, h.file} {
@@ -115,6 +115,13 @@ func (h *Handler) renderObject(id string, fields map[string]string) (presign.Obj
 	}
 	if obj.Key == "" || obj.Bucket == "" {
 		return obj, errors.New("the bucket or object key rendered empty")
+	}
+	// A key or bucket that could name another object than the template
+	// means (dot or empty segments, control characters) fails here, once
+	// per answer, as a cached 500 (README, "Templates"); Presign checks
+	// again.
+	if err := presign.CheckObject(obj); err != nil {
+		return obj, err
 	}
 	obj.Filename, err = h.file.Render(id, fields)
 	return obj, err
