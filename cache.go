@@ -218,12 +218,7 @@ func cachesStats() []cacheReport {
 	all := collect[*pooledDecisions](decisionCaches)
 	out := make([]cacheReport, 0, len(all))
 	for _, d := range all {
-		r := cacheReport{Name: d.key, Stats: d.value.Stats()}
-		if d.value.fleet != nil {
-			fs := d.value.fleet.Stats()
-			r.Fleet = &fs
-		}
-		out = append(out, r)
+		out = append(out, cacheReport{Name: d.key, Stats: d.value.Stats(), Fleet: statsOfFleet(d.value.fleet)})
 	}
 	slices.SortFunc(out, func(a, b cacheReport) int { return strings.Compare(a.Name, b.Name) })
 	return out

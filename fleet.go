@@ -338,6 +338,36 @@ func (p pooledFleet) Destruct() error {
 
 func (p pooledFleet) logger() *zap.Logger { return caddy.Log().Named("export_download.fleet") }
 
+// publish sends sel to every fleet this process belongs to: "published",
+// "queued" (Redis unreachable: it is sent when Redis answers again) or
+// "off" without any. The clients are read under the pool's lock and called
+// outside it. A client whose last config was cleaned up meanwhile queues
+// the event and drops it as it closes: no config of this node uses that
+// fleet then.
+func publish(ctx context.Context, sel purgeSelection) string {
+	state := "off"
+	for _, c := range collect[pooledFleet](fleetClients) {
+		if c.value.Publish(ctx, fleet.Event{IDs: sel.IDs, Tags: sel.Tags, All: sel.All}) {
+			if state == "off" {
+				state = "published"
+			}
+		} else {
+			state = "queued"
+		}
+	}
+	return state
+}
+
+// statsOfFleet is what the admin API shows of the fleet a cache follows;
+// nil without one.
+func statsOfFleet(c *fleet.Client) *fleet.Stats {
+	if c == nil {
+		return nil
+	}
+	s := c.Stats()
+	return &s
+}
+
 // sharedTier is the fleet as the lookup sees it (lookup.go): the shared
 // decisions under the local cache. It also applies the fleet's
 // invalidations to this config's cache.

@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
-	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/route"
 	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
@@ -201,13 +200,13 @@ type purgeOutcome struct {
 // the drops and the Redis calls run outside them, so a reload does not wait
 // for a purge (nor a purge for a reload).
 func purge(ctx context.Context, sel purgeSelection) purgeOutcome {
-	caches, fleets := collect[*pooledDecisions](decisionCaches), collect[pooledFleet](fleetClients)
+	caches := collect[*pooledDecisions](decisionCaches)
 	out := purgeOutcome{Caches: len(caches)}
 	for _, d := range caches {
 		out.Dropped += dropLocal(d.value.Cache, sel)
 	}
-	out.Fleet = publish(ctx, fleets, sel)
-	if len(fleets) > 0 {
+	out.Fleet = publish(ctx, sel)
+	if out.Fleet != "off" {
 		for _, d := range caches {
 			out.Dropped += dropLocal(d.value.Cache, sel)
 		}
@@ -229,22 +228,4 @@ func dropLocal(c *cache.Cache[*record], sel purgeSelection) int {
 		n += c.PurgeTags(sel.Tags...)
 	}
 	return n
-}
-
-// publish sends sel to every fleet client: "published", "queued" (Redis
-// unreachable: it is sent when Redis answers again) or "off" without any.
-// A client whose last config was cleaned up meanwhile queues the event
-// and drops it as it closes: no config of this node uses that fleet then.
-func publish(ctx context.Context, clients []pooled[pooledFleet], sel purgeSelection) string {
-	state := "off"
-	for _, c := range clients {
-		if c.value.Publish(ctx, fleet.Event{IDs: sel.IDs, Tags: sel.Tags, All: sel.All}) {
-			if state == "off" {
-				state = "published"
-			}
-		} else {
-			state = "queued"
-		}
-	}
-	return state
 }
