@@ -342,8 +342,7 @@ func (p pooledFleet) logger() *zap.Logger { return caddy.Log().Named("export_dow
 // "queued" (Redis unreachable: it is sent when Redis answers again) or
 // "off" without any. The clients are read under the pool's lock and called
 // outside it. A client whose last config was cleaned up meanwhile queues
-// the event and drops it as it closes: no config of this node uses that
-// fleet then.
+// the event and hands it, as it closes, to the clients that remain.
 func publish(ctx context.Context, sel purgeSelection) string {
 	state := "off"
 	for _, c := range collect[pooledFleet](fleetClients) {
