@@ -3,16 +3,24 @@ package exportdownload
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
+
+// fleetStored is the Cache-Status of a miss that this node asked the app
+// about and shared.
+const fleetStored = "export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored"
 
 // TestFleetCacheStatus: in one process the fleet tier sits under the local
 // cache: a miss asks Redis and shares the app's answer; a local hit asks
@@ -61,7 +69,6 @@ func TestFleetCacheStatus(t *testing.T) {
 // "Running a fleet": the node that saw the DELETE drops its entries before
 // the 2xx reaches the client).
 func TestSharedDecisionsNeverUndoAnInvalidation(t *testing.T) {
-	const fleetStored = "export_download_fleet; fwd=miss; stored, export_download; fwd=miss; stored"
 	unauthorized := `{"error":{"code":"UNAUTHORIZED","message":"Invalid or missing API key"}}`
 	// A 401 on one export drops every answer of the credential here: the
 	// next miss of another export must not take the shared "completed".
@@ -248,4 +255,211 @@ func TestFleetNoGoroutineLeak(t *testing.T) {
 	}
 	_ = prev.Cleanup()
 	goleak.VerifyNone(t, opts...)
+}
+
+// Two sites with one fleet block but different upstreams (staging and
+// production sharing a Redis) never take each other's decisions: the one
+// whose app answers 404 must not redirect from the other's shared 302.
+func TestFleetSitesDoNotShareDecisions(t *testing.T) {
+	r := testenv.StartRedis(t)
+	prod, staging := testenv.NewUpstream(t), testenv.NewUpstream(t)
+	completed(prod, testID, time.Time{})
+	notFoundFor(staging, testKey, testID)
+	a := newHandler(t, prod, nil, withFleet(r.Addr))
+	waitUntil(t, "the fleet is up", a.shared.client.Up)
+	checkReply(t, download(t, a, testID, testKey), http.StatusFound, fleetStored)
+	for _, tc := range []struct {
+		name string
+		mod  func(*Handler)
+	}{
+		{"another upstream", func(h *Handler) { h.Upstream = staging.URL }},
+		{"another upstream_path", func(h *Handler) { h.Upstream = staging.URL; h.UpstreamPath = "/v1/exports/{id}/" }},
+		{"another upstream_header", func(h *Handler) {
+			h.Upstream = staging.URL
+			h.UpstreamHeader = map[string]string{"X-Edge-Token": "staging"}
+		}},
+		{"another TTL", func(h *Handler) {
+			h.Upstream = staging.URL
+			h.Cache = &CacheConfig{TTL: map[string]caddy.Duration{"completed": caddy.Duration(time.Minute)}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newHandler(t, prod, nil, withFleet(r.Addr), tc.mod)
+			waitUntil(t, "the fleet is up", b.shared.client.Up)
+			if rec := download(t, b, testID, testKey); rec.Code == http.StatusFound {
+				t.Fatalf("a site whose app answers 404 redirected: %q", rec.Header().Get("Cache-Status"))
+			}
+		})
+	}
+	// The same settings on another node do share.
+	c := newHandler(t, prod, nil, withFleet(r.Addr))
+	checkReply(t, download(t, c, testID, otherKy), http.StatusFound, fleetStored)
+	c.caches.decisions.PurgeAll()
+	checkReply(t, download(t, c, testID, otherKy), http.StatusFound, "export_download_fleet; hit, export_download; fwd=miss; stored")
+}
+
+// max_staleness: with Redis gone, a node keeps answering, but asks the app
+// again, once per bound, before answering from an entry decided before the
+// bound (README, "Bounded staleness"); with Redis back its hits are hits.
+func TestFleetBoundedStaleness(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	const bound = 300 * time.Millisecond
+	h := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
+		h.Fleet.MaxStaleness = &Staleness{Duration: caddy.Duration(bound)}
+	})
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, fleetStored)
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
+
+	r.Kill()
+	start, calls0 := time.Now(), up.CallsFor(testID)
+	var statuses []int
+	for time.Since(start) < 2*time.Second {
+		rec := download(t, h, testID, testKey)
+		statuses = append(statuses, rec.Code)
+		time.Sleep(10 * time.Millisecond)
+	}
+	asked := up.CallsFor(testID) - calls0
+	elapsed := time.Since(start)
+	t.Logf("Redis down %v with max_staleness %v: %d downloads, %d upstream calls", elapsed.Round(time.Millisecond), bound, len(statuses), asked)
+	for i, s := range statuses {
+		if s != http.StatusFound {
+			t.Fatalf("download %d answered %d while Redis was down", i, s)
+		}
+	}
+	// At least one call per bound once it passed (the entry stopped being
+	// trusted), and at most one per bound (coalesced, then trusted again
+	// for the bound).
+	if maxCalls := int(elapsed/bound) + 1; asked < 2 || asked > maxCalls {
+		t.Errorf("%d upstream calls in %v, want between 2 and %d (one per max_staleness)", asked, elapsed, maxCalls)
+	}
+
+	r.Restart()
+	waitUntil(t, "the fleet confirms again", func() bool { return h.shared.trusts(0, time.Now()) })
+	download(t, h, testID, testKey) // demoted on the restart (a new data set): asked again once
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
+}
+
+// A reload that changes the fleet block (here: to fix a wrong password)
+// keeps the invalidations that waited for Redis: the new config's client
+// publishes them.
+func TestFleetOutboxSurvivesAReload(t *testing.T) {
+	const rules = "~* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
+	r := testenv.StartRedis(t, testenv.RedisUser("edge", "right-password", rules))
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	fleetUser := func(password string) func(*Handler) {
+		return func(h *Handler) {
+			withFleet(r.Addr)(h)
+			h.Fleet.Username, h.Fleet.Password = "edge", password
+		}
+	}
+	// Another node of the fleet, to see what is published.
+	other := newHandler(t, up, nil, fleetUser("right-password"))
+	waitUntil(t, "the other node's fleet is up", other.shared.client.Up)
+	checkReply(t, download(t, other, testID, testKey), http.StatusFound, fleetStored)
+
+	old := &Handler{Upstream: up.URL, Bucket: "b", ObjectKey: "k/{id}", Endpoint: "http://localhost:1", PathStyle: true,
+		AccessKeyID: "AKID", SecretAccessKey: "secret"}
+	fleetUser("wrong-password")(old)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := old.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deleteExport(t, old, testID, http.StatusNoContent)
+	if n := old.shared.client.Stats().OutboxLen; n != 1 {
+		t.Fatalf("outbox %d with a wrong password, want the DELETE", n)
+	}
+	// The reload: the new config is provisioned, then the old cleaned up.
+	fixed := newHandler(t, up, nil, fleetUser("right-password"))
+	_ = old.Cleanup()
+	waitUntil(t, "the other node drops the export", func() bool { return other.caches.decisions.Stats().Entries == 0 })
+	waitUntil(t, "the new client's outbox empties", func() bool { return fixed.shared.client.Stats().OutboxLen == 0 })
+}
+
+// A config that fails to load after it took the fleet's metrics must leave
+// them to the running config: its Cleanup removes its observer only.
+func TestFleetMetricsAcrossAFailedReload(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	running := newHandler(t, up, nil, withFleet(r.Addr))
+	waitUntil(t, "the fleet is up", running.shared.client.Up)
+	runningReg := prometheus.NewRegistry()
+	m, err := newFleetMetrics(runningReg, "running")
+	if err != nil {
+		t.Fatal(err)
+	}
+	running.shared.removeObserver() // the running config's observer, on a registry the test reads
+	running.shared.removeObserver = running.shared.client.AddObserver(m)
+
+	// A reload with the same fleet block that fails after the fleet was
+	// provisioned (here: Validate fails after Provision).
+	failed := &Handler{Upstream: up.URL, Bucket: "b", ObjectKey: "k/{id}", Endpoint: "http://localhost:1", PathStyle: true,
+		AccessKeyID: "AKID", SecretAccessKey: "secret"}
+	withFleet(r.Addr)(failed)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := failed.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if failed.shared.client != running.shared.client {
+		t.Fatal("the two configs do not share the pooled client")
+	}
+	_ = failed.Cleanup()
+
+	before := testutil.ToFloat64(m.lookups["miss"]) + testutil.ToFloat64(m.lookups["hit"])
+	completed(up, testID2, time.Time{})
+	download(t, running, testID2, testKey)
+	if after := testutil.ToFloat64(m.lookups["miss"]) + testutil.ToFloat64(m.lookups["hit"]); after != before+1 {
+		t.Fatalf("the running config's fleet_lookups_total went from %v to %v after a failed reload, want +1", before, after)
+	}
+	if up := testutil.ToFloat64(m.up); up != 1 {
+		t.Fatalf("the running config's fleet_up = %v after a failed reload", up)
+	}
+}
+
+// A password given as {file.<path>} is read again at every new connection,
+// so a rotated token is used without a reload; other passwords are fixed.
+func TestFleetPasswordFileReadPerConnection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "redis_password")
+	if err := os.WriteFile(path, []byte("first-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &FleetConfig{Redis: []string{"127.0.0.1:6379"}, Username: "edge", Password: "{file." + path + "}", Secret: fleetSecret}
+	c.expand(caddy.NewReplacer())
+	if c.Password != "first-token" {
+		t.Fatalf("expanded password %q", c.Password)
+	}
+	cfg, err := c.clientConfig(time.Second, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Credentials == nil {
+		t.Fatal("a {file.*} password is not read per connection")
+	}
+	for _, want := range []string{"first-token", "rotated-token"} {
+		if want != "first-token" {
+			if err := os.WriteFile(path, []byte(want+"\r\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		user, pass, err := cfg.Credentials()
+		if err != nil || user != "edge" || pass != want {
+			t.Fatalf("Credentials() = %q, %q, %v; want edge, %q", user, pass, err, want)
+		}
+	}
+	os.Remove(path)
+	if _, _, err := cfg.Credentials(); err == nil || strings.Contains(err.Error(), "rotated-token") {
+		t.Fatalf("a missing file: %v", err)
+	}
+	fixed := &FleetConfig{Redis: []string{"127.0.0.1:6379"}, Password: "{env.REDIS_PASSWORD}", Secret: fleetSecret}
+	t.Setenv("REDIS_PASSWORD", "from-env")
+	fixed.expand(caddy.NewReplacer())
+	if cfg, _ := fixed.clientConfig(time.Second, time.Minute); cfg.Credentials != nil || cfg.Password != "from-env" {
+		t.Fatalf("an {env.*} password: %+v", cfg)
+	}
 }

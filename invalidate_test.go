@@ -318,3 +318,46 @@ func (s *statusWatcher) WriteHeader(code int) {
 	s.atStatus()
 	s.ResponseRecorder.WriteHeader(code)
 }
+
+// The node that forwards a DELETE cannot put the old decision back: GETs
+// racing the DELETE miss locally and may read the shared decision from
+// before it until the new generation is written; purge drops the local
+// entries again after publishing, so once the 2xx is out this node never
+// redirects to the deleted export. 200 DELETEs, each with GETs running.
+func TestDeleteRacingFillsDoNotBringTheOldDecisionBack(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	h := newHandler(t, up, nil, withFleet(r.Addr))
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
+	const n = 200
+	late := 0
+	for i := range n {
+		id := fmt.Sprintf("01935abc-def0-7123-4567-%012x", 0x5000+i)
+		completed(up, id, time.Time{})
+		checkReply(t, download(t, h, id, testKey), http.StatusFound, fleetStored)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() { // GETs racing the DELETE
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					download(t, h, id, testKey)
+				}
+			}
+		}()
+		notFoundFor(up, testKey, id)
+		deleteExport(t, h, id, http.StatusNoContent)
+		close(stop)
+		<-done
+		if rec := download(t, h, id, testKey); rec.Code == http.StatusFound {
+			late++
+			t.Logf("DELETE %d: the node redirects after its own 2xx: %q", i, rec.Header().Get("Cache-Status"))
+		}
+	}
+	if late > 0 {
+		t.Fatalf("%d of %d DELETEs: the node that answered the 2xx redirected to the deleted export afterwards", late, n)
+	}
+}
