@@ -10,8 +10,9 @@
 #   - versitygw v1.8.0 (the S3 server the end-to-end tests start) with
 #     `go install` into GOBIN (default: GOPATH/bin), which it puts first on
 #     PATH for the tests;
-#   - redis-server, promtool, wrk, systemd-analyze, gnuplot, curl and a C
-#     compiler for -race from Debian's packages, when run as root. As another
+#   - redis-server, redis-cli (the Cluster and Sentinel tests create their
+#     deployments with it), promtool, wrk, systemd-analyze, gnuplot, curl
+#     and a C compiler for -race from Debian's packages, when run as root. As another
 #     user it stops, before any test, with one line naming what is missing
 #     and the apt-get command that installs it.
 # It starts no server itself (the tests start theirs on random loopback
@@ -37,6 +38,7 @@ command -v go >/dev/null || die "needs Go (https://go.dev/doc/install), version 
 # tool:package pairs. gcc (with libc6-dev) is what -race needs: it uses cgo.
 readonly TOOLS=(
 	redis-server:redis-server
+	redis-cli:redis-tools
 	promtool:prometheus
 	wrk:wrk
 	systemd-analyze:systemd
