@@ -406,7 +406,7 @@ func TestPurgeRetiresOnlyWhatItCovers(t *testing.T) {
 	tagged, untagged := cred("revoked key"), cred("another key")
 	ft := newFetcher("tagged")
 	ft.tags = []string{"key_8f2a", "proj_91c0"}
-	const n = 20
+	const n = 100
 	for i := range n {
 		id := fmt.Sprintf("exp_tag_%d", i)
 		load(t, a, id, tagged, ft)
