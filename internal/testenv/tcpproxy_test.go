@@ -44,9 +44,9 @@ func dialLine(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	return c, bufio.NewReader(c)
 }
 
-// roundTrip writes line and reads one line back within wait; it returns
+// proxyRoundTrip writes line and reads one line back within wait; it returns
 // the error of a read that timed out or failed.
-func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader, line string, wait time.Duration) (string, error) {
+func proxyRoundTrip(t *testing.T, c net.Conn, r *bufio.Reader, line string, wait time.Duration) (string, error) {
 	t.Helper()
 	if _, err := io.WriteString(c, line+"\n"); err != nil {
 		return "", err
@@ -60,11 +60,11 @@ func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader, line string, wait time
 func TestTCPProxyFreezeDeliversOnResume(t *testing.T) {
 	p := StartTCPProxy(t, startEcho(t))
 	c, r := dialLine(t, p.Addr)
-	if got, err := roundTrip(t, c, r, "before", 5*time.Second); err != nil || got != "before" {
+	if got, err := proxyRoundTrip(t, c, r, "before", 5*time.Second); err != nil || got != "before" {
 		t.Fatalf("before the freeze: %q, %v", got, err)
 	}
 	p.Freeze()
-	if got, err := roundTrip(t, c, r, "held", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if got, err := proxyRoundTrip(t, c, r, "held", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("while frozen: got %q, %v; want a read timeout", got, err)
 	}
 	p.Resume()
@@ -82,17 +82,17 @@ func TestTCPProxyBlackholeDiscardsAndEndsDamagedConnections(t *testing.T) {
 		c net.Conn
 		r *bufio.Reader
 	}{{damaged, dr}, {intact, ir}} {
-		if got, err := roundTrip(t, cr.c, cr.r, "before", 5*time.Second); err != nil || got != "before" {
+		if got, err := proxyRoundTrip(t, cr.c, cr.r, "before", 5*time.Second); err != nil || got != "before" {
 			t.Fatalf("before the blackhole: %q, %v", got, err)
 		}
 	}
 	p.Blackhole()
-	if got, err := roundTrip(t, damaged, dr, "lost", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if got, err := proxyRoundTrip(t, damaged, dr, "lost", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("while blackholed: got %q, %v; want a read timeout on an open connection", got, err)
 	}
 	// New connections are accepted while blackholed, and lose their bytes.
 	fresh, fr := dialLine(t, p.Addr)
-	if got, err := roundTrip(t, fresh, fr, "lost too", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if got, err := proxyRoundTrip(t, fresh, fr, "lost too", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("new connection while blackholed: got %q, %v; want a read timeout", got, err)
 	}
 	p.Resume()
@@ -102,11 +102,11 @@ func TestTCPProxyBlackholeDiscardsAndEndsDamagedConnections(t *testing.T) {
 		t.Fatalf("damaged connection after Resume: read %q, %v; want it closed", got, err)
 	}
 	// One that lost nothing goes on.
-	if got, err := roundTrip(t, intact, ir, "after", 5*time.Second); err != nil || got != "after" {
+	if got, err := proxyRoundTrip(t, intact, ir, "after", 5*time.Second); err != nil || got != "after" {
 		t.Fatalf("intact connection after Resume: %q, %v", got, err)
 	}
 	c, r := dialLine(t, p.Addr)
-	if got, err := roundTrip(t, c, r, "new", 5*time.Second); err != nil || got != "new" {
+	if got, err := proxyRoundTrip(t, c, r, "new", 5*time.Second); err != nil || got != "new" {
 		t.Fatalf("new connection after Resume: %q, %v", got, err)
 	}
 }
