@@ -182,6 +182,10 @@ func TestFleetCaddyfile(t *testing.T) {
 		{"unknown", "fleet {\n redis a:1\n secret " + fleetSecret + "\n pool 3\n}", `fleet: unrecognized subdirective "pool"`},
 		{"duplicate", "fleet {\n redis a:1\n secret " + fleetSecret + "\n timeout 1s\n timeout 2s\n}", "fleet: timeout: duplicate"},
 		{"glob prefix", "fleet {\n redis a:1\n secret " + fleetSecret + "\n prefix a*\n}", "fleet: prefix"},
+		{"max_staleness not a duration", "fleet {\n redis a:1\n secret " + fleetSecret + "\n max_staleness soon\n}", `fleet: max_staleness: want a positive duration or off, got "soon"`},
+		{"max_staleness too short", "fleet {\n redis a:1\n secret " + fleetSecret + "\n max_staleness 10ms\n}", "fleet: max_staleness: 10ms is too short"},
+		{"sentinel credentials without sentinel", "fleet {\n redis a:1\n secret " + fleetSecret + "\n sentinel_password pw\n}", "fleet: sentinel: sentinel_username and sentinel_password need sentinel"},
+		{"sentinel twice", "fleet {\n redis a:1\n secret " + fleetSecret + "\n sentinel a\n sentinel b\n}", "fleet: sentinel: duplicate"},
 		// The usual way to write a Redis URL holds a password: refused
 		// without quoting it.
 		{"redis URL with a password", "fleet {\n redis redis://caddy:s3cretpw@10.0.0.5:6379\n secret " + fleetSecret + "\n}", "fleet: redis: want host:port, not a URL"},
