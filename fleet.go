@@ -445,6 +445,16 @@ func (s *sharedTier) trusts(decided int64, now time.Time) bool {
 	return s.client.Trusts(decided, now.UnixNano())
 }
 
+// current reports whether the fleet confirmed within max_staleness that
+// every invalidation is applied here; recent whether an answer decided at
+// decided is within max_staleness of now (lookup.go reads current before
+// the local cache, then recent of what it found).
+func (s *sharedTier) current(now time.Time) bool { return s.client.Current(now.UnixNano()) }
+
+func (s *sharedTier) recent(decided int64, now time.Time) bool {
+	return s.client.Recent(decided, now.UnixNano())
+}
+
 func sharedAnswerOf(src fleet.Source) sharedAnswer {
 	switch src {
 	case fleet.Hit:

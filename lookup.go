@@ -123,15 +123,16 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 		return rec, err
 	}
 	c := h.caches.decisions
+	// Read before the lookup: a confirmation seen here covers invalidations
+	// applied before it, so the lookup cannot find what they dropped.
+	current := h.shared == nil || h.shared.current(x.now)
 	e, state := c.PeekAt(x.key, x.now)
-	if state == cache.Fresh || state == cache.Refresh {
-		if h.shared != nil && !h.shared.trusts(e.Value.decided, x.now) {
-			// The fleet has not confirmed lately that every invalidation
-			// reached this node, and this answer is older than the bound:
-			// ask again before answering from it, as for a stale entry
-			// (README, "Bounded staleness").
-			state = cache.Stale
-		}
+	if !current && (state == cache.Fresh || state == cache.Refresh) && !h.shared.recent(e.Value.decided, x.now) {
+		// The fleet has not confirmed lately that every invalidation
+		// reached this node, and this answer is older than the bound: ask
+		// again before answering from it, as for a stale entry (README,
+		// "Bounded staleness").
+		state = cache.Stale
 	}
 	switch state {
 	case cache.Fresh:

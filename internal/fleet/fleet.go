@@ -449,12 +449,24 @@ func (c *Client) reachable() rueidis.Client {
 // Trusts reports whether an answer decided at decided (Unix nanoseconds)
 // may still be served at now without asking again: always while the
 // stream reader has confirmed, within MaxStaleness, that every
-// invalidation up to a recent point is applied; otherwise only if it was
-// decided within MaxStaleness. It is on the hit path: two loads and a few
-// comparisons.
-func (c *Client) Trusts(decided, now int64) bool {
+// invalidation up to a recent point is applied (Current); otherwise only
+// if it was decided within MaxStaleness (Recent).
+func (c *Client) Trusts(decided, now int64) bool { return c.Current(now) || c.Recent(decided, now) }
+
+// Current reports whether the stream reader confirmed within MaxStaleness
+// of now that every invalidation up to then is applied. A caller that
+// checks it before looking an answer up sees the lookup after every
+// invalidation the confirmation covers. It is on the hit path: two loads.
+func (c *Client) Current(now int64) bool {
 	ms := int64(c.cfg.MaxStaleness)
-	return ms < 0 || now-c.confirmed.Load() <= ms || now-decided <= ms
+	return ms < 0 || now-c.confirmed.Load() <= ms
+}
+
+// Recent reports whether an answer decided at decided is within
+// MaxStaleness of now.
+func (c *Client) Recent(decided, now int64) bool {
+	ms := int64(c.cfg.MaxStaleness)
+	return ms < 0 || now-decided <= ms
 }
 
 // MaxStaleness is the configured bound; negative when it is off.
