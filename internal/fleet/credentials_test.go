@@ -14,8 +14,9 @@ import (
 // Config.Credentials is asked at every new connection: when the user's
 // password rotates, the client reconnects with the new one as soon as the
 // function returns it, without being recreated. Every authentication
-// failure the server logs is an attempt made with the old password after
-// the rotation and before the function changed; none follows the change.
+// failure the server logs is one of the attempts made with the old
+// password after the rotation, before the function changed; none follows
+// the change.
 func TestCredentialsAskedAtEachConnection(t *testing.T) {
 	const oldPass, newPass = "old-pass-0123456789", "new-pass-9876543210"
 	r := testenv.StartRedis(t, testenv.RedisUser(fleetUser, oldPass, fleetDataACL))
@@ -77,9 +78,12 @@ func TestCredentialsAskedAtEachConnection(t *testing.T) {
 	mu.Unlock()
 	stale := staleOut.Load()
 	waitUp(t, a, b)
-	waitFor(t, 10*time.Second, "the server's log to count every attempt with the old password", func() bool {
-		return authFailures(t, r) == stale
-	})
+	// Attempts with the old password still in flight land in the log (not
+	// asserted: one abandoned before its HELLO reached the server is never
+	// logged, and one made just before the server rotated succeeded).
+	for deadline := time.Now().Add(5 * time.Second); authFailures(t, r) < stale && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	waitFor(t, 5*time.Second, "the breaker to close", func() bool { return !a.Stats().BreakerOpen && !b.Stats().BreakerOpen })
 	if _, src := load(t, a, "rot_3", key, newFetcher("v3")); src != Stored {
 		t.Fatalf("after the rotation: %v, want stored", src)
@@ -99,8 +103,10 @@ func TestCredentialsAskedAtEachConnection(t *testing.T) {
 		_, src := load(t, b, "rot_3", key, newFetcher("x"))
 		return src == Hit
 	})
-	if got := authFailures(t, r); got != stale {
-		t.Errorf("%d authentication failures, want %d (only the attempts with the old password)", got, stale)
+	// Every failure the server logged is an attempt with the old password:
+	// none followed the change of the function.
+	if got := authFailures(t, r); got == 0 || got > stale {
+		t.Errorf("%d authentication failures, want between 1 and %d (the attempts with the old password)", got, stale)
 	}
 	t.Logf("credentials asked %d times for the first connections, %d in all; %d attempts with the old password after the rotation, %d failures logged",
 		askedFirst, asked.Load(), stale, authFailures(t, r))
