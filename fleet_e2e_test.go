@@ -984,7 +984,7 @@ func testFleetPartition(t *testing.T, bin string) {
 func testFleetTLSACL(t *testing.T, bin string) {
 	prefix := "e2etls" + randHex(t, 4)
 	const password = "e2e-acl-password-4f1c"
-	rules := "~" + prefix + ":* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
+	rules := "~" + prefix + ":* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +info +wait +ping +cluster|slots +cluster|shards"
 	r := testenv.StartRedis(t, testenv.RedisTLS(), testenv.RedisUser("edge", password, rules))
 	secretFile := filepath.Join(t.TempDir(), "fleet_secret")
 	if err := os.WriteFile(secretFile, []byte(e2eSecret+"\n"), 0o600); err != nil {

@@ -350,7 +350,7 @@ func TestFleetBoundedStaleness(t *testing.T) {
 // keeps the invalidations that waited for Redis: the new config's client
 // publishes them.
 func TestFleetOutboxSurvivesAReload(t *testing.T) {
-	const rules = "~* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
+	const rules = "~* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha +xadd +xread +xinfo|stream +multi +exec +time +role +info +wait +ping +cluster|slots +cluster|shards"
 	r := testenv.StartRedis(t, testenv.RedisUser("edge", "right-password", rules))
 	up := testenv.NewUpstream(t)
 	completed(up, testID, time.Time{})

@@ -141,9 +141,9 @@ type Client struct {
 	// applied; 0 until the first.
 	confirmed atomic.Int64
 	purges    purgeLog
-	// replicas is how many replicas the stream's master had connected at
-	// the last look; -1 before the first.
-	replicas atomic.Int32
+	// replicas remembers the stream masters recently seen with a replica
+	// connected, for the publishes' WAIT.
+	replicas replicaWatch
 
 	subMu  sync.Mutex
 	subs   map[int]func(Event)
@@ -152,6 +152,12 @@ type Client struct {
 	out outbox
 
 	st counters
+
+	// sentinelDialer marks the dials to Sentinels (their net.Dialer carries
+	// this resolver), and sentinelConns holds the remote addresses they
+	// reached: the credentials function is for the data nodes only.
+	sentinelDialer *net.Resolver
+	sentinelConns  sync.Map
 }
 
 // Observer receives the fleet tier's metrics. Implementations must be safe
@@ -280,7 +286,6 @@ func New(cfg Config) (*Client, error) {
 		subs:      map[int]func(Event){},
 	}
 	c.started = c.now()
-	c.replicas.Store(-1)
 	c.purges.init(cfg.Horizon, cfg.ClockSkew)
 	c.out.init()
 	c.rootCtx, c.cancel = context.WithCancel(context.Background())
@@ -329,18 +334,28 @@ func (c *Client) clientOption() rueidis.ClientOption {
 		AlwaysPipelining: true,
 	}
 	if cfg.Credentials != nil {
-		opt.AuthCredentialsFn = func(rueidis.AuthCredentialsContext) (rueidis.AuthCredentials, error) {
+		opt.AuthCredentialsFn = func(ac rueidis.AuthCredentialsContext) (rueidis.AuthCredentials, error) {
+			// rueidis hands its Sentinel connections this function too:
+			// they keep the Sentinel credentials.
+			if ac.Address != nil {
+				if _, ok := c.sentinelConns.Load(ac.Address.String()); ok {
+					return rueidis.AuthCredentials{Username: cfg.SentinelUsername, Password: cfg.SentinelPassword}, nil
+				}
+			}
 			u, p, err := cfg.Credentials()
 			return rueidis.AuthCredentials{Username: u, Password: p}, err
 		}
 	}
 	if cfg.Sentinel != "" {
+		c.sentinelDialer = &net.Resolver{}
+		sentinelDialer := opt.Dialer
+		sentinelDialer.Resolver = c.sentinelDialer
 		opt.Sentinel = rueidis.SentinelOption{
 			MasterSet: cfg.Sentinel,
 			Username:  cfg.SentinelUsername,
 			Password:  cfg.SentinelPassword,
 			TLSConfig: cfg.TLS,
-			Dialer:    opt.Dialer,
+			Dialer:    sentinelDialer,
 			// Reconcile with the Sentinels now and then besides their
 			// +switch-master events: one missed event would otherwise bind
 			// the client to a demoted master.
@@ -366,6 +381,9 @@ func (c *Client) dial(ctx context.Context, dst string, d *net.Dialer, tlsCfg *tl
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c.sentinelDialer != nil && d.Resolver == c.sentinelDialer {
+		c.sentinelConns.Store(conn.RemoteAddr().String(), struct{}{})
 	}
 	// Closed when the client closes; rueidis closes it earlier otherwise.
 	context.AfterFunc(c.rootCtx, func() { _ = conn.Close() })

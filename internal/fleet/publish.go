@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,14 +185,17 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 	stream := c.prefix + "inv"
 	mac := hex.EncodeToString(c.sign(stream, []byte(c.node), []byte{0}, payload))
 	err = c.call(ctx, func(ctx context.Context) error {
-		// XADD, then ROLE and WAIT on the same connection (keyless
+		// INFO replication, XADD and WAIT on one connection (keyless
 		// commands follow the stream's slot): WAIT counts the replicas that
 		// hold every write of that connection, the event included. It
-		// waits for one replica when the master had replicas at the last
-		// look (the reader's ROLE, or the last publish's): WAIT 1 on a
-		// master without replicas would only run into its timeout.
+		// waits for one replica when the master is expected to have one
+		// (replicaWatch): WAIT 1 on a master without replicas would only
+		// run into its timeout. INFO goes first: rueidis (v1.0.79) marks
+		// the first command of a pipeline that holds a blocking one (WAIT)
+		// as blocking, and its Cluster client then mishandles an ASK
+		// redirect of that command (a slot migration) and panics.
 		need := int64(0)
-		if c.replicas.Load() > 0 {
+		if c.replicas.expecting(time.Now()) {
 			need = 1
 		}
 		waitMS := int64(c.cfg.Timeout / time.Millisecond)
@@ -199,14 +203,14 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 			waitMS = max(1, time.Until(dl).Milliseconds()*3/4)
 		}
 		res := cl.DoMulti(ctx,
+			cl.B().Info().Section("replication").Build(),
 			cl.B().Xadd().Key(stream).Maxlen().Almost().Threshold(strconv.Itoa(streamMaxLen)).Id("*").
 				FieldValue().FieldValue("n", c.node).FieldValue("p", string(payload)).FieldValue("m", mac).Build(),
-			cl.B().Role().Build(),
 			cl.B().Wait().Numreplicas(need).Timeout(waitMS).Build())
-		if err := res[0].Error(); err != nil {
+		if err := res[1].Error(); err != nil {
 			return err
 		}
-		return c.replicated(res[1], res[2], need)
+		return c.replicated(res[0], res[2], need)
 	})
 	if err != nil {
 		return err
@@ -220,55 +224,109 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 	return nil
 }
 
-// warnedNoWait remembers that the server refused ROLE or WAIT (an ACL
+// warnedNoWait remembers that the server refused INFO or WAIT (an ACL
 // without them, or a service that lacks them), logged once per process.
 var warnedNoWait atomic.Bool
 
-// replicated reads ROLE and WAIT after an XADD: published if the master
-// has no replica connected (nothing to wait for), or WAIT waited for one
-// and it acknowledged. When ROLE shows replicas that WAIT did not wait for
-// (the count changed), the event is sent again with the new count. A
-// server that refuses ROLE or WAIT cannot tell: the event counts as
-// published, with one warning.
-func (c *Client) replicated(role, wait rueidis.RedisResult, need int64) error {
-	replicas, rerr := roleReplicas(role)
+// replicated reads INFO replication and WAIT around an XADD. The event is
+// published if a replica acknowledged it, or if the master has no replica
+// connected and none is expected back: a master seen with a replica (same
+// replication ID, so not a replica promoted since) that shows none now has
+// lost its link for a while, and an event it alone holds would vanish if it
+// failed over now. A server that refuses INFO or WAIT cannot tell: the
+// event counts as published, with one warning.
+func (c *Client) replicated(info, wait rueidis.RedisResult, need int64) error {
+	replid, replicas, ierr := infoReplication(info)
 	n, werr := wait.AsInt64()
 	var re *rueidis.RedisError
-	if errors.As(rerr, &re) || errors.As(werr, &re) {
+	if errors.As(ierr, &re) || errors.As(werr, &re) {
 		if !warnedNoWait.Swap(true) {
-			c.log.Warn("fleet: redis refused ROLE or WAIT: invalidations are not confirmed by a replica and could be lost in a failover (allow +role +wait)",
-				zap.Error(errors.Join(rerr, werr)))
+			c.log.Warn("fleet: redis refused INFO or WAIT: invalidations are not confirmed by a replica and could be lost in a failover (allow +info +wait)",
+				zap.Error(errors.Join(ierr, werr)))
 		}
 		return nil
 	}
-	if rerr != nil {
-		return rerr // a network failure: not published
+	if ierr != nil {
+		return ierr // a network failure: not published
 	}
 	if werr != nil {
 		return werr
 	}
-	c.replicas.Store(int32(replicas))
-	if replicas == 0 || (need > 0 && n >= 1) {
+	expect := c.replicas.observe(replid, replicas, time.Now())
+	if (need > 0 && n >= 1) || !expect {
 		return nil
 	}
 	return errNotReplicated
 }
 
-// roleReplicas is the number of connected replicas a ROLE reply lists (0
-// for a replica or anything but a master).
-func roleReplicas(role rueidis.RedisResult) (int, error) {
-	arr, err := role.ToArray()
-	if err != nil {
-		return 0, err
+// replicaGrace is how long a master that lost its replicas is expected to
+// get one back: until then its events wait in the outbox.
+const replicaGrace = 10 * time.Second
+
+// replicaWatch remembers the stream masters recently seen with a replica
+// connected, by replication ID (which a promoted replica changes). More
+// than one: during a failover a client may reach the old master and the
+// new one in turn.
+type replicaWatch struct {
+	mu   sync.Mutex
+	seen map[string]time.Time // replication ID → last look with a replica
+	last string               // replication ID at the last look
+}
+
+// observe notes a look at a master and says whether it is expected to
+// have a replica.
+func (w *replicaWatch) observe(replid string, replicas int, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen == nil {
+		w.seen = map[string]time.Time{}
 	}
-	if len(arr) >= 3 {
-		if kind, _ := arr[0].ToString(); kind == "master" {
-			if list, err := arr[2].ToArray(); err == nil {
-				return len(list), nil
-			}
+	for id, at := range w.seen {
+		if now.Sub(at) >= replicaGrace {
+			delete(w.seen, id)
 		}
 	}
-	return 0, nil
+	w.last = replid
+	if replicas > 0 {
+		w.seen[replid] = now
+		return true
+	}
+	_, ok := w.seen[replid]
+	return ok
+}
+
+// expecting reports whether the master of the last look is expected to
+// have a replica.
+func (w *replicaWatch) expecting(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at, ok := w.seen[w.last]
+	return ok && now.Sub(at) < replicaGrace
+}
+
+// infoReplication reads the replication ID and the number of connected
+// replicas from INFO replication (0 for a replica).
+func infoReplication(info rueidis.RedisResult) (replid string, replicas int, err error) {
+	s, err := info.ToString()
+	if err != nil {
+		return "", 0, err
+	}
+	master := false
+	for _, line := range strings.Split(s, "\r\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch k {
+		case "role":
+			master = v == "master"
+		case "connected_slaves":
+			replicas, _ = strconv.Atoi(v)
+		case "master_replid":
+			replid = v
+		}
+	}
+	if !master {
+		replicas = 0
+	}
+	return replid, replicas, nil
 }
 
 // outboxLoop retries queued events on its own timer, so they go out within

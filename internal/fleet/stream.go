@@ -306,10 +306,10 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	}
 	// After the transaction (a refusal inside it would abort it), keyless
 	// so they run on the stream's node (a Cluster routes them with the
-	// transaction's key): ROLE, how many replicas the stream's master has,
-	// for the publishes' WAIT; and on the first read TIME, the server's
-	// clock, which the stream's ids count in.
-	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Role().Build())
+	// transaction's key): INFO replication, whether the stream's master
+	// has replicas, for the publishes' WAIT; and on the first read TIME,
+	// the server's clock, which the stream's ids count in.
+	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Info().Section("replication").Build())
 	if !r.started {
 		cmds = append(cmds, r.cl.B().Time().Build())
 	}
@@ -318,8 +318,8 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	if !r.started {
 		execAt--
 	}
-	if n, err := roleReplicas(res[execAt+1]); err == nil {
-		c.replicas.Store(int32(n))
+	if replid, n, err := infoReplication(res[execAt+1]); err == nil {
+		c.replicas.observe(replid, n, time.Now())
 	}
 	exec, err := res[execAt].ToArray()
 	if err != nil {
