@@ -119,11 +119,18 @@ func (c *CacheConfig) provision(h *Handler, fleetKey string, client *fleet.Clien
 	uKey := poolKey("urls", []any{h.Region, h.Endpoint, h.PathStyle, h.AccessKeyID, h.SecretAccessKey, h.SessionToken,
 		h.PresignExpiry, c.PresignReuse, c.MaxEntries})
 	d, _, err := decisionCaches.LoadOrNew(dKey, func() (caddy.Destructor, error) {
-		return &pooledDecisions{Cache: cache.New[*record](cache.Config{
+		cfg := cache.Config{
 			MaxEntries:   c.MaxEntries,
 			StaleIfError: time.Duration(*c.StaleIfError),
 			Now:          h.now,
-		}), fleet: client}, nil
+		}
+		if client != nil {
+			// A refusal (401/403) revokes the credential on every node,
+			// not only on the one that asked the app (README, "Bounded
+			// staleness").
+			cfg.OnRefused = publishRefusal
+		}
+		return &pooledDecisions{Cache: cache.New[*record](cfg), fleet: client}, nil
 	})
 	if err != nil {
 		return nil, err

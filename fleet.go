@@ -346,7 +346,7 @@ func (p pooledFleet) logger() *zap.Logger { return caddy.Log().Named("export_dow
 func publish(ctx context.Context, sel purgeSelection) string {
 	state := "off"
 	for _, c := range collect[pooledFleet](fleetClients) {
-		if c.value.Publish(ctx, fleet.Event{IDs: sel.IDs, Tags: sel.Tags, All: sel.All}) {
+		if c.value.Publish(ctx, fleet.Event{IDs: sel.IDs, Tags: sel.Tags, Creds: sel.Creds, All: sel.All}) {
 			if state == "off" {
 				state = "published"
 			}
@@ -355,6 +355,15 @@ func publish(ctx context.Context, sel purgeSelection) string {
 		}
 	}
 	return state
+}
+
+// publishRefusal makes the application's refusal of a credential (a
+// 401/403 answer) hold everywhere, like a purge: every cache of this node
+// and of every node of the fleet drops that credential's entries, and no
+// node takes a shared decision made for it before. The event names the
+// credential by its HMAC, as keys do.
+func publishRefusal(cred [32]byte) {
+	purge(context.Background(), purgeSelection{Creds: [][32]byte{cred}})
 }
 
 // statsOfFleet is what the admin API shows of the fleet a cache follows;
@@ -478,10 +487,11 @@ func (s *sharedTier) subscribe(d *cache.Cache[*record]) {
 		if ev.Demote {
 			n = d.Demote()
 		} else {
-			n = dropLocal(d, purgeSelection{IDs: ev.IDs, Tags: ev.Tags, All: ev.All})
+			n = dropLocal(d, purgeSelection{IDs: ev.IDs, Tags: ev.Tags, Creds: ev.Creds, All: ev.All})
 		}
 		s.logger.Debug("fleet invalidation applied", zap.Strings("export_ids", firstN(ev.IDs, 16)),
-			zap.Int("surrogate_keys", len(ev.Tags)), zap.Bool("all", ev.All), zap.Bool("demote", ev.Demote), zap.Int("entries", n))
+			zap.Int("surrogate_keys", len(ev.Tags)), zap.Int("refused_credentials", len(ev.Creds)), zap.Bool("all", ev.All),
+			zap.Bool("demote", ev.Demote), zap.Int("entries", n))
 	})
 }
 

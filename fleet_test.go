@@ -467,3 +467,45 @@ func TestFleetPasswordFileReadPerConnection(t *testing.T) {
 		t.Fatalf("an {env.*} password: %+v", cfg)
 	}
 }
+
+// A refusal reaches every node: once the app answers 401 for a key on one
+// node, the other nodes stop answering from their cached 302s of that key,
+// for every export (README, "Bounded
+// staleness": the app refusing a credential is one of the three
+// invalidations the bound covers).
+func TestFleetRefusalReachesEveryNode(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	completed(up, testID2, time.Time{})
+	a := newHandler(t, up, nil, withFleet(r.Addr))
+	// Another node: its own fleet client and its own cache (in one
+	// process, a setting that is neither the site's nor the connection's
+	// keeps them apart), of the same site.
+	b := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
+		h.Fleet.Timeout = caddy.Duration(time.Second)
+		h.Cache = &CacheConfig{MaxEntries: 1000}
+	})
+	if a.shared.client == b.shared.client || a.caches.decisions == b.caches.decisions {
+		t.Fatal("the two nodes share a client or a cache")
+	}
+	waitUntil(t, "the fleet is up", func() bool { return a.shared.client.Up() && b.shared.client.Up() })
+	// Node b caches testID for the key, and another key's answer.
+	download(t, b, testID, testKey)
+	checkReply(t, download(t, b, testID, testKey), http.StatusFound, wantHit)
+	download(t, b, testID, otherKy)
+
+	// The app revokes the key; node a asks about another export with it.
+	up.SetFor(testKey, testID, testenv.Response{Status: 401, Body: `{"error":{"code":"UNAUTHORIZED","message":"Invalid or missing API key"}}`})
+	up.SetFor(testKey, testID2, testenv.Response{Status: 401, Body: `{"error":{"code":"UNAUTHORIZED","message":"Invalid or missing API key"}}`})
+	refused := time.Now()
+	if rec := download(t, a, testID2, testKey); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("node a: %d, want the app's 401", rec.Code)
+	}
+	waitUntil(t, "node b stops redirecting the refused key", func() bool {
+		return download(t, b, testID, testKey).Code != http.StatusFound
+	})
+	t.Logf("node b refused the key %v after node a saw the app refuse it", time.Since(refused))
+	// Only that key: the other key's answer on node b is still a hit.
+	checkReply(t, download(t, b, testID, otherKy), http.StatusFound, wantHit)
+}

@@ -125,6 +125,9 @@ type purgeSelection struct {
 	IDs  []string
 	Tags []string
 	All  bool
+	// Creds are credential digests the application refused: each one's
+	// entries, for every export, are dropped.
+	Creds [][32]byte
 }
 
 // The rules of a purge's selection: the admin API's and the CLI's, so that
@@ -226,6 +229,9 @@ func dropLocal(c *cache.Cache[*record], sel purgeSelection) int {
 	}
 	if len(sel.Tags) > 0 {
 		n += c.PurgeTags(sel.Tags...)
+	}
+	for _, cred := range sel.Creds {
+		n += c.InvalidateCredential(cred)
 	}
 	return n
 }

@@ -109,6 +109,10 @@ type Config struct {
 	StaleIfError time.Duration
 	// Now is the clock; nil means time.Now. Tests pass a fake one.
 	Now func() time.Time
+	// OnRefused, when set, is told of every credential an answer refuted
+	// (RefutesCredential), after its entries were dropped: a tier that
+	// shares answers with other nodes tells them too.
+	OnRefused func(cred [32]byte)
 }
 
 // Cache is safe for concurrent use. Close stops its goroutines.
@@ -125,6 +129,7 @@ type Cache[V any] struct {
 	flights      singleflight.Group
 	staleIfError time.Duration
 	now          func() time.Time
+	onRefused    func(cred [32]byte)
 	idx          index[V]
 
 	// Generations count purges, striped by export id and by credential,
@@ -169,6 +174,7 @@ func New[V any](cfg Config) *Cache[V] {
 		seed:         maphash.MakeSeed(),
 		staleIfError: cfg.StaleIfError,
 		now:          cfg.Now,
+		onRefused:    cfg.OnRefused,
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -368,7 +374,10 @@ func (c *Cache[V]) fetch(ctx context.Context, key Key, load Loader[V]) (result[V
 		switch d.CacheRefutes() {
 		case RefutesCredential:
 			c.InvalidateCredential(key.Cred)
-			before = c.gensOf(key) // this answer postdates that purge
+			if c.onRefused != nil {
+				c.onRefused(key.Cred) // may drop this credential here again
+			}
+			before = c.gensOf(key) // this answer postdates those purges
 		case RefutesEntry:
 			c.drop(key.stored(), nil)
 		}

@@ -145,6 +145,8 @@ type Client struct {
 	// connected, for the publishes' WAIT.
 	replicas replicaWatch
 
+	known knownCredentials
+
 	subMu  sync.Mutex
 	subs   map[int]func(Event)
 	subSeq int
@@ -498,13 +500,6 @@ func (c *Client) notBefore(now time.Time) time.Time {
 		return time.Time{}
 	}
 	return now.Add(-ms)
-}
-
-// mac names a credential in keys: lowercase hex HMAC-SHA256(secret, digest).
-func (c *Client) mac(cred [32]byte) string {
-	h := hmac.New(sha256.New, c.cfg.Secret)
-	h.Write(cred[:])
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Site names a site's decision settings in keys: the lowercase hex of the

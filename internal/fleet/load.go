@@ -90,14 +90,16 @@ type Decision struct {
 	Source     Source
 }
 
-// keys of one (export, site, credential).
+// keys of one (export, site, credential), and the credential's name.
 type keys struct {
 	decision, gen, lease string
+	cred                 string
 }
 
 func (c *Client) keysFor(q *Query) keys {
 	mac := c.mac(q.Cred)
 	return keys{
+		cred:     mac,
 		decision: c.prefix + "d:{" + q.ID + "}:" + q.Site + ":" + mac,
 		gen:      c.prefix + "g:{" + q.ID + "}",
 		lease:    c.prefix + "l:{" + q.ID + "}:" + q.Site + ":" + mac,
@@ -118,11 +120,11 @@ type shared struct {
 // under the export's current generation (a missing generation refutes
 // every decision), fresh past q.MinFresh, made after notBefore and within
 // the horizon, and after every invalidation this node knows covers it.
-func (c *Client) usable(st *shared, q *Query, now, notBefore time.Time) bool {
+func (c *Client) usable(st *shared, q *Query, k *keys, now, notBefore time.Time) bool {
 	return st.found && st.gen != "" && st.d.gen == st.gen &&
 		st.d.freshUntil.After(now) && st.d.freshUntil.After(q.MinFresh) &&
 		!st.d.decidedAt.Before(notBefore) && now.Sub(st.d.decidedAt) <= c.cfg.Horizon &&
-		c.purges.allows(q.ID, st.d.tags, st.d.decidedAt.UnixNano())
+		c.purges.allows(q.ID, k.cred, st.d.tags, st.d.decidedAt.UnixNano())
 }
 
 func (st *shared) decision(src Source) Decision {
@@ -142,6 +144,7 @@ func (st *shared) decision(src Source) Decision {
 // fetch's, or ctx's when the caller gave up while waiting.
 func (c *Client) Load(ctx context.Context, q Query, fetch FetchFunc) (Decision, error) {
 	start := time.Now()
+	c.remember(q.Cred)
 	cl := c.reachable()
 	if cl == nil {
 		c.countLookup("unavailable")
@@ -156,7 +159,7 @@ func (c *Client) Load(ctx context.Context, q Query, fetch FetchFunc) (Decision, 
 	if d, e, done := c.fallBack(ctx, err, fetch); done {
 		return d, e
 	}
-	if c.usable(&st, &q, c.now(), notBefore) {
+	if c.usable(&st, &q, &k, c.now(), notBefore) {
 		c.countLookup("hit")
 		return st.decision(Hit), nil
 	}
@@ -173,7 +176,7 @@ func (c *Client) Load(ctx context.Context, q Query, fetch FetchFunc) (Decision, 
 	if st.invalid {
 		result = "invalid"
 	}
-	if c.usable(&st, &q, c.now(), notBefore) {
+	if c.usable(&st, &q, &k, c.now(), notBefore) {
 		// Another node's fill landed between the two reads.
 		if st.acquired {
 			c.release(ctx, cl, k, token)
@@ -211,7 +214,7 @@ func (c *Client) Load(ctx context.Context, q Query, fetch FetchFunc) (Decision, 
 		if next.invalid {
 			result = "invalid"
 		}
-		if c.usable(&next, &q, c.now(), notBefore) {
+		if c.usable(&next, &q, &k, c.now(), notBefore) {
 			c.countLookup("collapsed")
 			return next.decision(Collapsed), nil
 		}

@@ -22,6 +22,12 @@ type Event struct {
 	IDs []string
 	// Tags are surrogate keys whose entries are dropped.
 	Tags []string
+	// Creds are credential digests the application refused (401/403):
+	// every entry of each is dropped, and no shared decision made for it
+	// before is taken. They travel as their HMAC under the fleet secret (as
+	// in keys); a receiving node delivers those it can name (credentials
+	// it looked up through the fleet tier).
+	Creds [][32]byte
 	// All drops every entry.
 	All bool
 	// Demote is only ever delivered by this package, never published: the
@@ -40,6 +46,7 @@ type Event struct {
 type wireEvent struct {
 	IDs     []string `json:"i,omitempty"`
 	Tags    []string `json:"t,omitempty"`
+	Creds   []string `json:"c,omitempty"` // credential names (Client.mac)
 	All     bool     `json:"a,omitempty"`
 	Written int64    `json:"w"` // Unix nanoseconds
 }
@@ -86,10 +93,10 @@ func (c *Client) Publish(ctx context.Context, ev Event) (published bool) {
 	if ev.Written.IsZero() {
 		ev.Written = c.now()
 	}
-	if len(ev.IDs) == 0 && len(ev.Tags) == 0 && !ev.All {
+	if len(ev.IDs) == 0 && len(ev.Tags) == 0 && len(ev.Creds) == 0 && !ev.All {
 		return true // nothing to invalidate
 	}
-	c.purges.record(ev, ev.Written.UnixNano())
+	c.purges.record(c.named(ev), ev.Written.UnixNano())
 	parts := splitEvent(ev)
 	ctx = context.WithoutCancel(ctx)
 	for i, part := range parts {
@@ -111,7 +118,7 @@ func (c *Client) Adopt(events []Event) {
 		if ev.Written.IsZero() {
 			ev.Written = c.now()
 		}
-		c.purges.record(ev, ev.Written.UnixNano())
+		c.purges.record(c.named(ev), ev.Written.UnixNano())
 		c.enqueue(ev, errors.New("fleet: handed over by a closed client"))
 	}
 }
@@ -119,17 +126,21 @@ func (c *Client) Adopt(events []Event) {
 // splitEvent cuts an event into events of at most maxEventItems ids and
 // tags.
 func splitEvent(ev Event) []Event {
-	if len(ev.IDs)+len(ev.Tags) <= maxEventItems {
+	if len(ev.IDs)+len(ev.Tags)+len(ev.Creds) <= maxEventItems {
 		return []Event{ev}
 	}
 	var out []Event
-	ids, tags := ev.IDs, ev.Tags
-	for len(ids) > 0 || len(tags) > 0 {
+	ids, tags, creds := ev.IDs, ev.Tags, ev.Creds
+	for len(ids) > 0 || len(tags) > 0 || len(creds) > 0 {
 		part := Event{All: ev.All, Written: ev.Written}
 		n := min(len(ids), maxEventItems)
 		part.IDs, ids = ids[:n:n], ids[n:]
 		if m := min(len(tags), maxEventItems-n); m > 0 {
 			part.Tags, tags = tags[:m:m], tags[m:]
+			n += m
+		}
+		if m := min(len(creds), maxEventItems-n); m > 0 {
+			part.Creds, creds = creds[:m:m], creds[m:]
 		}
 		out = append(out, part)
 	}
@@ -178,7 +189,7 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 			return err
 		}
 	}
-	payload, err := json.Marshal(wireEvent{IDs: ev.IDs, Tags: ev.Tags, All: ev.All, Written: ev.Written.UnixNano()})
+	payload, err := json.Marshal(wireEvent{IDs: ev.IDs, Tags: ev.Tags, Creds: c.names(ev.Creds), All: ev.All, Written: ev.Written.UnixNano()})
 	if err != nil {
 		return err
 	}
@@ -220,7 +231,7 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 		o.Invalidation("sent")
 	}
 	c.log.Debug("fleet: invalidation published",
-		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Bool("all", ev.All))
+		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Int("credentials", len(ev.Creds)), zap.Bool("all", ev.All))
 	return nil
 }
 
@@ -403,7 +414,7 @@ func (o *outbox) push(ev Event) (n int, coalesced bool) {
 	defer o.mu.Unlock()
 	o.seq++
 	o.events = append(o.events, queued{o.seq, ev})
-	o.items += len(ev.IDs) + len(ev.Tags)
+	o.items += len(ev.IDs) + len(ev.Tags) + len(ev.Creds)
 	if o.items > outboxMaxItems {
 		oldest := o.events[0].ev.Written
 		for _, q := range o.events {
@@ -436,7 +447,7 @@ func (o *outbox) remove(seq uint64) {
 		return
 	}
 	ev := o.events[0].ev
-	o.items -= len(ev.IDs) + len(ev.Tags)
+	o.items -= len(ev.IDs) + len(ev.Tags) + len(ev.Creds)
 	o.events[0] = queued{}
 	o.events = o.events[1:]
 	if len(o.events) == 0 {

@@ -183,7 +183,7 @@ func TestFirstReadStartsBeforeTheNodeStarted(t *testing.T) {
 	// It still knows of it: a decision made before it is refused.
 	key := cred("k")
 	q := query("exp_long_before", key)
-	if b.purges.allows(q.ID, nil, time.Now().Add(-time.Minute).UnixNano()) {
+	if b.purges.allows(q.ID, b.mac(key), nil, time.Now().Add(-time.Minute).UnixNano()) {
 		t.Error("a decision made before an invalidation in the node's backlog is allowed")
 	}
 }

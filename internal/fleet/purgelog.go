@@ -26,6 +26,7 @@ type purgeLog struct {
 	skew    int64
 	ids     map[string]int64 // export id → last invalidation, Unix nanoseconds
 	tags    map[string]int64 // surrogate key → last purge
+	creds   map[string]int64 // credential name (Client.mac) → last refusal
 	all     int64            // last purge of everything
 	covered int64
 	forgot  int64      // decisions before this predate an entry forgotten to stay bounded
@@ -34,9 +35,21 @@ type purgeLog struct {
 }
 
 type logEntry struct {
-	at  int64
-	tag bool
-	key string
+	at   int64
+	kind uint8 // logID, logTag or logCred
+	key  string
+}
+
+const (
+	logID uint8 = iota
+	logTag
+	logCred
+)
+
+// loggedEvent is an event as the log records it: credentials by name.
+type loggedEvent struct {
+	IDs, Tags, Creds []string
+	All              bool
 }
 
 // maxLogEntries bounds the log; past it, the oldest entries are forgotten
@@ -47,30 +60,45 @@ func (l *purgeLog) init(horizon, skew time.Duration) {
 	l.horizon, l.skew = horizon, int64(skew)
 	l.ids = map[string]int64{}
 	l.tags = map[string]int64{}
+	l.creds = map[string]int64{}
 	l.covered = math.MaxInt64
 }
 
 // record notes an event written at at (Unix nanoseconds).
-func (l *purgeLog) record(ev Event, at int64) {
+func (l *purgeLog) record(ev loggedEvent, at int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if ev.All {
 		l.all = max(l.all, at)
 	}
 	for _, id := range ev.IDs {
-		l.add(l.ids, id, false, at)
+		l.add(logID, id, at)
 	}
 	for _, tag := range ev.Tags {
-		l.add(l.tags, tag, true, at)
+		l.add(logTag, tag, at)
+	}
+	for _, cred := range ev.Creds {
+		l.add(logCred, cred, at)
 	}
 }
 
-func (l *purgeLog) add(m map[string]int64, key string, tag bool, at int64) {
+func (l *purgeLog) mapOf(kind uint8) map[string]int64 {
+	switch kind {
+	case logTag:
+		return l.tags
+	case logCred:
+		return l.creds
+	}
+	return l.ids
+}
+
+func (l *purgeLog) add(kind uint8, key string, at int64) {
+	m := l.mapOf(kind)
 	if prev, ok := m[key]; ok && prev >= at {
 		return
 	}
 	m[key] = at
-	l.order = append(l.order, logEntry{at: at, tag: tag, key: key})
+	l.order = append(l.order, logEntry{at: at, kind: kind, key: key})
 	if len(l.order)-l.head > maxLogEntries {
 		l.forgetOldest()
 	}
@@ -82,11 +110,7 @@ func (l *purgeLog) forgetOldest() {
 	e := l.order[l.head]
 	l.order[l.head] = logEntry{}
 	l.head++
-	m := l.ids
-	if e.tag {
-		m = l.tags
-	}
-	if m[e.key] == e.at {
+	if m := l.mapOf(e.kind); m[e.key] == e.at {
 		delete(m, e.key)
 	}
 	l.forgot = max(l.forgot, e.at+l.skew)
@@ -103,11 +127,7 @@ func (l *purgeLog) prune(now int64) {
 		e := l.order[l.head]
 		l.order[l.head] = logEntry{}
 		l.head++
-		m := l.ids
-		if e.tag {
-			m = l.tags
-		}
-		if m[e.key] == e.at {
+		if m := l.mapOf(e.kind); m[e.key] == e.at {
 			delete(m, e.key)
 		}
 	}
@@ -131,10 +151,11 @@ func (l *purgeLog) coverFrom(at int64) {
 	}
 }
 
-// allows reports whether a decision of export id carrying tags, made at
-// decided (Unix nanoseconds, the deciding node's clock), postdates every
-// invalidation the log knows of that covers it, by the clock skew at least.
-func (l *purgeLog) allows(id string, tags []string, decided int64) bool {
+// allows reports whether a decision of export id for the credential named
+// cred, carrying tags, made at decided (Unix nanoseconds, the deciding
+// node's clock), postdates every invalidation the log knows of that covers
+// it, by the clock skew at least.
+func (l *purgeLog) allows(id, cred string, tags []string, decided int64) bool {
 	skew := l.skew
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -142,6 +163,9 @@ func (l *purgeLog) allows(id string, tags []string, decided int64) bool {
 		return false
 	}
 	if at, ok := l.ids[id]; ok && decided < at+skew {
+		return false
+	}
+	if at, ok := l.creds[cred]; ok && decided < at+skew {
 		return false
 	}
 	for _, tag := range tags {

@@ -391,10 +391,10 @@ func (r *reader) apply(e rueidis.XRangeEntry) {
 	if node == c.node {
 		return
 	}
-	ev := Event{IDs: we.IDs, Tags: we.Tags, All: we.All, Written: time.Unix(0, we.Written)}
-	c.purges.record(ev, we.Written)
-	if ev.Written.Before(c.started.Add(-c.cfg.ClockSkew)) {
-		return
+	c.purges.record(loggedEvent{IDs: we.IDs, Tags: we.Tags, Creds: we.Creds, All: we.All}, we.Written)
+	ev := Event{IDs: we.IDs, Tags: we.Tags, Creds: c.digests(we.Creds), All: we.All, Written: time.Unix(0, we.Written)}
+	if ev.Written.Before(c.started.Add(-c.cfg.ClockSkew)) || (len(ev.IDs) == 0 && len(ev.Tags) == 0 && len(ev.Creds) == 0 && !ev.All) {
+		return // older than this node, or about credentials it never looked up
 	}
 	c.st.received.Add(1)
 	for _, o := range c.observers() {
@@ -402,7 +402,7 @@ func (r *reader) apply(e rueidis.XRangeEntry) {
 		o.Lag(time.Since(ev.Written))
 	}
 	c.log.Debug("fleet: invalidation received",
-		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Bool("all", ev.All))
+		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Int("credentials", len(ev.Creds)), zap.Bool("all", ev.All))
 	c.deliver(ev)
 }
 
