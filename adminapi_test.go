@@ -239,7 +239,7 @@ func TestAdminAPIRequests(t *testing.T) {
 }
 
 // TestAdminAPIPurgeSurrogateKey revokes one API key by its surrogate key,
-// as the README's "Revoke a key" does: the app tags each "Get export"
+// as the README's "Revoke a key in one command" does: the app tags each "Get export"
 // answer with the key's id; a purge of that tag sends the key's next
 // request to the app, and leaves the other key's answers cached.
 func TestAdminAPIPurgeSurrogateKey(t *testing.T) {

@@ -126,7 +126,7 @@ func (c *CacheConfig) provision(h *Handler, fleetKey string, client *fleet.Clien
 		}
 		if client != nil {
 			// A refusal (401/403) revokes the credential on every node,
-			// not only on the one that asked the app (README, "Bounded
+			// not only on the one that asked the app (docs/fleet.md, "Bounded
 			// staleness").
 			cfg.OnRefused = publishRefusal
 		}

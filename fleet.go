@@ -72,7 +72,7 @@ type FleetConfig struct {
 	// decision, whatever fails: a node that has not confirmed within it
 	// that it applied every invalidation asks the app again before
 	// answering from an entry older than that ("off": trust entries until
-	// their TTL, as without the bound). README, "Bounded staleness".
+	// their TTL, as without the bound). docs/fleet.md, "Bounded staleness".
 	// Default: 5s
 	MaxStaleness *Staleness `json:"max_staleness,omitempty"`
 
@@ -302,7 +302,7 @@ func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, str
 // siteDigest is the SHA-256 of what a shared decision means for this site:
 // whom it asks and how (upstream, path, headers, forwarded credentials),
 // how long it keeps each answer, and which fields it keeps. Sites that
-// differ in any of them never take each other's decisions (README, "Key
+// differ in any of them never take each other's decisions (docs/fleet.md, "Key
 // layout").
 func (h *Handler) siteDigest() [32]byte {
 	perRequest := make([]string, 0, len(h.perRequest))

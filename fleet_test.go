@@ -304,7 +304,7 @@ func TestFleetSitesDoNotShareDecisions(t *testing.T) {
 
 // max_staleness: with Redis gone, a node keeps answering, but asks the app
 // again, once per bound, before answering from an entry decided before the
-// bound (README, "Bounded staleness"); with Redis back its hits are hits.
+// bound (docs/fleet.md, "Bounded staleness"); with Redis back its hits are hits.
 func TestFleetBoundedStaleness(t *testing.T) {
 	r := testenv.StartRedis(t)
 	up := testenv.NewUpstream(t)
@@ -470,7 +470,7 @@ func TestFleetPasswordFileReadPerConnection(t *testing.T) {
 
 // A refusal reaches every node: once the app answers 401 for a key on one
 // node, the other nodes stop answering from their cached 302s of that key,
-// for every export (README, "Bounded
+// for every export (docs/fleet.md, "Bounded
 // staleness": the app refusing a credential is one of the three
 // invalidations the bound covers).
 func TestFleetRefusalReachesEveryNode(t *testing.T) {

@@ -177,7 +177,7 @@ func (h *Handler) redirect(x *exchange, signed *presign.Signed) {
 	h.answered(x, decision.Redirect)
 }
 
-// finish writes an error envelope (README, "Responses") directly: an
+// finish writes an error envelope (docs/configuration.md, "Responses") directly: an
 // error returned from ServeHTTP would go to handle_errors instead of the
 // client.
 func (h *Handler) finish(x *exchange, v *decision.Verdict, retryAfter string) error {

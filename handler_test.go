@@ -20,7 +20,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
-// TestContractTable walks the decision table of the README's "Responses"
+// TestContractTable walks the decision table of the docs/configuration.md "Responses"
 // through ServeHTTP with a fake upstream programmed per row.
 func TestContractTable(t *testing.T) {
 	clock := newClock()

@@ -32,7 +32,7 @@ const (
 	otherKy = "hb_test_bob"
 )
 
-// Cache-Status values of the README "Caching", spelled out here rather than taken from
+// Cache-Status values of the docs/caching.md "Caching", spelled out here rather than taken from
 // handler.go so that a change of the handler's constants shows up.
 const (
 	wantHit       = "export_download; hit"
@@ -42,7 +42,7 @@ const (
 	wantRefreshed = "export_download; fwd=stale; stored"
 	wantBypass    = "export_download; fwd=bypass"
 	wantNoStore   = "export_download; fwd=miss; detail=not-cacheable"
-	// An upstream failure is "fwd=miss" plus a detail (README "Caching"); the
+	// An upstream failure is "fwd=miss" plus a detail (docs/caching.md "Caching"); the
 	// detail's wording is the handler's.
 	wantFailedPrefix = "export_download; fwd=miss; detail="
 )
@@ -262,7 +262,7 @@ func waitUntil(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// envelope is the error body of the README's "Responses".
+// envelope is the error body of the docs/configuration.md "Responses".
 type envelope struct {
 	Error struct {
 		Code    string `json:"code"`

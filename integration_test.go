@@ -222,7 +222,7 @@ func TestEndToEndConcurrentCold(t *testing.T) {
 }
 
 // TestEndToEndAccessLogPlaceholders: with Caddy's log_append, the access
-// log line of each request carries what it got (README, "Metrics and
+// log line of each request carries what it got (docs/operations.md, "Metrics and
 // logs"): the outcome, the export id and the cache result, and the time
 // below the local cache unless the local cache answered.
 func TestEndToEndAccessLogPlaceholders(t *testing.T) {

@@ -80,7 +80,7 @@ func TestCacheInvalidateOnDelete(t *testing.T) {
 		})
 	}
 
-	// README, "Caching": a DELETE answered 2xx drops the export's answers
+	// docs/caching.md, "Caching": a DELETE answered 2xx drops the export's answers
 	// "on this node", in every cache of it: two sites whose settings differ
 	// (here the file name) keep two caches, and the fleet does not deliver
 	// a node's own events back to it.

@@ -55,7 +55,7 @@ const (
 	numSharedAnswers
 )
 
-// Cache-Status members (RFC 9211; README, "Caching"), and the
+// Cache-Status members (RFC 9211; docs/caching.md, "Caching"), and the
 // cache_lookups_total label of each local answer.
 var (
 	localStatus = [numLocalAnswers]string{

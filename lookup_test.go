@@ -36,7 +36,7 @@ func TestCacheHit(t *testing.T) {
 		t.Errorf("a hit in the reuse window presigned again:\n%s\n%s", first.Header().Get("Location"), third.Header().Get("Location"))
 	}
 
-	// The id is lowercased for the key (README "Responses"), and HEAD shares GET's
+	// The id is lowercased for the key (docs/configuration.md "Responses"), and HEAD shares GET's
 	// entry: neither asks again.
 	checkReply(t, download(t, h, strings.ToUpper(testID), testKey), http.StatusFound, wantHit)
 	head := serve(t, h, request{method: http.MethodHead, path: "/v1/exports/" + testID + "/download",
@@ -179,7 +179,7 @@ func TestCacheKeyedByCredentials(t *testing.T) {
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
 	checkCalls(t, up, testID, 2)
 
-	// A forward_header is part of the key too (README "The upstream contract").
+	// A forward_header is part of the key too (docs/configuration.md "The upstream contract").
 	up2 := testenv.NewUpstream(t)
 	completed(up2, testID, time.Time{})
 	h2 := newHandler(t, up2, newClock(), func(h *Handler) { h.ForwardHeader = []string{"X-Tenant"} })

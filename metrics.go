@@ -10,7 +10,7 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/fleet"
 )
 
-// metrics are the series of the README's "Metrics and logs", with every
+// metrics are the series of the docs/operations.md "Metrics and logs", with every
 // labelled child resolved at provision so the hot path only increments.
 type metrics struct {
 	outcomes      []prometheus.Counter                // by decision.Outcome

@@ -27,7 +27,7 @@ type record struct {
 	objErr error           // a template named a field the answer lacks
 	// decided is when the upstream was asked for this answer (Unix
 	// nanoseconds), by this node or, for a shared decision, another: with a
-	// fleet, the bound on staleness compares it (README, "Bounded
+	// fleet, the bound on staleness compares it (docs/fleet.md, "Bounded
 	// staleness").
 	decided int64
 	url     atomic.Pointer[memoURL]
@@ -43,7 +43,7 @@ func (r *record) CacheTags() []string {
 
 // CacheRefutes says what a refusal proves: a 401/403 revokes every cached
 // answer of the credential, a 404 the credential's answer for the export
-// (README, "Revoking a key").
+// (README, "Revoke a key in one command").
 func (r *record) CacheRefutes() cache.Refutation {
 	switch r.answer.Kind {
 	case decision.KindUnauthorized:
@@ -118,7 +118,7 @@ func (h *Handler) renderObject(id string, fields map[string]string) (presign.Obj
 	}
 	// A key or bucket that could name another object than the template
 	// means (dot or empty segments, control characters) fails here, once
-	// per answer, as a cached 500 (README, "Templates"); Presign checks
+	// per answer, as a cached 500 (docs/configuration.md, "Templates"); Presign checks
 	// again.
 	if err := presign.CheckObject(obj); err != nil {
 		return obj, err

@@ -394,7 +394,7 @@ func isUUID(s string) bool {
 	return true
 }
 
-// contentDisposition builds the header value of the README "Responses": an "attachment" with
+// contentDisposition builds the header value of the docs/configuration.md "Responses": an "attachment" with
 // an ASCII fallback filename and the RFC 5987 filename* parameter.
 func contentDisposition(name string) string {
 	var fallback strings.Builder

@@ -1,4 +1,4 @@
-// Package cache keeps the upstream's answers at the edge (README, "Caching"):
+// Package cache keeps the upstream's answers at the edge (docs/caching.md, "Caching"):
 // fresh lifetimes per entry, one upstream call per burst of misses,
 // stale-if-error (RFC 5861), refresh-ahead, and purges by export id,
 // credential or surrogate key that cost what they drop. It knows nothing of

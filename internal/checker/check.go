@@ -15,7 +15,7 @@ import (
 const NoFault = "none"
 
 // HitCacheStatus is the Cache-Status of an answer from the node's own
-// cache (README, "Cache-Status").
+// cache (docs/caching.md, "Cache-Status").
 const HitCacheStatus = "export_download; hit"
 
 // Late is a redirect that started later than the bound after an

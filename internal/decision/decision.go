@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Kind classifies the upstream's reply (README "The upstream contract"). Failures are not a Kind:
+// Kind classifies the upstream's reply (docs/configuration.md "The upstream contract"). Failures are not a Kind:
 // the upstream client returns them as errors.
 type Kind uint8
 
@@ -40,10 +40,10 @@ type Answer struct {
 	SurrogateKeys []string
 }
 
-// Outcome is the bounded label of what a request got (README "Metrics and logs").
+// Outcome is the bounded label of what a request got (docs/operations.md "Metrics and logs").
 type Outcome uint8
 
-// Outcomes, in the order of the README "Metrics and logs".
+// Outcomes, in the order of the docs/operations.md "Metrics and logs".
 const (
 	Redirect Outcome = iota
 	NotReady
@@ -80,7 +80,7 @@ func Outcomes() []Outcome {
 	return all
 }
 
-// Verdict is a reply of the contract table (README "Responses"): the status and, for
+// Verdict is a reply of the contract table (docs/configuration.md "Responses"): the status and, for
 // errors, the envelope's code and message.
 type Verdict struct {
 	Outcome Outcome
@@ -89,7 +89,7 @@ type Verdict struct {
 	Message string
 }
 
-// The verdicts of the README "Responses", one per row that has its own message.
+// The verdicts of the docs/configuration.md "Responses", one per row that has its own message.
 var (
 	Found           = &Verdict{Redirect, http.StatusFound, "", ""}
 	NotYetCompleted = &Verdict{NotReady, http.StatusBadRequest, "EXPORT_NOT_READY", "Export is not yet completed"}
@@ -113,7 +113,7 @@ func Verdicts() []*Verdict {
 const MinLifetime = time.Second
 
 // Decide returns the reply to a usable upstream answer at time now
-// (rules 3–10 of the README's decision table, "Responses"). Only the exact status "completed" with at least
+// (rules 3–10 of the decision table, docs/configuration.md "Responses"). Only the exact status "completed" with at least
 // MinLifetime left before expires_at redirects.
 func Decide(a *Answer, now time.Time) *Verdict {
 	switch a.Kind {

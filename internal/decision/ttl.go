@@ -7,7 +7,7 @@ import (
 )
 
 // Class is an answer's caching class: each has its own fresh lifetime
-// (README "Caching"), set with `ttl <class> <duration>`.
+// (docs/caching.md "Caching"), set with `ttl <class> <duration>`.
 type Class uint8
 
 // The caching classes.
@@ -45,7 +45,7 @@ func ParseClass(name string) (Class, error) {
 // TTLs holds a fresh lifetime per Class; zero means "do not cache".
 type TTLs [numClasses]time.Duration
 
-// DefaultTTLs are the README's "Caching" defaults.
+// DefaultTTLs are the docs/caching.md "Caching" defaults.
 func DefaultTTLs() TTLs {
 	return TTLs{
 		Completed:         5 * time.Minute,

@@ -11,7 +11,7 @@ const MaxKeyLen = 1024
 
 // ErrUnsafeObject means Presign refused a bucket or key: one that a store
 // could resolve to another object than it names, or longer than any S3
-// key (README, "Templates").
+// key (docs/configuration.md, "Templates").
 var ErrUnsafeObject = errors.New("unsafe S3 object")
 
 // CheckObject returns an error wrapping ErrUnsafeObject when obj's bucket

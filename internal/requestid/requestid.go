@@ -1,5 +1,5 @@
 // Package requestid accepts a caller's request id or makes a new one
-// (README "Responses", "Request id").
+// (docs/configuration.md "Responses", "Request id").
 package requestid
 
 import "math/rand/v2"

@@ -19,7 +19,7 @@ func parseExport(body []byte, id string) (*decision.Answer, error) {
 	return parseExportFields(body, id, nil)
 }
 
-// parseExportFields reads the "Get export" envelope (README "The upstream
+// parseExportFields reads the "Get export" envelope (docs/configuration.md "The upstream
 // contract"). data.status must be a string; expires_at null or absent means
 // no expiry, otherwise an RFC 3339 date-time (see parseRFC3339); a data.id,
 // when present, must be a string naming export id in any case. Of the

@@ -171,7 +171,7 @@ func checkAgainstReference(t *testing.T, body []byte, keep []string) {
 }
 
 // TestDataIDMustNameTheExport: a data.id, when present, is a string naming
-// the requested export in any case (README "The upstream contract");
+// the requested export in any case (docs/configuration.md "The upstream contract");
 // anything else is an upstream failure, so that an answer about another
 // export, or one that cannot say which, never sends the caller anywhere.
 func TestDataIDMustNameTheExport(t *testing.T) {

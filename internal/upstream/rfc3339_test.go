@@ -17,7 +17,7 @@ func utc(y int, mo time.Month, d, h, mi, s, ns int) time.Time {
 var endOf2016 = utc(2016, 12, 31, 23, 59, 59, 999_999_999)
 
 // expiryAccepted and expiryRefused are expires_at strings with the rule of
-// the README ("The upstream contract") and RFC 3339 §5.6 that accepts or
+// the docs/configuration.md ("The upstream contract") and RFC 3339 §5.6 that accepts or
 // refuses each.
 var expiryAccepted = []struct {
 	in, why string
@@ -95,7 +95,7 @@ var expiryRefused = []struct{ in, why string }{
 }
 
 // TestExpiresAtReadsAsTheREADMEStates checks expires_at against the words of
-// the README ("The upstream contract") and RFC 3339 §5.6, not against
+// the docs/configuration.md ("The upstream contract") and RFC 3339 §5.6, not against
 // time.Parse: each row says which rule accepts or refuses the string. A
 // refused one makes the body unusable (an upstream failure).
 func TestExpiresAtReadsAsTheREADMEStates(t *testing.T) {

@@ -1,5 +1,5 @@
 // Package upstream asks the application's metadata API about an export
-// (README "The upstream contract") and classifies the reply into a decision.Answer or a failure.
+// (docs/configuration.md "The upstream contract") and classifies the reply into a decision.Answer or a failure.
 package upstream
 
 import (
@@ -198,7 +198,7 @@ func (c *Client) Close() {
 	}
 }
 
-// Failure is an upstream failure (README "The upstream contract"): the caller may serve a stale
+// Failure is an upstream failure (docs/configuration.md "The upstream contract"): the caller may serve a stale
 // answer, answer 503, or pass the request on.
 type Failure struct {
 	Reason string

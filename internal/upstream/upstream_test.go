@@ -125,11 +125,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestFetchClassification is the fault table of the README "The upstream contract": each upstream
+// TestFetchClassification is the fault table of the docs/configuration.md "The upstream contract": each upstream
 // reply is either a usable answer of the right kind or a *Failure.
 func TestFetchClassification(t *testing.T) {
 	// A redirect target that must never be asked: redirects are failures,
-	// not followed (README "The upstream contract").
+	// not followed (docs/configuration.md "The upstream contract").
 	var redirected atomic.Int32
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		redirected.Add(1)
@@ -663,7 +663,7 @@ func TestFetchCanceled(t *testing.T) {
 	})
 }
 
-// TestFetchHeaders checks what the upstream receives (README "The upstream contract"): the
+// TestFetchHeaders checks what the upstream receives (docs/configuration.md "The upstream contract"): the
 // forwarded headers and only those, the request id, Accept, User-Agent and
 // the static upstream headers.
 func TestFetchHeaders(t *testing.T) {
