@@ -1563,6 +1563,11 @@ func TestMetricNamesExist(t *testing.T) {
 	}
 
 	series := scrape(t, metricsBase+"/metrics")
+	// fleet_up has one series per fleet block, named by the prefix and
+	// the first address.
+	if got, want := slices.Sorted(maps.Keys(series["caddy_export_download_fleet_up"]["fleet"])), []string{"export_download@" + vars["REDIS_ADDRESS"]}; !slices.Equal(got, want) {
+		t.Errorf("caddy_export_download_fleet_up fleet labels %q, want %q", got, want)
+	}
 	var uses []metricUse
 	files := []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/prometheus/fleet-alerts.yml"}
 	for _, rel := range files {
@@ -1628,6 +1633,79 @@ func TestMetricNamesExist(t *testing.T) {
 		}
 	}
 	t.Logf("%d metric selectors checked against /metrics, the fleet tier's included", checked)
+}
+
+// fleetUpAggregations returns, for each aggregation whose argument holds
+// caddy_export_download_fleet_up in a PromQL expression, its operator and
+// grouping clause ("by (…)", "without (…)" or "").
+func fleetUpAggregations(promql string) [][2]string {
+	opRE := regexp.MustCompile(`\b(sum|min|max|avg|group|count|count_values|stddev|stdvar|quantile|topk|bottomk|limitk|limit_ratio)\s*((?:by|without)\s*\([^)]*\))?\s*\(`)
+	groupRE := regexp.MustCompile(`^\s*((?:by|without)\s*\([^)]*\))`)
+	var out [][2]string
+	for _, m := range opRE.FindAllStringSubmatchIndex(promql, -1) {
+		open := m[1] - 1
+		depth, end := 0, -1
+		for i := open; i < len(promql) && end < 0; i++ {
+			switch promql[i] {
+			case '(':
+				depth++
+			case ')':
+				if depth--; depth == 0 {
+					end = i
+				}
+			}
+		}
+		if end < 0 || !strings.Contains(promql[open:end], "caddy_export_download_fleet_up") {
+			continue
+		}
+		group := ""
+		if m[4] >= 0 {
+			group = promql[m[4]:m[5]]
+		} else if g := groupRE.FindStringSubmatch(promql[end+1:]); g != nil {
+			group = g[1]
+		}
+		out = append(out, [2]string{promql[m[2]:m[3]], strings.Join(strings.Fields(group), " ")})
+	}
+	return out
+}
+
+// TestFleetUpPerFleet checks that every rule and panel that aggregates
+// caddy_export_download_fleet_up keeps its fleet label (by (…, fleet, …)),
+// so that one fleet down is never hidden by another one up, and checks the
+// check on the expression the fleet alerts had before the label.
+func TestFleetUpPerFleet(t *testing.T) {
+	t.Parallel()
+	if got := fleetUpAggregations("max by (job) (caddy_export_download_fleet_up) == 0"); len(got) != 1 || got[0][1] != "by (job)" {
+		t.Fatalf("the parser does not see max by (job): %q", got)
+	}
+	if got := fleetUpAggregations("max(caddy_export_download_fleet_up) without (fleet)"); len(got) != 1 || got[0][1] != "without (fleet)" {
+		t.Fatalf("the parser does not see a trailing without: %q", got)
+	}
+	type use struct{ source, expr string }
+	var uses []use
+	for _, rel := range []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/prometheus/fleet-alerts.yml"} {
+		for _, g := range loadRules(t, rel).Groups {
+			for _, r := range g.Rules {
+				uses = append(uses, use{rel + " " + r.Record + r.Alert, r.Expr})
+			}
+		}
+	}
+	for _, q := range dashboardQueries(t) {
+		uses = append(uses, use{"export_download.json", q})
+	}
+	seen := 0
+	byFleet := regexp.MustCompile(`^by \((?:[^)]*[ ,])?fleet(?:[ ,][^)]*)?\)$`)
+	for _, u := range uses {
+		for _, agg := range fleetUpAggregations(u.expr) {
+			seen++
+			if !byFleet.MatchString(agg[1]) {
+				t.Errorf("%s: %s %s (… caddy_export_download_fleet_up …) aggregates the fleets together: group by fleet too", u.source, agg[0], agg[1])
+			}
+		}
+	}
+	if seen == 0 {
+		t.Error("no rule or panel aggregates caddy_export_download_fleet_up: the check checks nothing")
+	}
 }
 
 // TestPrometheusRules runs promtool on the rule files and their unit tests.
@@ -1764,7 +1842,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		{"Cache lookups by result", "by (result)"},
 		{"Upstream latency", "histogram_quantile(0.99"},
 		{"Presigned URLs: new vs reused", "by (reused)"},
-		{"Fleet store reachable", "caddy_export_download_fleet_up"},
+		{"Fleet store reachable", "by (instance, fleet) (caddy_export_download_fleet_up"},
 		{"Fleet lookups by result", "caddy_export_download_fleet_lookups_total"},
 		{"Invalidation lag", "caddy_export_download_fleet_invalidation_lag_seconds"},
 	} {
