@@ -3,6 +3,8 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -339,9 +342,24 @@ func uncommentFleet(t *testing.T, caddyfile string) string {
 	return strings.Join(lines, "\n")
 }
 
+// optionalAtProvision are the {env.NAME} of the kit's Caddyfiles that may
+// be left unset: the handler reads an unset variable as "", which for their
+// subdirectives means "not used" (username: the default user; sentinel: the
+// redis addresses are Redis itself; sentinel_username and
+// sentinel_password: no login to the Sentinels). TestComposeFleetRuns runs
+// the container Caddyfile with them set (compose.sentinel.yaml) and with
+// only REDIS_USERNAME (compose.fleet.yaml), TestMetricNamesExist with none.
+var optionalAtProvision = map[string]bool{
+	"REDIS_USERNAME":          true,
+	"REDIS_SENTINEL_MASTER":   true,
+	"REDIS_SENTINEL_USERNAME": true,
+	"REDIS_SENTINEL_PASSWORD": true,
+}
+
 // caddyfileVars returns every variable a kit Caddyfile reads, with how it
 // is required: "yes" (no default, outside the fleet block), "fleet" (no
-// default, only in the commented fleet block) or "no" (a default).
+// default, only in the commented fleet block) or "no" (a default, or one
+// of optionalAtProvision).
 func caddyfileVars(t *testing.T, caddyfile string) map[string]string {
 	t.Helper()
 	rank := map[string]int{"no": 0, "fleet": 1, "yes": 2}
@@ -367,7 +385,7 @@ func caddyfileVars(t *testing.T, caddyfile string) map[string]string {
 			return "yes"
 		}
 		for _, m := range envPlaceholder.FindAllStringSubmatch(line, -1) {
-			add(m[1], class(false))
+			add(m[1], class(optionalAtProvision[m[1]]))
 		}
 		for _, m := range adaptPlaceholder.FindAllStringSubmatch(line, -1) {
 			add(m[1], class(m[2] != ""))
@@ -424,6 +442,7 @@ func TestDeployREADMEListsVariables(t *testing.T) {
 		{"systemd/Caddyfile", caddyfileVars(t, readFile(t, "deploy/systemd/Caddyfile"))},
 		{"docker/compose.yaml", composeVars(readFile(t, "deploy/docker/compose.yaml"))},
 		{"docker/compose.fleet.yaml", composeVars(readFile(t, "deploy/docker/compose.fleet.yaml"))},
+		{"docker/compose.sentinel.yaml", composeVars(readFile(t, "deploy/docker/compose.sentinel.yaml"))},
 	} {
 		if len(f.vars) == 0 {
 			t.Errorf("%s reads no variable: the parser is broken", f.file)
@@ -441,6 +460,20 @@ func TestDeployREADMEListsVariables(t *testing.T) {
 			if _, ok := f.vars[name]; !ok {
 				t.Errorf("deploy/README.md, %s: lists %s, which the file does not read", f.file, name)
 			}
+		}
+	}
+	// The optional ones are read by the container Caddyfile, so that the
+	// list above cannot outlive its use.
+	containerVars := caddyfileVars(t, readFile(t, "deploy/docker/Caddyfile"))
+	for _, name := range slices.Sorted(maps.Keys(optionalAtProvision)) {
+		if _, ok := containerVars[name]; !ok {
+			t.Errorf("docker/Caddyfile does not read {env.%s}, which the test calls optional", name)
+		}
+	}
+	// The fleet's Redis users, as the compose files define them.
+	for _, acl := range []string{fleetACL, sentinelACL} {
+		if !strings.Contains(readme, "`"+acl+"`") {
+			t.Errorf("deploy/README.md does not give the ACL rules `%s`", acl)
 		}
 	}
 	for _, rel := range []string{"deploy/docker/Caddyfile", "deploy/systemd/Caddyfile"} {
@@ -589,6 +622,10 @@ func dig(v any, keys ...string) any {
 // TestCaddyfilesAdapt adapts every Caddyfile of the kit with the built
 // Caddy, with its required settings and with the fleet block, and checks
 // that without a required setting Caddy refuses it at that setting's line.
+// With the fleet block: max_staleness is shown (5s) and set by
+// FLEET_MAX_STALENESS, the Sentinel's master name is left to provision
+// ({env.REDIS_SENTINEL_MASTER}), REDIS_ADDRESS may hold several addresses,
+// and the block's own commented lines adapt once uncommented.
 func TestCaddyfilesAdapt(t *testing.T) {
 	t.Parallel()
 	bin := caddyBinary(t)
@@ -633,13 +670,71 @@ func TestCaddyfilesAdapt(t *testing.T) {
 			}
 			withFleet := maps.Clone(required)
 			withFleet["REDIS_ADDRESS"] = "redis.test:6379"
-			adapt(t, bin, fleet, withFleet)
+			block := fleetBlock(t, adapt(t, bin, fleet, withFleet))
+			// max_staleness is shown (its default, 5s) and can be set; the
+			// Sentinel's master name is read at provision ("" when unset).
+			if got := block["max_staleness"]; got != "5s" {
+				t.Errorf("fleet max_staleness %v, want 5s shown", got)
+			}
+			if got := block["sentinel"]; got != "{env.REDIS_SENTINEL_MASTER}" {
+				t.Errorf("fleet sentinel %v, want {env.REDIS_SENTINEL_MASTER}", got)
+			}
+			withStaleness := maps.Clone(withFleet)
+			withStaleness["FLEET_MAX_STALENESS"] = "1s"
+			if got := fleetBlock(t, adapt(t, bin, fleet, withStaleness))["max_staleness"]; got != "1s" {
+				t.Errorf("with FLEET_MAX_STALENESS=1s: max_staleness %v", got)
+			}
+			// The fleet block's own commented lines (the Sentinels' login
+			// in the systemd Caddyfile), uncommented too, still adapt.
+			nested := regexp.MustCompile(`(?m)^(\s*)# ((?:sentinel_username|sentinel_password) .*)$`)
+			if all := nested.ReplaceAllString(uncommentFleet(t, text), "$1$2"); all != uncommentFleet(t, text) {
+				path := filepath.Join(t.TempDir(), "Caddyfile")
+				if err := os.WriteFile(path, []byte(all), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if got := fleetBlock(t, adapt(t, bin, path, withFleet))["sentinel_password"]; got == nil {
+					t.Error("the commented sentinel_password line, uncommented, sets no sentinel_password")
+				}
+			}
+			// Several addresses in one variable (the Sentinels) are several.
+			withFleet["REDIS_ADDRESS"] = "sentinel-1:26379 sentinel-2:26379"
+			if got := fleetBlock(t, adapt(t, bin, fleet, withFleet))["redis"]; !reflect.DeepEqual(got, []any{"sentinel-1:26379", "sentinel-2:26379"}) {
+				t.Errorf("REDIS_ADDRESS with two addresses: redis %v", got)
+			}
 			// The fleet's address has no default either.
 			if out := adaptRefused(t, bin, fleet, required); !strings.Contains(out, "redis") {
 				t.Errorf("the fleet block without REDIS_ADDRESS: want a refusal naming redis, got:\n%s", out)
 			}
 		})
 	}
+}
+
+// fleetBlock returns the fleet block of the (only) export_download
+// handler of an adapted config.
+func fleetBlock(t *testing.T, cfg map[string]any) map[string]any {
+	t.Helper()
+	var found map[string]any
+	var walk func(any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case map[string]any:
+			if x["handler"] == "export_download" {
+				found, _ = x["fleet"].(map[string]any)
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(cfg)
+	if found == nil {
+		t.Fatal("no export_download handler with a fleet block in the adapted config")
+	}
+	return found
 }
 
 // ------------------------------------------------------------------- Docker
@@ -736,6 +831,7 @@ type composeService struct {
 		Dockerfile string `yaml:"dockerfile"`
 	} `yaml:"build"`
 	Image       string            `yaml:"image"`
+	Command     []string          `yaml:"command"`
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
 	Ports       []string          `yaml:"ports"`
@@ -838,6 +934,9 @@ func loadCompose(t *testing.T, env map[string]string, texts ...string) (map[stri
 			if s.Image != "" {
 				cur.Image = s.Image
 			}
+			if s.Command != nil {
+				cur.Command = s.Command
+			}
 		}
 	}
 	return model, nil
@@ -855,15 +954,25 @@ func envExample(t *testing.T) map[string]string {
 	return out
 }
 
-// TestCompose checks compose.yaml and compose.fleet.yaml against the
+// fleetOverlays are the compose files that add the fleet tier to
+// compose.yaml (one or the other), and the services each adds.
+var fleetOverlays = []struct {
+	file     string
+	services []string
+}{
+	{"compose.fleet.yaml", []string{"valkey"}},
+	{"compose.sentinel.yaml", []string{"sentinel-1", "sentinel-2", "sentinel-3", "valkey-primary", "valkey-replica"}},
+}
+
+// TestCompose checks compose.yaml and the fleet overlays against the
 // Dockerfile, the Caddyfile they mount and env.example, interpolated as
-// compose does: without the fleet file, no fleet variable is needed; with
-// it, the fleet's secrets are required; a required value left empty (as
-// env.example ships) stops compose, naming it.
+// compose does: without an overlay, no fleet variable is needed; with one,
+// its secrets are required; a required value left empty (as env.example
+// ships) stops compose, naming it. For the overlays, it also checks the
+// fleet's Redis users and the Sentinel set's wiring.
 func TestCompose(t *testing.T) {
 	t.Parallel()
 	base := readFile(t, "deploy/docker/compose.yaml")
-	fleetFile := readFile(t, "deploy/docker/compose.fleet.yaml")
 	caddyfile := readFile(t, "deploy/docker/Caddyfile")
 	var fleetVars []string
 	for name, class := range caddyfileVars(t, caddyfile) {
@@ -875,10 +984,14 @@ func TestCompose(t *testing.T) {
 		t.Fatal("the Caddyfile's fleet block reads no variable of its own")
 	}
 
-	// env.example lists every variable either file reads.
+	// env.example lists every variable each file reads.
 	example := envExample(t)
-	baseVars, fleetFileVars := composeVars(base), composeVars(fleetFile)
-	for _, vars := range []map[string]string{baseVars, fleetFileVars} {
+	baseVars := composeVars(base)
+	allVars := []map[string]string{baseVars}
+	for _, o := range fleetOverlays {
+		allVars = append(allVars, composeVars(readFile(t, "deploy/docker/"+o.file)))
+	}
+	for _, vars := range allVars {
 		for name := range vars {
 			if _, ok := example[name]; !ok {
 				t.Errorf("compose reads ${%s}, env.example does not list it", name)
@@ -887,19 +1000,21 @@ func TestCompose(t *testing.T) {
 	}
 	for _, name := range fleetVars {
 		if _, ok := baseVars[name]; ok {
-			t.Errorf("compose.yaml reads ${%s}, which only the fleet block needs: it belongs in compose.fleet.yaml", name)
+			t.Errorf("compose.yaml reads ${%s}, which only the fleet block needs: it belongs in the fleet overlays", name)
 		}
 	}
 
-	// Every listed variable filled in, the fleet's left out.
+	// Every listed variable filled in but the overlays' own.
 	filled := make(map[string]string)
 	for name := range example {
-		if !slices.Contains(fleetVars, name) {
-			filled[name] = "test-" + strings.ToLower(name)
-		}
+		filled[name] = "test-" + strings.ToLower(name)
 	}
-	for _, name := range fleetVars {
-		delete(filled, name)
+	for _, vars := range allVars[1:] {
+		for name := range vars {
+			if _, ok := baseVars[name]; !ok {
+				delete(filled, name)
+			}
+		}
 	}
 	noFleet, err := loadCompose(t, filled, base)
 	if err != nil {
@@ -918,20 +1033,231 @@ func TestCompose(t *testing.T) {
 	if _, err := loadCompose(t, example, base); err == nil {
 		t.Error("env.example as shipped passes compose.yaml's required variables: its values would be used as they are")
 	}
-	if _, err := loadCompose(t, filled, base, fleetFile); err == nil {
-		t.Error("compose.fleet.yaml without the fleet's secrets: accepted, want a refusal")
+	checkCompose(t, "compose.yaml", noFleet, caddyfile, []string{"app", "caddy-1", "caddy-2"})
+
+	for i, o := range fleetOverlays {
+		overlay, vars := readFile(t, "deploy/docker/"+o.file), allVars[i+1]
+		what := "compose.yaml + " + o.file
+		if _, err := loadCompose(t, filled, base, overlay); err == nil {
+			t.Errorf("%s without the fleet's secrets: accepted, want a refusal", o.file)
+		}
+		withFleet := maps.Clone(filled)
+		for name := range vars {
+			withFleet[name] = "test-" + strings.ToLower(name)
+		}
+		for name, class := range vars {
+			if class != "yes" {
+				continue
+			}
+			env := maps.Clone(withFleet)
+			env[name] = ""
+			if _, err := loadCompose(t, env, base, overlay); err == nil || !strings.Contains(err.Error(), name) {
+				t.Errorf("%s with %s empty: %v, want a refusal naming it", what, name, err)
+			}
+		}
+		model, err := loadCompose(t, withFleet, base, overlay)
+		if err != nil {
+			t.Fatalf("%s with the fleet's secrets: %v", what, err)
+		}
+		checkCompose(t, what, model, uncommentFleet(t, caddyfile), slices.Sorted(slices.Values(append([]string{"app", "caddy-1", "caddy-2"}, o.services...))))
+		checkFleetUsers(t, what, model)
 	}
-	withFleet := maps.Clone(filled)
-	for name := range fleetFileVars {
-		withFleet[name] = "test-" + strings.ToLower(name)
+}
+
+// fleetACL and sentinelACL are the rules of the fleet's Redis users
+// (deploy/README.md, "The fleet's Redis users"): the Caddy nodes' user on
+// Redis or Valkey (the data nodes of a Sentinel set included), and their
+// user on the Sentinels. The compose files define exactly these;
+// TestComposeFleetRuns shows, with a real redis-server, that the nodes need
+// nothing more.
+const (
+	fleetACL = "~export_download:* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha" +
+		" +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
+	sentinelACL = "-@all +ping +sentinel|get-master-addr-by-name +sentinel|sentinels +subscribe +unsubscribe" +
+		" &+sentinel &+slave &-sdown &+sdown &+switch-master &+reboot"
+)
+
+// aclUser is a user that a Redis command line (--user …) or configuration
+// file (user …) defines.
+type aclUser struct {
+	on        bool
+	passwords []string
+	rules     []string // sorted, without on/off, passwords and resets
+}
+
+func parseACLUser(tokens []string) aclUser {
+	var u aclUser
+	for _, tok := range tokens {
+		switch {
+		case tok == "on":
+			u.on = true
+		case tok == "off":
+			u.on = false
+		case strings.HasPrefix(tok, ">"):
+			u.passwords = append(u.passwords, tok[1:])
+		case tok == "resetchannels" || tok == "resetkeys" || tok == "resetpass" || tok == "reset":
+		default:
+			u.rules = append(u.rules, tok)
+		}
 	}
-	fleet, err := loadCompose(t, withFleet, base, fleetFile)
-	if err != nil {
-		t.Fatalf("compose.yaml and compose.fleet.yaml with the fleet's secrets: %v", err)
+	slices.Sort(u.rules)
+	return u
+}
+
+// commandUsers returns the users a redis-server or valkey-server command
+// line defines with --user.
+func commandUsers(argv []string) map[string]aclUser {
+	users := make(map[string]aclUser)
+	for i := 0; i < len(argv); i++ {
+		if argv[i] != "--user" || i+1 >= len(argv) {
+			continue
+		}
+		j := i + 2
+		for j < len(argv) && !strings.HasPrefix(argv[j], "--") {
+			j++
+		}
+		users[argv[i+1]] = parseACLUser(argv[i+2 : j])
+		i = j - 1
+	}
+	return users
+}
+
+// scriptUsers returns the users of the `user …` lines of a Sentinel's
+// start script (the configuration it writes).
+func scriptUsers(script string) map[string]aclUser {
+	users := make(map[string]aclUser)
+	for _, line := range strings.Split(script, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "user" {
+			users[f[1]] = parseACLUser(f[2:])
+		}
+	}
+	return users
+}
+
+func sortedFields(s string) []string {
+	f := strings.Fields(s)
+	slices.Sort(f)
+	return f
+}
+
+// isSentinel reports whether a service runs a Sentinel (its start script
+// ends in `… --sentinel`), and returns the script.
+func isSentinel(s *composeService) (string, bool) {
+	if len(s.Command) == 3 && s.Command[0] == "sh" && s.Command[1] == "-c" && strings.Contains(s.Command[2], " --sentinel") {
+		return s.Command[2], true
+	}
+	return "", false
+}
+
+// checkFleetUsers checks a fleet overlay's Redis side: the Caddy nodes log
+// in as a user that every data node defines with fleetACL and the password
+// the nodes are given; with Sentinel, as a user every Sentinel defines
+// with sentinelACL, the Sentinels monitor the master set the nodes name,
+// the nodes' addresses are the Sentinels at their port, one data node is
+// the primary and the others replicate it, and every server announces its
+// service name.
+func checkFleetUsers(t *testing.T, what string, model map[string]*composeService) {
+	t.Helper()
+	node := model["caddy-1"]
+	env := node.Environment
+	data := make(map[string]*composeService)
+	sentinels := make(map[string]string) // service → start script
+	for name, s := range model {
+		if script, ok := isSentinel(s); ok {
+			sentinels[name] = script
+		} else if len(s.Command) > 0 && s.Command[0] == "valkey-server" {
+			data[name] = s
+		}
+	}
+	if len(data) == 0 {
+		t.Fatalf("%s: no service runs valkey-server", what)
+	}
+	for name, s := range data {
+		u, ok := commandUsers(s.Command)[env["REDIS_USERNAME"]]
+		switch {
+		case env["REDIS_USERNAME"] == "":
+			t.Errorf("%s: the nodes log in as the default user; want a user limited to the fleet", what)
+		case !ok:
+			t.Errorf("%s: %s does not define the nodes' user %q", what, name, env["REDIS_USERNAME"])
+		case !u.on || !slices.Equal(u.passwords, []string{env["REDIS_PASSWORD"]}):
+			t.Errorf("%s: %s: user %s is not on with the nodes' REDIS_PASSWORD", what, name, env["REDIS_USERNAME"])
+		case !slices.Equal(u.rules, sortedFields(fleetACL)):
+			t.Errorf("%s: %s: user %s has rules %q, want %q", what, name, env["REDIS_USERNAME"], u.rules, fleetACL)
+		}
+		// The default user has a password or is off (protected mode refuses
+		// other hosts otherwise).
+		if d, ok := commandUsers(s.Command)["default"]; !(ok && !d.on) && !slices.Contains(s.Command, "--requirepass") {
+			t.Errorf("%s: %s: the default user is neither off nor given a password", what, name)
+		}
+	}
+	if len(sentinels) == 0 {
+		if env["REDIS_SENTINEL_MASTER"] != "" {
+			t.Errorf("%s: REDIS_SENTINEL_MASTER set without Sentinels", what)
+		}
+		return
 	}
 
-	checkCompose(t, "compose.yaml", noFleet, caddyfile, []string{"app", "caddy-1", "caddy-2"})
-	checkCompose(t, "compose.yaml + compose.fleet.yaml", fleet, uncommentFleet(t, caddyfile), []string{"app", "caddy-1", "caddy-2", "valkey"})
+	master := env["REDIS_SENTINEL_MASTER"]
+	if master == "" {
+		t.Fatalf("%s: Sentinels, but the nodes' REDIS_SENTINEL_MASTER is empty", what)
+	}
+	var addrs []string
+	for _, a := range strings.Fields(env["REDIS_ADDRESS"]) {
+		host, _, _ := strings.Cut(a, ":")
+		addrs = append(addrs, host)
+		if script, ok := sentinels[host]; !ok {
+			t.Errorf("%s: REDIS_ADDRESS %s is not a Sentinel", what, a)
+		} else if !strings.Contains(script, "\nport "+strings.TrimPrefix(a, host+":")+"\n") {
+			t.Errorf("%s: REDIS_ADDRESS %s: the Sentinel does not listen on that port", what, a)
+		}
+	}
+	if slices.Sort(addrs); !slices.Equal(addrs, slices.Sorted(maps.Keys(sentinels))) {
+		t.Errorf("%s: REDIS_ADDRESS %q, want every Sentinel", what, env["REDIS_ADDRESS"])
+	}
+	var primary string
+	for name, s := range data {
+		if i := slices.Index(s.Command, "--replicaof"); i < 0 {
+			if primary != "" {
+				t.Errorf("%s: %s and %s are both primaries", what, primary, name)
+			}
+			primary = name
+		}
+		if i := slices.Index(s.Command, "--replica-announce-ip"); i < 0 || i+1 >= len(s.Command) || s.Command[i+1] != name {
+			t.Errorf("%s: %s does not announce its service name (--replica-announce-ip %s)", what, name, name)
+		}
+		if !slices.Contains(s.Command, "--masterauth") {
+			t.Errorf("%s: %s has no masterauth: it cannot follow a new primary", what, name)
+		}
+	}
+	for name, s := range data {
+		if i := slices.Index(s.Command, "--replicaof"); i >= 0 && (i+2 >= len(s.Command) || s.Command[i+1] != primary || s.Command[i+2] != "6379") {
+			t.Errorf("%s: %s replicates %q, want %s 6379", what, name, s.Command[i+1:], primary)
+		}
+	}
+	monitor := regexp.MustCompile(`(?m)^sentinel monitor (\S+) (\S+) (\d+) (\d+)$`)
+	for name, script := range sentinels {
+		m := monitor.FindStringSubmatch(script)
+		if m == nil || m[1] != master || m[2] != primary || m[3] != "6379" {
+			t.Errorf("%s: %s monitors %q, want master set %s at %s 6379", what, name, m, master, primary)
+		} else if q, _ := strconv.Atoi(m[4]); q <= len(sentinels)/2 || q > len(sentinels) {
+			t.Errorf("%s: quorum %d of %d Sentinels: want a majority", what, q, len(sentinels))
+		}
+		if model[name].Environment["SENTINEL_HOSTNAME"] != name || !strings.Contains(script, "sentinel announce-ip $SENTINEL_HOSTNAME") {
+			t.Errorf("%s: %s does not announce its service name", what, name)
+		}
+		u, ok := scriptUsers(script)[env["REDIS_SENTINEL_USERNAME"]]
+		switch {
+		case env["REDIS_SENTINEL_USERNAME"] == "":
+			t.Errorf("%s: the nodes log in to the Sentinels as the default user", what)
+		case !ok:
+			t.Errorf("%s: %s does not define the nodes' Sentinel user %q", what, name, env["REDIS_SENTINEL_USERNAME"])
+		case !u.on || !slices.Equal(u.passwords, []string{"$REDIS_SENTINEL_PASSWORD"}) ||
+			model[name].Environment["REDIS_SENTINEL_PASSWORD"] != env["REDIS_SENTINEL_PASSWORD"]:
+			t.Errorf("%s: %s: user %s is not on with the nodes' REDIS_SENTINEL_PASSWORD", what, name, env["REDIS_SENTINEL_USERNAME"])
+		case !slices.Equal(u.rules, sortedFields(sentinelACL)):
+			t.Errorf("%s: %s: user %s has rules %q, want %q", what, name, env["REDIS_SENTINEL_USERNAME"], u.rules, sentinelACL)
+		}
+	}
 }
 
 // checkCompose checks one compose model: its services, and that its
@@ -964,7 +1290,7 @@ func checkCompose(t *testing.T, what string, model map[string]*composeService, c
 			t.Errorf("%s: %s: the Caddyfile is not mounted read-only at /etc/caddy/Caddyfile: %q", what, name, s.Volumes)
 		}
 		for _, v := range append(provision, adaptRequired...) {
-			if s.Environment[v] == "" {
+			if s.Environment[v] == "" && !optionalAtProvision[v] {
 				t.Errorf("%s: %s: the Caddyfile reads %s, which the service does not set", what, name, v)
 			}
 		}
@@ -973,10 +1299,12 @@ func checkCompose(t *testing.T, what string, model map[string]*composeService, c
 			if !ok {
 				continue
 			}
-			host := strings.TrimPrefix(value, "http://")
-			host, _, _ = strings.Cut(host, ":")
-			if _, ok := model[host]; !ok {
-				t.Errorf("%s: %s: %s=%q names no service", what, name, v, value)
+			for _, addr := range strings.Fields(value) {
+				host := strings.TrimPrefix(addr, "http://")
+				host, _, _ = strings.Cut(host, ":")
+				if _, ok := model[host]; !ok {
+					t.Errorf("%s: %s: %s=%q names no service", what, name, v, value)
+				}
 			}
 		}
 		for _, p := range s.Ports {
@@ -990,6 +1318,540 @@ func checkCompose(t *testing.T, what string, model map[string]*composeService, c
 	}
 	if nodes != 2 {
 		t.Errorf("%s: %d Caddy nodes built from the Dockerfile, want 2", what, nodes)
+	}
+}
+
+// ------------------------------------------------ the fleet overlays, run
+
+// respError is an error reply of a Redis server.
+type respError string
+
+func (e respError) Error() string { return string(e) }
+
+// redisDo sends one command to the Redis server or Sentinel at addr, after
+// AUTH when password is set, and returns the reply as text (an array's
+// elements one a line, nested arrays flattened).
+func redisDo(addr, user, password string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	send := func(args []string) (string, error) {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		if _, err := conn.Write(b.Bytes()); err != nil {
+			return "", err
+		}
+		return readRESP(br)
+	}
+	if password != "" {
+		auth := []string{"AUTH", password}
+		if user != "" {
+			auth = []string{"AUTH", user, password}
+		}
+		if _, err := send(auth); err != nil {
+			return "", err
+		}
+	}
+	return send(args)
+}
+
+// readRESP reads one RESP2 reply.
+func readRESP(br *bufio.Reader) (string, error) {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", respError(line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil {
+			return "", err
+		}
+		parts := make([]string, 0, max(n, 0))
+		for range n {
+			p, err := readRESP(br)
+			var re respError
+			if errors.As(err, &re) {
+				p, err = "-"+string(re), nil
+			}
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, p)
+		}
+		return strings.Join(parts, "\n"), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
+
+// localNet stands for a compose network: each service is 127.0.0.1 and a
+// port of its own.
+type localNet map[string]int
+
+// fields rewrites "<service>:<port>", and "<service>" with the port as the
+// next field, to 127.0.0.1 and the service's port here; a lone
+// "<service>" (an announced name) to 127.0.0.1.
+func (n localNet) fields(f []string) []string {
+	f = slices.Clone(f)
+	for i := 0; i < len(f); i++ {
+		host, _, hasPort := strings.Cut(f[i], ":")
+		p, ok := n[host]
+		if !ok {
+			continue
+		}
+		if hasPort {
+			f[i] = "127.0.0.1:" + strconv.Itoa(p)
+			continue
+		}
+		f[i] = "127.0.0.1"
+		if i+1 < len(f) && f[i+1] != "" && strings.Trim(f[i+1], "0123456789") == "" {
+			f[i+1] = strconv.Itoa(p)
+			i++
+		}
+	}
+	return f
+}
+
+// text rewrites the lines of s that name a service, as fields does.
+func (n localNet) text(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, line := range lines {
+		f := strings.Fields(line)
+		if g := n.fields(f); !slices.Equal(f, g) {
+			lines[i] = line[:len(line)-len(strings.TrimLeft(line, " \t"))] + strings.Join(g, " ")
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// localServer is a compose service's server run here.
+type localServer struct {
+	name, addr string
+	cmd        *exec.Cmd
+	out        *syncBuffer
+	exited     chan struct{}
+}
+
+// Test-only administrator added to the data nodes, to read their ACL LOG
+// and replication state whatever the compose file's default user is.
+const testAdmin, testAdminPass = "kit-test-admin", "kit-test-admin-pass"
+
+// startLocalServer starts cmd and waits until addr answers (any reply,
+// NOAUTH included). It is stopped when the test ends.
+func startLocalServer(t *testing.T, name, addr string, cmd *exec.Cmd) *localServer {
+	t.Helper()
+	s := &localServer{name: name, addr: addr, cmd: cmd, out: new(syncBuffer), exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	go func() {
+		_ = cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(s.stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := redisDo(addr, "", "", "PING")
+		var re respError
+		if err == nil || errors.As(err, &re) {
+			return s
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("%s exited before it answered:\n%s", name, s.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not answering on %s after 20s (%v):\n%s", name, addr, err, s.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop ends the server (SIGTERM, then SIGKILL after 10s) and waits for it.
+func (s *localServer) stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// startOverlayServer runs one Redis-side service of a fleet overlay as the
+// compose file says, in dir: valkey-server as redis-server (its command
+// plus this test's port, and the test's administrator), or a Sentinel's
+// start script under sh with an entrypoint that runs redis-server.
+func startOverlayServer(t *testing.T, n localNet, name string, s *composeService, dir string) *localServer {
+	t.Helper()
+	redisServer := requireTool(t, "redis-server", "install Debian's package: apt-get install -y redis-server")
+	addr := "127.0.0.1:" + strconv.Itoa(n[name])
+	if script, ok := isSentinel(s); ok {
+		// The image's docker-entrypoint.sh, here: runs redis-server for
+		// valkey-server, on the service's port.
+		bin := filepath.Join(dir, "bin")
+		entry := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = valkey-server ] || { echo \"entrypoint: want valkey-server, got $1\" >&2; exit 90; }\nshift\nexec %s \"$@\" --port %d --bind 127.0.0.1\n", redisServer, n[name])
+		if err := os.MkdirAll(bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bin, "docker-entrypoint.sh"), []byte(entry), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", n.text(script))
+		cmd.Dir = dir
+		cmd.Env = []string{"PATH=" + bin + ":" + os.Getenv("PATH"), "HOME=" + dir}
+		for k, v := range s.Environment {
+			cmd.Env = append(cmd.Env, k+"="+n.text(v))
+		}
+		return startLocalServer(t, name, addr, cmd)
+	}
+	if len(s.Command) == 0 || s.Command[0] != "valkey-server" {
+		t.Fatalf("%s: command %q: want valkey-server or a Sentinel's start script", name, s.Command)
+	}
+	args := append(n.fields(s.Command[1:]),
+		"--port", strconv.Itoa(n[name]), "--bind", "127.0.0.1", "--dir", dir, "--daemonize", "no", "--logfile", "",
+		// A replica's sync starts at once, not after 5s.
+		"--repl-diskless-sync-delay", "0",
+		"--user", testAdmin, "on", ">"+testAdminPass, "~*", "&*", "+@all")
+	cmd := exec.Command(redisServer, args...)
+	cmd.Dir = dir
+	return startLocalServer(t, name, addr, cmd)
+}
+
+// metricValue returns the value of the sample of name with the label
+// fleet=fleet on a /metrics page, or "" if there is none.
+func metricValue(t *testing.T, url, name, fleet string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := name + `{fleet="` + fleet + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// waitFor polls cond every 50 ms until it is true, and fails the test
+// with what after 20 s (a bound only a hang exceeds).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 20s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestComposeFleetRuns runs each fleet overlay's Redis side as local
+// processes, from the commands the compose file gives (valkey-server is
+// redis-server here, each Sentinel's start script runs under sh, and each
+// service name with its port is 127.0.0.1 and a port of this test), then
+// two Caddy nodes with the container Caddyfile, its fleet block
+// uncommented, and the environment the overlay gives them. Both read the
+// fleet's stream (fleet_up 1 under the overlay's fleet label); the second
+// node redirects from the first one's shared decision without asking the
+// app; an admin API purge on the first reaches the second; and no server
+// logged an ACL refusal of the nodes' users. With Sentinel, the replica is
+// in sync; after a SENTINEL FAILOVER the nodes follow the promoted replica,
+// a purge still reaches the other node, the old primary replicates the new
+// one (masterauth) and both hold the purges' events; and a Sentinel started
+// again with new passwords keeps its state and takes them.
+func TestComposeFleetRuns(t *testing.T) {
+	t.Parallel()
+	bin := caddyBinary(t)
+	requireTool(t, "redis-server", "install Debian's package: apt-get install -y redis-server")
+	base := readFile(t, "deploy/docker/compose.yaml")
+	caddyfile := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(caddyfile, []byte(uncommentFleet(t, readFile(t, "deploy/docker/Caddyfile"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Hex values, as env.example asks for (the Sentinels' script writes
+	// them into their configuration), one per variable.
+	env := make(map[string]string)
+	for name := range envExample(t) {
+		sum := sha256.Sum256([]byte(name))
+		env[name] = hex.EncodeToString(sum[:])
+	}
+	for _, o := range fleetOverlays {
+		t.Run(o.file, func(t *testing.T) {
+			overlay := readFile(t, "deploy/docker/"+o.file)
+			model, err := loadCompose(t, env, base, overlay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodeEnv, err := loadCompose(t, env, overlay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := make(localNet)
+			for _, name := range o.services {
+				n[name] = freePort(t)
+			}
+			// Data nodes first, the primary before its replicas, then the
+			// Sentinels.
+			order := slices.Clone(o.services)
+			slices.SortStableFunc(order, func(a, b string) int {
+				rank := func(name string) int {
+					switch {
+					case strings.HasPrefix(name, "sentinel"):
+						return 2
+					case slices.Contains(model[name].Command, "--replicaof"):
+						return 1
+					}
+					return 0
+				}
+				return rank(a) - rank(b)
+			})
+			servers := make(map[string]*localServer)
+			for _, name := range order {
+				servers[name] = startOverlayServer(t, n, name, model[name], t.TempDir())
+			}
+			admin := env["REDIS_ADMIN_PASSWORD"]
+			fleetEnv := nodeEnv["caddy-1"].Environment
+			for name := range servers {
+				if _, ok := isSentinel(model[name]); ok {
+					// Each Sentinel tells the nodes' Sentinel user where
+					// the primary is.
+					waitFor(t, name+" names the primary", func() bool {
+						out, err := redisDo(servers[name].addr, fleetEnv["REDIS_SENTINEL_USERNAME"], fleetEnv["REDIS_SENTINEL_PASSWORD"],
+							"SENTINEL", "GET-MASTER-ADDR-BY-NAME", fleetEnv["REDIS_SENTINEL_MASTER"])
+						return err == nil && out == "127.0.0.1\n"+strconv.Itoa(n["valkey-primary"])
+					})
+				} else if slices.Contains(model[name].Command, "--replicaof") {
+					waitFor(t, name+" in sync with the primary", func() bool {
+						out, err := redisDo(servers[name].addr, testAdmin, testAdminPass, "INFO", "replication")
+						return err == nil && strings.Contains(out, "master_link_status:up")
+					})
+				}
+			}
+
+			// Two Caddy nodes, with the overlay's environment for them.
+			up := exportsUpstream(t)
+			type node struct{ base, metrics, admin string }
+			var nodes []node
+			var outputs []*syncBuffer
+			for range 2 {
+				httpPort, metricsPort, adminPort := freePort(t), freePort(t), freePort(t)
+				vars := map[string]string{
+					"CADDY_BIND":   "127.0.0.1",
+					"CADDY_ADMIN":  "127.0.0.1:" + strconv.Itoa(adminPort),
+					"HTTP_PORT":    strconv.Itoa(httpPort),
+					"METRICS_PORT": strconv.Itoa(metricsPort),
+					"APP_UPSTREAM": up.URL,
+					"S3_BUCKET":    "exports-test",
+					"EDGE_TOKEN":   "edge-token-from-env",
+				}
+				for k, v := range fleetEnv {
+					vars[k] = n.text(v)
+				}
+				nd := node{
+					base:    fmt.Sprintf("http://127.0.0.1:%d", httpPort),
+					metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort),
+					admin:   fmt.Sprintf("http://127.0.0.1:%d", adminPort),
+				}
+				outputs = append(outputs, startCaddy(t, caddyEnv(t, vars), nd.metrics+"/healthz", bin, "run", "--config", caddyfile, "--adapter", "caddyfile"))
+				nodes = append(nodes, nd)
+			}
+			// The fleet's name: the prefix and the master set, or the
+			// first address.
+			fleetName := "export_download@" + strings.Fields(n.text(fleetEnv["REDIS_ADDRESS"]))[0]
+			if m := fleetEnv["REDIS_SENTINEL_MASTER"]; m != "" {
+				fleetName = "export_download@" + m
+			}
+			for i, nd := range nodes {
+				waitFor(t, fmt.Sprintf("node %d: fleet_up{fleet=%q} 1", i+1, fleetName), func() bool {
+					return metricValue(t, nd.metrics+"/metrics", "caddy_export_download_fleet_up", fleetName) == "1"
+				})
+			}
+
+			first := download(t, nodes[0].base, apiKey, completedID)
+			second := download(t, nodes[1].base, apiKey, completedID)
+			if first.StatusCode != http.StatusFound || second.StatusCode != http.StatusFound {
+				t.Fatalf("downloads: %d and %d, want 302", first.StatusCode, second.StatusCode)
+			}
+			if got := first.Header.Get("Cache-Status"); !strings.HasPrefix(got, "export_download_fleet; fwd=miss; stored") {
+				t.Errorf("node 1: Cache-Status %q, want the decision stored in the fleet", got)
+			}
+			if got := second.Header.Get("Cache-Status"); !strings.HasPrefix(got, "export_download_fleet; hit") {
+				t.Errorf("node 2: Cache-Status %q, want a shared hit", got)
+			}
+			if got := len(up.Requests()); got != 1 {
+				t.Errorf("the app was asked %d times for one export on two nodes, want 1", got)
+			}
+
+			// A purge on node 1 reaches node 2: its next download asks the
+			// app again.
+			purgeReaches(t, nodes[0].admin, nodes[1].base, up)
+
+			if _, ok := servers["sentinel-1"]; ok {
+				// A failover: the Sentinels promote the replica and make the
+				// old primary its replica (masterauth); the nodes follow,
+				// and a purge still goes from one node to the other.
+				if _, err := redisDo(servers["sentinel-1"].addr, "", admin, "SENTINEL", "FAILOVER", fleetEnv["REDIS_SENTINEL_MASTER"]); err != nil {
+					t.Fatalf("SENTINEL FAILOVER: %v", err)
+				}
+				for _, name := range []string{"sentinel-1", "sentinel-2", "sentinel-3"} {
+					waitFor(t, name+" names the promoted replica", func() bool {
+						out, err := redisDo(servers[name].addr, "", admin, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", fleetEnv["REDIS_SENTINEL_MASTER"])
+						return err == nil && out == "127.0.0.1\n"+strconv.Itoa(n["valkey-replica"])
+					})
+				}
+				for i, nd := range nodes {
+					waitFor(t, fmt.Sprintf("node %d: fleet_up 1 after the failover", i+1), func() bool {
+						return metricValue(t, nd.metrics+"/metrics", "caddy_export_download_fleet_up", fleetName) == "1"
+					})
+				}
+				purgeReaches(t, nodes[0].admin, nodes[1].base, up)
+				// The Sentinels make the old primary a replica of the new
+				// one some 10s after a forced failover.
+				waitFor(t, "the old primary in sync with the new one", func() bool {
+					out, err := redisDo(servers["valkey-primary"].addr, testAdmin, testAdminPass, "INFO", "replication")
+					return err == nil && strings.Contains(out, "master_port:"+strconv.Itoa(n["valkey-replica"])) && strings.Contains(out, "master_link_status:up")
+				})
+			}
+
+			// No refusal of the nodes' users anywhere.
+			for name, srv := range servers {
+				user, pass := testAdmin, testAdminPass
+				if _, ok := isSentinel(model[name]); ok {
+					user, pass = "", admin
+				}
+				if out, err := redisDo(srv.addr, user, pass, "ACL", "LOG"); err != nil || out != "" {
+					t.Errorf("%s: ACL LOG: %v\n%s", name, err, out)
+				}
+				if _, ok := isSentinel(model[name]); !ok && len(o.services) > 1 {
+					// Both data nodes hold the purges' events.
+					if out, err := redisDo(srv.addr, testAdmin, testAdminPass, "XLEN", "export_download:inv"); err != nil || out == "0" {
+						t.Errorf("%s: the purges' events are not there: XLEN %q %v", name, out, err)
+					}
+				}
+			}
+			for i, out := range outputs {
+				for _, line := range strings.Split(out.String(), "\n") {
+					if strings.Contains(line, "NOPERM") || strings.Contains(line, "WRONGPASS") {
+						t.Errorf("node %d logged an ACL refusal: %s", i+1, line)
+					}
+				}
+			}
+
+			if _, ok := servers["sentinel-1"]; ok {
+				// Last: the nodes' logins to it fail from now on.
+				checkSentinelRestart(t, n, model["sentinel-1"], servers["sentinel-1"], fleetEnv, admin)
+			}
+		})
+	}
+}
+
+// purgeReaches purges completedID through the admin API at admin (one
+// node), and waits until the node at base asks the app for it again, after
+// making sure that node holds a fresh entry for it (two downloads, the
+// second one answered without the app).
+func purgeReaches(t *testing.T, admin, base string, up *testenv.Upstream) {
+	t.Helper()
+	get := func() {
+		if r := download(t, base, apiKey, completedID); r.StatusCode != http.StatusFound {
+			t.Fatalf("download: %d, want 302", r.StatusCode)
+		}
+	}
+	get()
+	before := len(up.Requests())
+	get()
+	if got := len(up.Requests()); got != before {
+		t.Fatalf("a second download asked the app (%d calls, %d before): no entry to purge", got, before)
+	}
+	req, _ := http.NewRequest(http.MethodPost, admin+"/export_download/purge", strings.NewReader(`{"export_ids":["`+completedID+`"]}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var purged struct{ Fleet string }
+	err = json.NewDecoder(resp.Body).Decode(&purged)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || (purged.Fleet != "published" && purged.Fleet != "queued") {
+		t.Fatalf("purge: %d %+v %v", resp.StatusCode, purged, err)
+	}
+	t.Logf("purge: fleet %s", purged.Fleet)
+	waitFor(t, "the other node asks the app again after the purge", func() bool {
+		get()
+		return len(up.Requests()) > before
+	})
+}
+
+// checkSentinelRestart stops a Sentinel and starts its script again in the
+// same directory with new passwords, as a container restarted after .env
+// changed: it keeps its ID and what it learned (the primary after a
+// failover), and takes the new passwords, not the old ones.
+func checkSentinelRestart(t *testing.T, n localNet, s *composeService, old *localServer, fleetEnv map[string]string, admin string) {
+	t.Helper()
+	user, master := fleetEnv["REDIS_SENTINEL_USERNAME"], fleetEnv["REDIS_SENTINEL_MASTER"]
+	id, err := redisDo(old.addr, "", admin, "SENTINEL", "MYID")
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary, err := redisDo(old.addr, "", admin, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.stop()
+	restarted := *s
+	restarted.Environment = maps.Clone(s.Environment)
+	newPass := fleetEnv["REDIS_SENTINEL_PASSWORD"] + "0"
+	restarted.Environment["REDIS_SENTINEL_PASSWORD"] = newPass
+	srv := startOverlayServer(t, n, old.name, &restarted, old.cmd.Dir)
+	if _, err := redisDo(srv.addr, user, fleetEnv["REDIS_SENTINEL_PASSWORD"], "PING"); err == nil {
+		t.Error("the restarted Sentinel still takes the old password")
+	}
+	if got, err := redisDo(srv.addr, "", admin, "SENTINEL", "MYID"); err != nil || got != id {
+		t.Errorf("the restarted Sentinel's ID: %q %v, want %q (its state kept)", got, err, id)
+	}
+	// After the failover, the primary it learned, not the one its first
+	// configuration named.
+	if got, err := redisDo(srv.addr, user, newPass, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", master); err != nil || got != primary {
+		t.Errorf("the restarted Sentinel, new password: %q %v, want the primary it knew, %q", got, err, primary)
 	}
 }
 
@@ -1273,9 +2135,9 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 			_, inSecret := secret.StringData[ref.Key]
 			switch {
-			case vars[e.Name] == "fleet" && !ref.Optional:
-				t.Errorf("env %s (the fleet block's) refers to key %q without optional: true: the fleet's secrets would be needed with the fleet off", e.Name, ref.Key)
-			case vars[e.Name] != "fleet" && !inSecret:
+			case vars[e.Name] != "yes" && !ref.Optional:
+				t.Errorf("env %s (the fleet block's, or optional) refers to key %q without optional: true: the fleet's secrets would be needed with the fleet off", e.Name, ref.Key)
+			case vars[e.Name] == "yes" && !inSecret:
 				t.Errorf("env %s refers to key %q, which the Secret lacks", e.Name, ref.Key)
 			}
 			env[e.Name] = "secret-" + ref.Key
@@ -1291,7 +2153,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 	for _, v := range provision {
-		if e := env[v]; !strings.HasPrefix(e, "secret-") {
+		if e := env[v]; !strings.HasPrefix(e, "secret-") && !optionalAtProvision[v] {
 			t.Logf("{env.%s} is set from a plain value", v)
 		}
 	}
@@ -1563,6 +2425,11 @@ func TestMetricNamesExist(t *testing.T) {
 	}
 
 	series := scrape(t, metricsBase+"/metrics")
+	// fleet_up has one series per fleet block, named by the prefix and
+	// the first address.
+	if got, want := slices.Sorted(maps.Keys(series["caddy_export_download_fleet_up"]["fleet"])), []string{"export_download@" + vars["REDIS_ADDRESS"]}; !slices.Equal(got, want) {
+		t.Errorf("caddy_export_download_fleet_up fleet labels %q, want %q", got, want)
+	}
 	var uses []metricUse
 	files := []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/prometheus/fleet-alerts.yml"}
 	for _, rel := range files {
@@ -1628,6 +2495,79 @@ func TestMetricNamesExist(t *testing.T) {
 		}
 	}
 	t.Logf("%d metric selectors checked against /metrics, the fleet tier's included", checked)
+}
+
+// fleetUpAggregations returns, for each aggregation whose argument holds
+// caddy_export_download_fleet_up in a PromQL expression, its operator and
+// grouping clause ("by (…)", "without (…)" or "").
+func fleetUpAggregations(promql string) [][2]string {
+	opRE := regexp.MustCompile(`\b(sum|min|max|avg|group|count|count_values|stddev|stdvar|quantile|topk|bottomk|limitk|limit_ratio)\s*((?:by|without)\s*\([^)]*\))?\s*\(`)
+	groupRE := regexp.MustCompile(`^\s*((?:by|without)\s*\([^)]*\))`)
+	var out [][2]string
+	for _, m := range opRE.FindAllStringSubmatchIndex(promql, -1) {
+		open := m[1] - 1
+		depth, end := 0, -1
+		for i := open; i < len(promql) && end < 0; i++ {
+			switch promql[i] {
+			case '(':
+				depth++
+			case ')':
+				if depth--; depth == 0 {
+					end = i
+				}
+			}
+		}
+		if end < 0 || !strings.Contains(promql[open:end], "caddy_export_download_fleet_up") {
+			continue
+		}
+		group := ""
+		if m[4] >= 0 {
+			group = promql[m[4]:m[5]]
+		} else if g := groupRE.FindStringSubmatch(promql[end+1:]); g != nil {
+			group = g[1]
+		}
+		out = append(out, [2]string{promql[m[2]:m[3]], strings.Join(strings.Fields(group), " ")})
+	}
+	return out
+}
+
+// TestFleetUpPerFleet checks that every rule and panel that aggregates
+// caddy_export_download_fleet_up keeps its fleet label (by (…, fleet, …)),
+// so that one fleet down is never hidden by another one up, and checks the
+// check on the expression the fleet alerts had before the label.
+func TestFleetUpPerFleet(t *testing.T) {
+	t.Parallel()
+	if got := fleetUpAggregations("max by (job) (caddy_export_download_fleet_up) == 0"); len(got) != 1 || got[0][1] != "by (job)" {
+		t.Fatalf("the parser does not see max by (job): %q", got)
+	}
+	if got := fleetUpAggregations("max(caddy_export_download_fleet_up) without (fleet)"); len(got) != 1 || got[0][1] != "without (fleet)" {
+		t.Fatalf("the parser does not see a trailing without: %q", got)
+	}
+	type use struct{ source, expr string }
+	var uses []use
+	for _, rel := range []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/prometheus/fleet-alerts.yml"} {
+		for _, g := range loadRules(t, rel).Groups {
+			for _, r := range g.Rules {
+				uses = append(uses, use{rel + " " + r.Record + r.Alert, r.Expr})
+			}
+		}
+	}
+	for _, q := range dashboardQueries(t) {
+		uses = append(uses, use{"export_download.json", q})
+	}
+	seen := 0
+	byFleet := regexp.MustCompile(`^by \((?:[^)]*[ ,])?fleet(?:[ ,][^)]*)?\)$`)
+	for _, u := range uses {
+		for _, agg := range fleetUpAggregations(u.expr) {
+			seen++
+			if !byFleet.MatchString(agg[1]) {
+				t.Errorf("%s: %s %s (… caddy_export_download_fleet_up …) aggregates the fleets together: group by fleet too", u.source, agg[0], agg[1])
+			}
+		}
+	}
+	if seen == 0 {
+		t.Error("no rule or panel aggregates caddy_export_download_fleet_up: the check checks nothing")
+	}
 }
 
 // TestPrometheusRules runs promtool on the rule files and their unit tests.
@@ -1764,7 +2704,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		{"Cache lookups by result", "by (result)"},
 		{"Upstream latency", "histogram_quantile(0.99"},
 		{"Presigned URLs: new vs reused", "by (reused)"},
-		{"Fleet store reachable", "caddy_export_download_fleet_up"},
+		{"Fleet store reachable", "by (instance, fleet) (caddy_export_download_fleet_up"},
 		{"Fleet lookups by result", "caddy_export_download_fleet_lookups_total"},
 		{"Invalidation lag", "caddy_export_download_fleet_invalidation_lag_seconds"},
 	} {
