@@ -1072,7 +1072,7 @@ func TestCompose(t *testing.T) {
 // nothing more.
 const (
 	fleetACL = "~export_download:* -@all +get +set +del +exists +pttl +pexpire +eval +evalsha" +
-		" +xadd +xread +xinfo|stream +multi +exec +time +role +wait +ping +cluster|slots +cluster|shards"
+		" +xadd +xread +xinfo|stream +multi +exec +time +info +role +wait +ping +cluster|slots +cluster|shards"
 	sentinelACL = "-@all +ping +sentinel|get-master-addr-by-name +sentinel|sentinels +subscribe +unsubscribe" +
 		" &+sentinel &+slave &-sdown &+sdown &+switch-master &+reboot"
 )
