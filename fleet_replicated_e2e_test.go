@@ -248,23 +248,42 @@ func testFleetCluster(t *testing.T, bin string) {
 	})
 
 	t.Run("AcknowledgedButUnreplicatedDelete", func(t *testing.T) {
-		master := cl.MasterFor(t, prefix+":inv")
-		replica := cl.ReplicaOf(t, master)
-		if replica == nil {
-			t.Fatalf("the stream's master %s has no replica", master.Addr)
+		for k, lives := range unreplicatedDeleteCases {
+			t.Run(lives.name, func(t *testing.T) {
+				master := cl.MasterFor(t, prefix+":inv")
+				replica := cl.ReplicaOf(t, master)
+				if replica == nil {
+					t.Fatalf("the stream's master %s has no replica", master.Addr)
+				}
+				// The export's generation and decisions live on the same
+				// master as the stream, so that everything the DELETE
+				// writes is at risk.
+				owners := slotOwners(t, cl)
+				next := 600_000 + 100_000*k
+				id := nextIDWhere(&next, func(id string) bool { return owners[slotOf(id)] == master })
+				testReplUnreplicatedDelete(t, c, id, master.Redis, replica.Redis, lives.after, func() *testenv.Redis {
+					return cl.WaitFailover(t, master).Redis
+				})
+				// Back as a replica of the node that replaced it.
+				master.Restart()
+				cl.WaitHealthy(t)
+			})
 		}
-		// The export's generation and decisions live on the same master as
-		// the stream, so that everything the DELETE writes is at risk.
-		owners := slotOwners(t, cl)
-		next := 600_000
-		id := nextIDWhere(&next, func(id string) bool { return owners[slotOf(id)] == master })
-		testReplUnreplicatedDelete(t, c, id, master.Redis, replica.Redis, func() *testenv.Redis {
-			return cl.WaitFailover(t, master).Redis
-		})
 		if cross := cl.CrossSlotErrors(t); cross != 0 {
 			t.Errorf("CROSSSLOT errors sent by the nodes over the whole run: %d, want 0", cross)
 		}
 	})
+}
+
+// unreplicatedDeleteCases are when the master dies after it acknowledged
+// the unreplicated DELETE: at once, or after the node's first retries
+// (every 250 ms) had time to reach it.
+var unreplicatedDeleteCases = []struct {
+	name  string
+	after time.Duration
+}{
+	{"MasterKilledAtOnce", 0},
+	{"MasterKilledASecondLater", time.Second},
 }
 
 // clusterPrefix picks a key prefix whose stream lands on a slot that a
@@ -409,10 +428,15 @@ func testFleetSentinel(t *testing.T, bin string) {
 	})
 
 	t.Run("AcknowledgedButUnreplicatedDelete", func(t *testing.T) {
-		master, replica := s.Master(t), s.Replica(t)
-		testReplUnreplicatedDelete(t, c, e2eID(60_000), master, replica, func() *testenv.Redis {
-			return s.WaitMasterChange(t, master)
-		})
+		for k, lives := range unreplicatedDeleteCases {
+			t.Run(lives.name, func(t *testing.T) {
+				master, replica := s.Master(t), s.Replica(t)
+				testReplUnreplicatedDelete(t, c, e2eID(60_000+k), master, replica, lives.after, func() *testenv.Redis {
+					return s.WaitMasterChange(t, master)
+				})
+				s.Rejoin(t, master) // restarted empty, a replica again
+			})
+		}
 	})
 }
 
@@ -654,7 +678,7 @@ func killUnderLoad(t *testing.T, c *fleetCluster, cachedID string, fresh, probes
 // over. Nodes 1 and 2 were frozen meanwhile (they saw nothing); once they
 // resume, neither may redirect to the deleted export later than
 // max_staleness.
-func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master, replica *testenv.Redis, waitPromotion func() *testenv.Redis) {
+func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master, replica *testenv.Redis, masterLives time.Duration, waitPromotion func() *testenv.Redis) {
 	up := c.up
 	completed(up, id, time.Time{})
 	c.warmShared(t, id, e2eKeyA)
@@ -689,6 +713,7 @@ func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master
 	onOld := streamEventsFor(t, master, c.prefix, id)
 	fleetState := invalidatedState(c.nodes[0].out.String()[before:], id)
 
+	time.Sleep(masterLives)
 	master.Kill()
 	killed := time.Now()
 	replica.Resume()
@@ -770,9 +795,9 @@ func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master
 	if onNew == 0 {
 		t.Errorf("the DELETE's event never reached the new master's stream (%s): node0's outbox did not send it again", fate)
 	}
-	t.Logf("summary: acknowledged-but-unreplicated DELETE: answered %d at %s; master killed, replica %s promoted after %v; "+
+	t.Logf("summary: acknowledged-but-unreplicated DELETE: answered %d at %s; master killed %v later, replica %s promoted after %v; "+
 		"nodes 1 and 2 polled for %v from their resume: %d answers (%d 302, %d other), %d 302 started after +%v, last 302 %s; %s",
-		status, answered.Format("15:04:05.000"), next.Addr, promoted.Round(time.Millisecond), window, len(replies), redirects, other,
+		status, answered.Format("15:04:05.000"), masterLives, next.Addr, promoted.Round(time.Millisecond), window, len(replies), redirects, other,
 		late, replMaxStaleness, lastText, fate)
 }
 
