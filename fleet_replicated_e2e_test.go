@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -702,7 +703,13 @@ func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master
 			_ = syscall.Kill(n.cmd.Process.Pid, syscall.SIGCONT)
 		}
 	}()
-	master.ClientKill(t, "TYPE", "normal")
+	// Only theirs: node0 keeps its connections, so that its DELETE meets
+	// the master as it is, not a connection it must dial again.
+	for _, n := range frozen {
+		if k := closeNodeConns(t, master, n); k == 0 {
+			t.Fatalf("%s had no connection to the master %s", n.name, master.Addr)
+		}
+	}
 
 	notFound(up, id)
 	before := len(c.nodes[0].out.String())
@@ -712,6 +719,9 @@ func testReplUnreplicatedDelete(t *testing.T, c *fleetCluster, id string, master
 	}
 	onOld := streamEventsFor(t, master, c.prefix, id)
 	fleetState := invalidatedState(c.nodes[0].out.String()[before:], id)
+	if cause := queuedCause(c.nodes[0].out.String()[before:]); cause != "" {
+		fleetState += " (" + cause + ")"
+	}
 
 	time.Sleep(masterLives)
 	master.Kill()
@@ -1117,6 +1127,59 @@ func waitReplicaCaughtUp(t *testing.T, master *testenv.Redis) {
 	}
 }
 
+// closeNodeConns closes, on r, every client connection of node's process
+// (CLIENT KILL ADDR for each of its local TCP addresses), and returns how
+// many it closed.
+func closeNodeConns(t *testing.T, r *testenv.Redis, node *fleetNode) int {
+	t.Helper()
+	addrs := processTCPAddrs(t, node.cmd.Process.Pid)
+	closed := 0
+	for _, line := range strings.Split(r.MustDo(t, "CLIENT", "LIST"), "\n") {
+		for _, f := range strings.Fields(line) {
+			if a, ok := strings.CutPrefix(f, "addr="); ok && addrs[a] {
+				closed += r.ClientKill(t, "ADDR", a)
+			}
+		}
+	}
+	return closed
+}
+
+// processTCPAddrs returns the local addresses (ip:port) of the IPv4 TCP
+// sockets that process pid holds, from /proc.
+func processTCPAddrs(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	fds, err := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := map[string]bool{}
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || !inodes[f[9]] {
+			continue
+		}
+		hexIP, hexPort, _ := strings.Cut(f[1], ":")
+		ip, err1 := strconv.ParseUint(hexIP, 16, 32)
+		port, err2 := strconv.ParseUint(hexPort, 16, 16)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// The kernel prints the address in host byte order (little endian here).
+		addrs[fmt.Sprintf("%d.%d.%d.%d:%d", ip&0xff, ip>>8&0xff, ip>>16&0xff, ip>>24, port)] = true
+	}
+	return addrs
+}
+
 // streamEventsFor counts the events of the invalidation stream on r that
 // name id.
 func streamEventsFor(t *testing.T, r *testenv.Redis, prefix, id string) int {
@@ -1145,6 +1208,23 @@ func invalidatedState(out, id string) string {
 		}
 	}
 	return "(no log line)"
+}
+
+// queuedCause is the cause of the first "fleet: invalidation queued" line
+// in out, or "".
+func queuedCause(out string) string {
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l struct {
+			Msg   string `json:"msg"`
+			Cause string `json:"cause"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "fleet: invalidation queued" {
+			return l.Cause
+		}
+	}
+	return ""
 }
 
 // percentile is the p-th percentile (nearest rank) of ds.
