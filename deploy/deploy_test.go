@@ -1323,90 +1323,10 @@ func checkCompose(t *testing.T, what string, model map[string]*composeService, c
 
 // ------------------------------------------------ the fleet overlays, run
 
-// respError is an error reply of a Redis server.
-type respError string
-
-func (e respError) Error() string { return string(e) }
-
 // redisDo sends one command to the Redis server or Sentinel at addr, after
-// AUTH when password is set, and returns the reply as text (an array's
-// elements one a line, nested arrays flattened).
+// AUTH when password is set, and returns the reply as text.
 func redisDo(addr, user, password string, args ...string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(conn)
-	send := func(args []string) (string, error) {
-		var b bytes.Buffer
-		fmt.Fprintf(&b, "*%d\r\n", len(args))
-		for _, a := range args {
-			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-		}
-		if _, err := conn.Write(b.Bytes()); err != nil {
-			return "", err
-		}
-		return readRESP(br)
-	}
-	if password != "" {
-		auth := []string{"AUTH", password}
-		if user != "" {
-			auth = []string{"AUTH", user, password}
-		}
-		if _, err := send(auth); err != nil {
-			return "", err
-		}
-	}
-	return send(args)
-}
-
-// readRESP reads one RESP2 reply.
-func readRESP(br *bufio.Reader) (string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return "", errors.New("empty reply")
-	}
-	switch line[0] {
-	case '+', ':':
-		return line[1:], nil
-	case '-':
-		return "", respError(line[1:])
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return "", err
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil {
-			return "", err
-		}
-		parts := make([]string, 0, max(n, 0))
-		for range n {
-			p, err := readRESP(br)
-			var re respError
-			if errors.As(err, &re) {
-				p, err = "-"+string(re), nil
-			}
-			if err != nil {
-				return "", err
-			}
-			parts = append(parts, p)
-		}
-		return strings.Join(parts, "\n"), nil
-	}
-	return "", fmt.Errorf("unexpected reply %q", line)
+	return testenv.RedisCommand(addr, user, password, args...)
 }
 
 // localNet stands for a compose network: each service is 127.0.0.1 and a
@@ -1478,7 +1398,7 @@ func startLocalServer(t *testing.T, name, addr string, cmd *exec.Cmd) *localServ
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := redisDo(addr, "", "", "PING")
-		var re respError
+		var re testenv.RedisError
 		if err == nil || errors.As(err, &re) {
 			return s
 		}

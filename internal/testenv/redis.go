@@ -720,3 +720,19 @@ func (r *Redis) CAFile() string {
 	}
 	return filepath.Join(r.cfg.certs.dir, "ca.pem")
 }
+
+// RedisCommand sends one command to the Redis server or Sentinel at addr
+// (plain TCP) on a new connection, after AUTH when password is set (with
+// user when it is set too), and returns the reply flattened to text as
+// Redis.Do does; an error reply is an error. For programs without a
+// testing.TB, such as the benchmark drivers.
+func RedisCommand(addr, user, password string, args ...string) (string, error) {
+	r := &Redis{Addr: addr}
+	switch {
+	case password != "" && user != "":
+		r.cfg.adminAuth = []string{"AUTH", user, password}
+	case password != "":
+		r.cfg.adminAuth = []string{"AUTH", password}
+	}
+	return r.doTimeout(5*time.Second, args...)
+}
