@@ -283,6 +283,7 @@ func (c *FleetConfig) provision(ctx caddy.Context, h *Handler) (*sharedTier, str
 	v, _, err := fleetClients.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg.Logger = h.logger.Named("fleet")
 		cfg.Now = h.now
+		cfg.Orphaned = handOver
 		client, err := fleet.New(cfg)
 		if err != nil {
 			return nil, err
@@ -321,22 +322,27 @@ func (h *Handler) siteDigest() [32]byte {
 type pooledFleet struct{ *fleet.Client }
 
 func (p pooledFleet) Destruct() error {
-	left := p.Close()
-	if len(left) == 0 {
-		return nil
-	}
-	heirs := collect[pooledFleet](fleetClients)
-	for _, c := range heirs {
-		c.value.Adopt(left)
-	}
-	if len(heirs) == 0 {
-		// No fleet left on this node: nobody could deliver them.
-		p.logger().Warn("fleet: invalidations dropped with the fleet block", zap.Int("events", len(left)))
-	}
+	handOver(p.Close())
 	return nil
 }
 
-func (p pooledFleet) logger() *zap.Logger { return caddy.Log().Named("export_download.fleet") }
+// handOver gives events that a closing client still held (its outbox, or
+// a publish that failed as it closed) to the clients that remain: the
+// pool no longer holds the closing one, and a reload provisions the new
+// config, with its clients, before it cleans the old one up.
+func handOver(events []fleet.Event) {
+	if len(events) == 0 {
+		return
+	}
+	heirs := collect[pooledFleet](fleetClients)
+	for _, c := range heirs {
+		c.value.Adopt(events)
+	}
+	if len(heirs) == 0 {
+		// No fleet left on this node: nobody could deliver them.
+		caddy.Log().Named("export_download.fleet").Warn("fleet: invalidations dropped with the fleet block", zap.Int("events", len(events)))
+	}
+}
 
 // publish sends sel to every fleet this process belongs to: "published",
 // "queued" (Redis unreachable: it is sent when Redis answers again) or

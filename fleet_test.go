@@ -2,10 +2,13 @@ package exportdownload
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/exportedge/caddy-export-download/internal/fleet"
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
@@ -508,4 +512,80 @@ func TestFleetRefusalReachesEveryNode(t *testing.T) {
 	t.Logf("node b refused the key %v after node a saw the app refuse it", time.Since(refused))
 	// Only that key: the other key's answer on node b is still a hit.
 	checkReply(t, download(t, b, testID, otherKy), http.StatusFound, wantHit)
+}
+
+// DELETEs that flow while reloads change the fleet block are never lost:
+// whichever config (the old, draining, or the new) answers a DELETE, and
+// whichever client it publishes through, every other node drops the
+// export. 20 reloads, a DELETE every few milliseconds.
+func TestFleetDeletesDuringReloadsReachEveryNode(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	other := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
+		h.Fleet.Timeout = caddy.Duration(time.Second) // its own client: another node
+	})
+	waitUntil(t, "the other node's fleet is up", other.shared.client.Up)
+	var mu sync.Mutex
+	applied := map[string]bool{}
+	unsub := other.shared.client.Subscribe(func(ev fleet.Event) {
+		mu.Lock()
+		for _, id := range ev.IDs {
+			applied[id] = true
+		}
+		mu.Unlock()
+	})
+	defer unsub()
+
+	provision := func(timeout time.Duration) *Handler {
+		h := &Handler{Upstream: up.URL, Bucket: "b", ObjectKey: "k/{id}", Endpoint: "http://localhost:1", PathStyle: true,
+			AccessKeyID: "AKID", SecretAccessKey: "secret"}
+		withFleet(r.Addr)(h)
+		h.Fleet.Timeout = caddy.Duration(timeout)
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	var cur atomic.Pointer[Handler]
+	cur.Store(provision(200 * time.Millisecond))
+	stop := make(chan struct{})
+	var sent []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			id := fmt.Sprintf("01935abc-def0-7123-4567-%012x", 0x7000+i)
+			deleteExport(t, cur.Load(), id, http.StatusNoContent)
+			sent = append(sent, id)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for i := range 20 {
+		old := cur.Load()
+		next := provision(time.Duration(200+10*(i%2+1)) * time.Millisecond) // the new config first, as Caddy does
+		cur.Store(next)
+		_ = old.Cleanup()
+		time.Sleep(30 * time.Millisecond)
+	}
+	close(stop)
+	<-done
+	defer func() { _ = cur.Load().Cleanup() }()
+	waitUntil(t, "every DELETE on the other node", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range sent {
+			if !applied[id] {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d DELETEs across 20 reloads, every one applied on the other node", len(sent))
 }

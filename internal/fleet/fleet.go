@@ -104,6 +104,10 @@ type Config struct {
 	// far closer): a shared decision is used only if it was made this long
 	// after every invalidation that covers it. Default: DefaultClockSkew.
 	ClockSkew time.Duration
+	// Orphaned, when set, takes the events this client could not keep: a
+	// publish that failed while the client closed (after Close handed its
+	// outbox back). Another client should publish them (Adopt).
+	Orphaned func([]Event)
 	// Logger receives warnings and debug lines; nil discards them.
 	Logger *zap.Logger
 	// Now is the clock for freshness; nil is time.Now. Timeouts, the

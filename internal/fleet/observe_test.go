@@ -147,7 +147,7 @@ func TestOutboxRemovesWhatItPublished(t *testing.T) {
 	for i := range big {
 		big[i] = strconv.Itoa(i)
 	}
-	if _, coalesced := o.push(Event{IDs: big, Written: at}); !coalesced {
+	if _, coalesced, _ := o.push(Event{IDs: big, Written: at}); !coalesced {
 		t.Fatal("the outbox did not coalesce past its bound")
 	}
 	o.push(Event{IDs: []string{"later"}, Written: at})

@@ -149,7 +149,17 @@ func splitEvent(ev Event) []Event {
 
 func (c *Client) enqueue(ev Event, cause error) {
 	c.st.queued.Add(1)
-	n, coalesced := c.out.push(ev)
+	n, coalesced, ok := c.out.push(ev)
+	if !ok {
+		// Closed meanwhile (a reload): the outbox was handed over already,
+		// so this event goes the same way, or it would be lost.
+		if c.cfg.Orphaned != nil {
+			c.cfg.Orphaned([]Event{ev})
+		} else {
+			c.log.Warn("fleet: invalidation dropped: the client closed while publishing it")
+		}
+		return
+	}
 	if coalesced {
 		c.log.Warn("fleet: invalidation outbox full, coalesced into one purge of all entries",
 			zap.Int("limit", outboxMaxItems))
@@ -397,6 +407,7 @@ type outbox struct {
 	events []queued
 	items  int // ids and tags held
 	seq    uint64
+	closed bool // drained for good: nothing more is held
 }
 
 type queued struct {
@@ -409,9 +420,12 @@ func (o *outbox) init() {}
 // push appends ev and returns the outbox's length. Past outboxMaxItems ids
 // and tags, everything held coalesces into one purge of all, as old as the
 // oldest event held: nothing is lost.
-func (o *outbox) push(ev Event) (n int, coalesced bool) {
+func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.closed {
+		return 0, false, false
+	}
 	o.seq++
 	o.events = append(o.events, queued{o.seq, ev})
 	o.items += len(ev.IDs) + len(ev.Tags) + len(ev.Creds)
@@ -427,7 +441,7 @@ func (o *outbox) push(ev Event) (n int, coalesced bool) {
 		o.items = 0
 		coalesced = true
 	}
-	return len(o.events), coalesced
+	return len(o.events), coalesced, true
 }
 
 func (o *outbox) head() (queued, bool) {
@@ -461,10 +475,12 @@ func (o *outbox) len() int {
 	return len(o.events)
 }
 
-// drain empties the outbox and returns what it held.
+// drain empties the outbox for good and returns what it held: a later
+// push is refused.
 func (o *outbox) drain() []Event {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.closed = true
 	out := make([]Event, 0, len(o.events))
 	for _, q := range o.events {
 		out = append(out, q.ev)

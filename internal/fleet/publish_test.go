@@ -530,3 +530,30 @@ func TestReaderResumesAfterPartition(t *testing.T) {
 	}
 	waitUp(t, b)
 }
+
+// A publish that fails because its client closed meanwhile (a reload) is
+// not lost: the event goes to Orphaned, for another client to publish,
+// as the outbox did when Close handed it back.
+func TestPublishOnAClosingClientIsHandedOver(t *testing.T) {
+	r := testenv.StartRedis(t)
+	var mu sync.Mutex
+	var orphans []Event
+	c, err := New(Config{Addrs: []string{r.Addr}, Secret: testSecret, Orphaned: func(evs []Event) {
+		mu.Lock()
+		orphans = append(orphans, evs...)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUp(t, c)
+	c.Close()
+	if c.Publish(context.Background(), Event{IDs: []string{"exp_late"}}) {
+		t.Fatal("a closed client reported the event published")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(orphans) != 1 || !slices.Equal(orphans[0].IDs, []string{"exp_late"}) {
+		t.Fatalf("orphaned events %+v, want the one published after Close", orphans)
+	}
+}
