@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/exportedge/caddy-export-download/internal/testenv"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
 
 // TestCacheSurvivesReload: Caddy provisions the new config before it cleans
@@ -274,5 +277,52 @@ func TestCacheNamesAreKeyed(t *testing.T) {
 	}
 	if got := nameOf(reloaded); got != name {
 		t.Errorf("after a reload that keeps the cache its name is %q, was %q", got, name)
+	}
+}
+
+// An answer with more surrogate keys than an entry keeps is served but
+// not cached: a purge of a tag it could not keep would miss it.
+func TestAnswerWithTooManyTagsIsNotCached(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	tags := make([]string, 0, upstream.MaxSurrogateKeys+1)
+	for i := range upstream.MaxSurrogateKeys {
+		tags = append(tags, fmt.Sprintf("proj_%02d", i))
+	}
+	up.Set(testID, testenv.Response{
+		Header: http.Header{"Surrogate-Key": {strings.Join(tags, " ")}, "Cache-Groups": {`"key_alice"`}},
+		Body:   testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p"})})
+	h := newHandler(t, up, nil)
+	for range 2 {
+		checkReply(t, download(t, h, testID, testKey), http.StatusFound, "export_download; fwd=miss; detail=not-cacheable")
+	}
+	checkCalls(t, up, testID, 2)
+	purge(context.Background(), purgeSelection{Tags: []string{"key_alice"}}) // nothing to miss
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, "export_download; fwd=miss; detail=not-cacheable")
+}
+
+// The cache key is the API key, not how the header spells it: a refusal
+// (the app's 401 for one spelling) drops the answers cached under every
+// spelling ("Bearer K", "bearer K", "BEARER  K").
+func TestRefusalCoversEverySpellingOfTheKey(t *testing.T) {
+	up := testenv.NewUpstream(t)
+	completed(up, testID, time.Time{})
+	completed(up, testID2, time.Time{})
+	h := newHandler(t, up, nil)
+	get := func(id, authorization string) *httptest.ResponseRecorder {
+		return serve(t, h, request{path: "/v1/exports/" + id + "/download", header: map[string]string{"Authorization": authorization}})
+	}
+	spellings := []string{"Bearer " + testKey, "bearer " + testKey, "BEARER  " + testKey}
+	checkReply(t, get(testID, spellings[0]), http.StatusFound, wantStored)
+	for _, auth := range spellings[1:] {
+		checkReply(t, get(testID, auth), http.StatusFound, wantHit) // one entry
+	}
+	up.SetKeys(otherKy) // the app revokes the key
+	if rec := get(testID2, spellings[0]); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("after the revocation: %d, want the app's 401", rec.Code)
+	}
+	for _, auth := range spellings {
+		if rec := get(testID, auth); rec.Code == http.StatusFound {
+			t.Fatalf("the refused key still redirects as %q (Cache-Status %q)", auth, rec.Header().Get("Cache-Status"))
+		}
 	}
 }

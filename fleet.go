@@ -460,11 +460,11 @@ func (s *sharedTier) trusts(decided int64, now time.Time) bool {
 	return s.client.Trusts(decided, now.UnixNano())
 }
 
-// current reports whether the fleet confirmed within max_staleness that
-// every invalidation is applied here; recent whether an answer decided at
-// decided is within max_staleness of now (lookup.go reads current before
-// the local cache, then recent of what it found).
-func (s *sharedTier) current(now time.Time) bool { return s.client.Current(now.UnixNano()) }
+// current reports whether the fleet confirmed within max_staleness (on the
+// monotonic clock) that every invalidation is applied here; recent whether
+// an answer decided at decided is within max_staleness of now (lookup.go
+// reads current before the local cache, then recent of what it found).
+func (s *sharedTier) current() bool { return s.client.Current() }
 
 func (s *sharedTier) recent(decided int64, now time.Time) bool {
 	return s.client.Recent(decided, now.UnixNano())
@@ -493,10 +493,17 @@ func (s *sharedTier) subscribe(d *cache.Cache[*record]) {
 		if ev.Demote {
 			n = d.Demote()
 		} else {
-			n = dropLocal(d, purgeSelection{IDs: ev.IDs, Tags: ev.Tags, Creds: ev.Creds, All: ev.All})
+			// A refused credential's entries carry its name as a tag
+			// (credentialTag): found the way a purge by surrogate key
+			// finds entries, without knowing the credential.
+			tags := ev.Tags
+			for _, name := range ev.CredNames {
+				tags = append(tags[:len(tags):len(tags)], credentialTag(name))
+			}
+			n = dropLocal(d, purgeSelection{IDs: ev.IDs, Tags: tags, All: ev.All})
 		}
 		s.logger.Debug("fleet invalidation applied", zap.Strings("export_ids", firstN(ev.IDs, 16)),
-			zap.Int("surrogate_keys", len(ev.Tags)), zap.Int("refused_credentials", len(ev.Creds)), zap.Bool("all", ev.All),
+			zap.Int("surrogate_keys", len(ev.Tags)), zap.Int("refused_credentials", len(ev.CredNames)), zap.Bool("all", ev.All),
 			zap.Bool("demote", ev.Demote), zap.Int("entries", n))
 	})
 }
@@ -516,6 +523,14 @@ func (s *sharedTier) close() {
 	}
 	s.release()
 }
+
+// credentialTag is the tag that names a credential among an entry's
+// surrogate keys: its fleet name behind a space, which no surrogate key can
+// hold, so an operator's purge never names it.
+func credentialTag(name string) string { return " cred:" + name }
+
+// tagOf is credentialTag of cred's fleet name.
+func (s *sharedTier) tagOf(cred [32]byte) string { return credentialTag(s.client.CredentialName(cred)) }
 
 // sharedVersion names the layout of sharedDecision; it is part of the site
 // digest, so nodes of another layout never read this one's decisions.

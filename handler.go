@@ -24,6 +24,7 @@ type exchange struct {
 	w      http.ResponseWriter
 	r      *http.Request
 	reqID  string
+	apiKey string        // the caller's API key, as the key rule read it
 	id     string        // the export id: lowercased once it is valid
 	extra  []string      // upstream_header values expanded for this request
 	key    cache.Key     // the credential digest and the id: computed once, with the cache on
@@ -52,7 +53,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	x := &exchange{w: w, r: r, reqID: requestid.FromHeader(r.Header.Get("X-Request-Id")), id: rawID, span: requestSpan(r)}
-	if !h.apiKeyOK(r.Header) {
+	if x.apiKey, ok = h.apiKey(r.Header); !ok {
 		return h.finish(x, decision.BadKey, "")
 	}
 	if x.id, ok = route.ParseID(rawID); !ok {
@@ -112,38 +113,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return nil
 }
 
-// apiKeyOK applies the first rule of the README's decision table: one
-// Authorization header, scheme Bearer in any case (RFC 9110 §11.1), a
-// non-empty key without blanks, and one of key_prefixes.
+// apiKeyOK applies the first rule of the README's decision table.
 func (h *Handler) apiKeyOK(hdr http.Header) bool {
+	_, ok := h.apiKey(hdr)
+	return ok
+}
+
+// apiKey applies the first rule of the README's decision table and returns
+// the key: one Authorization header, scheme Bearer in any case (RFC 9110
+// §11.1), a non-empty key without blanks, and one of key_prefixes.
+func (h *Handler) apiKey(hdr http.Header) (string, bool) {
 	vals := hdr["Authorization"]
 	if len(vals) != 1 {
-		return false
+		return "", false
 	}
 	v := vals[0]
 	const scheme = "bearer "
 	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
-		return false
+		return "", false
 	}
 	key := strings.TrimLeft(v[len(scheme):], " ")
 	if key == "" {
-		return false
+		return "", false
 	}
 	for i := 0; i < len(key); i++ {
 		if key[i] <= ' ' || key[i] == 0x7f {
-			return false
+			return "", false
 		}
 	}
 	if len(h.KeyPrefixes) == 0 {
-		return true
+		return key, true
 	}
 	for _, p := range h.KeyPrefixes {
 		if strings.HasPrefix(key, p) {
-			return true
+			return key, true
 		}
 	}
-	return false
+	return "", false
 }
+
+// bearerPrefix starts the one spelling of a key's credential that the
+// cache key digests and the app receives: "bearer K", "BEARER  K" and
+// "Bearer K" are one credential, so a refusal of one drops them all.
+const bearerPrefix = "Bearer "
 
 // cacheKey digests the forwarded credential headers and the request's
 // expanded upstream_header values with the id; the buffer lives on the
@@ -154,9 +166,16 @@ func (h *Handler) cacheKey(x *exchange) cache.Key {
 	for _, name := range h.forward {
 		b = append(b, name...)
 		b = append(b, ':')
-		for _, v := range x.r.Header[name] {
-			b = append(b, v...)
+		if name == "Authorization" {
+			// One spelling per key (bearerPrefix).
+			b = append(b, bearerPrefix...)
+			b = append(b, x.apiKey...)
 			b = append(b, 0)
+		} else {
+			for _, v := range x.r.Header[name] {
+				b = append(b, v...)
+				b = append(b, 0)
+			}
 		}
 		b = append(b, '\n')
 	}

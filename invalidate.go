@@ -48,6 +48,10 @@ func (h *Handler) serveUnsafe(w http.ResponseWriter, r *http.Request, next caddy
 	return err
 }
 
+// maxInvalidationGroups bounds the groups one in-band invalidation purges
+// by name; past it, it purges everything.
+const maxInvalidationGroups = 10_000
+
 // invalidateAnswered purges what a successful unsafe request invalidates:
 // export id (when it was a DELETE on invalidate_path) and the groups its
 // answer names in Cache-Group-Invalidation.
@@ -56,12 +60,20 @@ func (h *Handler) invalidateAnswered(r *http.Request, id string, answer http.Hea
 	if id != "" {
 		sel.IDs = []string{id}
 	}
-	groups, ignored := upstream.CacheGroups(answer.Values("Cache-Group-Invalidation"))
+	groups, invalid, cut := upstream.CacheGroups(answer.Values("Cache-Group-Invalidation"), maxInvalidationGroups)
 	sel.Tags = groups
-	if ignored > 0 {
-		h.logger.Debug("cache groups ignored", zap.String("method", r.Method), zap.Int("ignored", ignored))
+	if invalid > 0 {
+		// Not surrogate keys: no cached answer can carry them.
+		h.logger.Debug("cache groups ignored", zap.String("method", r.Method), zap.Int("ignored", invalid))
 	}
-	if len(sel.IDs) == 0 && len(sel.Tags) == 0 {
+	if cut > 0 {
+		// More than one invalidation should name: drop everything rather
+		// than leave answers of the groups past the bound served.
+		h.logger.Warn("Cache-Group-Invalidation names too many groups: purging every entry",
+			zap.String("method", r.Method), zap.Int("groups", len(groups)+cut), zap.Int("limit", maxInvalidationGroups))
+		sel = purgeSelection{All: true}
+	}
+	if len(sel.IDs) == 0 && len(sel.Tags) == 0 && !sel.All {
 		return
 	}
 	// Every cache of this node first (other sites may hold them too): this

@@ -246,6 +246,15 @@ func TestDropLocal(t *testing.T) {
 // that are not 2xx, change nothing. Cache-Groups tags an answer like
 // Surrogate-Key.
 func TestInBandInvalidation(t *testing.T) {
+	// groups is a Cache-Group-Invalidation value naming n other groups,
+	// then key_alice.
+	groups := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, `"proj_%05d", `, i)
+		}
+		return b.String() + `"key_alice"`
+	}
 	for _, tc := range []struct {
 		name    string
 		method  string
@@ -262,6 +271,8 @@ func TestInBandInvalidation(t *testing.T) {
 		{"POST 403: not a success", http.MethodPost, 403, `"key_alice"`, false},
 		{"POST 302: not a success", http.MethodPost, 302, `"key_alice"`, false},
 		{"POST 200 with another group", http.MethodPost, 200, `"key_bob"`, false},
+		{"the group after 16 others", http.MethodPost, 204, groups(16), true},
+		{"the group after 10,000 others: everything is purged", http.MethodPost, 204, groups(maxInvalidationGroups), true},
 		{"POST 200, not a List of Strings: ignored", http.MethodPost, 200, `key_alice`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -271,15 +282,17 @@ func TestInBandInvalidation(t *testing.T) {
 				Body:   testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p"})})
 			h := newHandler(t, up, nil)
 			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantStored)
-			sawEntries := -1
+			// The client must not see the status before the purge: a
+			// download when the status is written tells what it finds.
+			var sawCS string
 			app := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 				w.Header().Set("Cache-Group-Invalidation", tc.header)
 				w.WriteHeader(tc.status)
 				return nil
 			})
-			// The client must not see the status before the purge: the
-			// recorder is checked when the status is written.
-			rec := &statusWatcher{ResponseRecorder: httptest.NewRecorder(), atStatus: func() { sawEntries = h.caches.decisions.Stats().Entries }}
+			rec := &statusWatcher{ResponseRecorder: httptest.NewRecorder(), atStatus: func() {
+				sawCS = download(t, h, testID, testKey).Header().Get("Cache-Status")
+			}}
 			req := httptest.NewRequest(tc.method, "/v1/keys/alice/revoke", nil)
 			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 			if tc.method == http.MethodGet {
@@ -291,18 +304,13 @@ func TestInBandInvalidation(t *testing.T) {
 			if rec.Code != tc.status {
 				t.Fatalf("status %d, want the app's %d", rec.Code, tc.status)
 			}
-			want := 1
+			want := wantHit
 			if tc.dropped {
-				want = 0
+				want = wantStored
 			}
-			if sawEntries != want {
-				t.Fatalf("entries when the status left: %d, want %d", sawEntries, want)
+			if sawCS != want {
+				t.Fatalf("a download when the status left: Cache-Status %q, want %q", sawCS, want)
 			}
-			wantCS := wantHit
-			if tc.dropped {
-				wantCS = wantStored
-			}
-			checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantCS)
 		})
 	}
 }

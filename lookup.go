@@ -9,6 +9,7 @@ import (
 
 	"github.com/exportedge/caddy-export-download/internal/cache"
 	"github.com/exportedge/caddy-export-download/internal/decision"
+	"github.com/exportedge/caddy-export-download/internal/upstream"
 )
 
 // A lookup goes through tiers, each wrapping the next: this node's cache
@@ -125,7 +126,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	c := h.caches.decisions
 	// Read before the lookup: a confirmation seen here covers invalidations
 	// applied before it, so the lookup cannot find what they dropped.
-	current := h.shared == nil || h.shared.current(x.now)
+	current := h.shared == nil || h.shared.current()
 	e, state := c.PeekAt(x.key, x.now)
 	if !current && (state == cache.Fresh || state == cache.Refresh) && !h.shared.recent(e.Value.decided, x.now) {
 		// The fleet has not confirmed lately that every invalidation
@@ -200,7 +201,9 @@ type fill struct {
 func (h *Handler) newFill(x *exchange, minFresh time.Time) *fill {
 	fwd := make(http.Header, len(h.forward)+len(x.extra))
 	for _, name := range h.forward {
-		if v := x.r.Header[name]; len(v) > 0 {
+		if name == "Authorization" {
+			fwd[name] = []string{bearerPrefix + x.apiKey} // the spelling the cache key digests
+		} else if v := x.r.Header[name]; len(v) > 0 {
 			fwd[name] = append([]string(nil), v...)
 		}
 	}
@@ -228,7 +231,11 @@ func (f *fill) load(ctx context.Context) (*record, time.Duration, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	return h.newRecord(f.id, res.answer, res.decided), res.ttl, nil
+	rec := h.newRecord(f.id, res.answer, res.decided)
+	// Tagged with the credential's fleet name: another node's refusal of
+	// it (an event that can only name it) finds this entry.
+	rec.answer.SurrogateKeys = append(rec.answer.SurrogateKeys[:len(rec.answer.SurrogateKeys):len(rec.answer.SurrogateKeys)], h.shared.tagOf(f.cred))
+	return rec, res.ttl, nil
 }
 
 // ask is the last tier: one upstream call, and how long its answer stays
@@ -245,6 +252,13 @@ func (f *fill) ask(ctx context.Context) (*decision.Answer, time.Duration, error)
 	if res.BadSurrogateKeys > 0 {
 		h.logger.Debug("surrogate keys ignored", zap.String("request_id", f.reqID), zap.String("export_id", f.id),
 			zap.Int("ignored", res.BadSurrogateKeys))
+	}
+	if res.TagsCut > 0 {
+		// A purge of a tag it could not keep would miss it: served, not
+		// cached.
+		h.logger.Warn("answer not cached: more surrogate keys than an entry keeps", zap.String("request_id", f.reqID),
+			zap.String("export_id", f.id), zap.Int("tags", len(a.SurrogateKeys)+res.TagsCut), zap.Int("limit", upstream.MaxSurrogateKeys))
+		return a, 0, nil
 	}
 	return a, h.ttls.FreshFor(a, h.now()), nil
 }

@@ -227,10 +227,19 @@ func (x *index[V]) byTag(tag string) []*Entry[V] {
 	return out
 }
 
+// tagCount counts the surrogate keys held: tags that begin with a space
+// are the caller's own marks (no surrogate key can hold a space), not
+// counted.
 func (x *index[V]) tagCount() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.tags)
+	n := 0
+	for tag := range x.tags {
+		if tag == "" || tag[0] != ' ' {
+			n++
+		}
+	}
+	return n
 }
 
 // dedupTags returns tags with each tag once, in order; it copies only when

@@ -110,9 +110,12 @@ func TestCredentialsAskedAtEachConnection(t *testing.T) {
 	}
 	t.Logf("credentials asked %d times for the first connections, %d in all; %d attempts with the old password after the rotation, %d failures logged",
 		askedFirst, asked.Load(), stale, authFailures(t, r))
-	if s := a.Stats(); !s.Up || s.OutboxLen != 0 {
-		t.Errorf("after the rotation: %+v", s)
-	}
+	// Up again and nothing waiting (a read that ran into the short timeout
+	// on a loaded machine may have taken it down for a moment).
+	waitFor(t, 5*time.Second, "the node up with an empty outbox", func() bool {
+		s := a.Stats()
+		return s.Up && s.OutboxLen == 0
+	})
 }
 
 // aclEntry is one entry of ACL LOG.

@@ -140,16 +140,16 @@ type Client struct {
 	obs     atomic.Pointer[[]Observer]
 	up      atomic.Bool
 
-	// confirmed is when (Unix nanoseconds, c.now's clock) the stream
-	// reader last started a read that found every event up to then
-	// applied; 0 until the first.
+	// confirmed is when the stream reader last started a read that found
+	// every event up to then applied: nanoseconds since mono on the
+	// monotonic clock (a wall clock stepped back must not extend trust),
+	// plus one; 0 until the first.
 	confirmed atomic.Int64
+	mono      time.Time
 	purges    purgeLog
 	// replicas remembers the stream masters recently seen with a replica
 	// connected, for the publishes' WAIT.
 	replicas replicaWatch
-
-	known knownCredentials
 
 	subMu  sync.Mutex
 	subs   map[int]func(Event)
@@ -292,6 +292,7 @@ func New(cfg Config) (*Client, error) {
 		subs:      map[int]func(Event){},
 	}
 	c.started = c.now()
+	c.mono = time.Now()
 	c.purges.init(cfg.Horizon, cfg.ClockSkew)
 	c.out.init()
 	c.rootCtx, c.cancel = context.WithCancel(context.Background())
@@ -391,9 +392,32 @@ func (c *Client) dial(ctx context.Context, dst string, d *net.Dialer, tlsCfg *tl
 	if c.sentinelDialer != nil && d.Resolver == c.sentinelDialer {
 		c.sentinelConns.Store(conn.RemoteAddr().String(), struct{}{})
 	}
-	// Closed when the client closes; rueidis closes it earlier otherwise.
-	context.AfterFunc(c.rootCtx, func() { _ = conn.Close() })
-	return conn, nil
+	// Closed when the client closes; rueidis closes it earlier otherwise,
+	// and then the registration goes with it.
+	oc := &ownedConn{Conn: conn}
+	oc.mu.Lock()
+	oc.stop = context.AfterFunc(c.rootCtx, func() { _ = oc.Close() })
+	oc.mu.Unlock()
+	return oc, nil
+}
+
+// ownedConn is a connection that also ends its registration on the
+// client's context when it closes. The registration may fire before it
+// is stored, hence the lock.
+type ownedConn struct {
+	net.Conn
+	mu   sync.Mutex
+	stop func() bool
+}
+
+func (c *ownedConn) Close() error {
+	c.mu.Lock()
+	stop := c.stop
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	return c.Conn.Close()
 }
 
 // Close stops every goroutine of the client and closes the connections,
@@ -475,16 +499,24 @@ func (c *Client) reachable() rueidis.Client {
 // stream reader has confirmed, within MaxStaleness, that every
 // invalidation up to a recent point is applied (Current); otherwise only
 // if it was decided within MaxStaleness (Recent).
-func (c *Client) Trusts(decided, now int64) bool { return c.Current(now) || c.Recent(decided, now) }
+func (c *Client) Trusts(decided, now int64) bool { return c.Current() || c.Recent(decided, now) }
 
-// Current reports whether the stream reader confirmed within MaxStaleness
-// of now that every invalidation up to then is applied. A caller that
-// checks it before looking an answer up sees the lookup after every
-// invalidation the confirmation covers. It is on the hit path: two loads.
-func (c *Client) Current(now int64) bool {
+// Current reports whether the stream reader confirmed, within MaxStaleness
+// of now on the monotonic clock, that every invalidation up to then is
+// applied. A caller that checks it before looking an answer up sees the
+// lookup after every invalidation the confirmation covers. It is on the
+// hit path: two loads and a read of the monotonic clock.
+func (c *Client) Current() bool {
 	ms := int64(c.cfg.MaxStaleness)
-	return ms < 0 || now-c.confirmed.Load() <= ms
+	if ms < 0 {
+		return true
+	}
+	at := c.confirmed.Load()
+	return at != 0 && int64(time.Since(c.mono))-(at-1) <= ms
 }
+
+// confirm notes a confirmation made by a read that started at start.
+func (c *Client) confirm(start time.Time) { c.confirmed.Store(int64(start.Sub(c.mono)) + 1) }
 
 // Recent reports whether an answer decided at decided is within
 // MaxStaleness of now.
@@ -499,11 +531,10 @@ func (c *Client) MaxStaleness() time.Duration { return c.cfg.MaxStaleness }
 // notBefore is the oldest decision that may be taken now: one decided after
 // the last confirmed point, when the reader has not confirmed lately.
 func (c *Client) notBefore(now time.Time) time.Time {
-	ms := c.cfg.MaxStaleness
-	if ms < 0 || now.UnixNano()-c.confirmed.Load() <= int64(ms) {
+	if c.Current() {
 		return time.Time{}
 	}
-	return now.Add(-ms)
+	return now.Add(-c.cfg.MaxStaleness)
 }
 
 // Site names a site's decision settings in keys: the lowercase hex of the
@@ -624,7 +655,7 @@ func (c *Client) Stats() Stats {
 	s.BreakerOpen = !c.breaker.allow()
 	s.ConfirmedAgoMS = -1
 	if at := c.confirmed.Load(); at != 0 {
-		s.ConfirmedAgoMS = c.now().Sub(time.Unix(0, at)).Milliseconds()
+		s.ConfirmedAgoMS = (time.Since(c.mono) - time.Duration(at-1)).Milliseconds()
 	}
 	return s
 }

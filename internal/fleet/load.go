@@ -144,7 +144,6 @@ func (st *shared) decision(src Source) Decision {
 // fetch's, or ctx's when the caller gave up while waiting.
 func (c *Client) Load(ctx context.Context, q Query, fetch FetchFunc) (Decision, error) {
 	start := time.Now()
-	c.remember(q.Cred)
 	cl := c.reachable()
 	if cl == nil {
 		c.countLookup("unavailable")

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,4 +213,31 @@ func TestSizing(t *testing.T) {
 		t.Fatalf("lease MEMORY USAGE %q", lease)
 	}
 	t.Logf("fill lease: %s B while the upstream call lasts", lease)
+}
+
+// Refusals are bounded apart from ids and tags: a client trying random keys
+// while Redis is away (each a 401, each a refusal) drops the oldest
+// refusals past the bound, never turns the outbox into a purge of all, and
+// leaves the ids queued with them alone.
+func TestOutboxBoundsRefusalsApart(t *testing.T) {
+	var o outbox
+	at := time.Now()
+	o.push(Event{IDs: []string{"exp_deleted"}, Creds: [][32]byte{cred("first")}, Written: at})
+	for i := range outboxMaxCreds {
+		if _, coalesced, _ := o.push(Event{Creds: [][32]byte{cred(fmt.Sprint("random-key-", i))}, Written: at}); coalesced {
+			t.Fatal("refusals coalesced into a purge of all")
+		}
+	}
+	if o.creds != outboxMaxCreds {
+		t.Fatalf("%d refusals held, want the bound %d", o.creds, outboxMaxCreds)
+	}
+	evs := o.drain()
+	if len(evs) != outboxMaxCreds+1 || !slices.Equal(evs[0].IDs, []string{"exp_deleted"}) || len(evs[0].Creds) != 0 {
+		t.Fatalf("%d events, the first %+v; want the DELETE kept without its (oldest) refusal", len(evs), evs[0])
+	}
+	for _, ev := range evs {
+		if ev.All {
+			t.Fatal("a purge of all in the outbox")
+		}
+	}
 }

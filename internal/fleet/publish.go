@@ -22,12 +22,14 @@ type Event struct {
 	IDs []string
 	// Tags are surrogate keys whose entries are dropped.
 	Tags []string
-	// Creds are credential digests the application refused (401/403):
-	// every entry of each is dropped, and no shared decision made for it
-	// before is taken. They travel as their HMAC under the fleet secret (as
-	// in keys); a receiving node delivers those it can name (credentials
-	// it looked up through the fleet tier).
+	// Creds are credential digests the application refused (401/403), as
+	// Publish takes them: every entry of each is dropped, and no shared
+	// decision made for it before is taken. They travel as their names
+	// (HMAC under the fleet secret, as in keys): subscribers receive
+	// CredNames, and find their entries by name (Client.CredentialName).
 	Creds [][32]byte
+	// CredNames are the names of refused credentials, as delivered.
+	CredNames []string
 	// All drops every entry.
 	All bool
 	// Demote is only ever delivered by this package, never published: the
@@ -60,6 +62,7 @@ const (
 	maxEventItems  = 1000
 	bumpBatch      = 250
 	outboxMaxItems = 100_000 // ids and tags held while Redis is unreachable
+	outboxMaxCreds = 100_000 // refused credentials held; past that the oldest are dropped
 )
 
 // errUnavailable is a publish that found Redis unreachable (not connected,
@@ -93,7 +96,7 @@ func (c *Client) Publish(ctx context.Context, ev Event) (published bool) {
 	if ev.Written.IsZero() {
 		ev.Written = c.now()
 	}
-	if len(ev.IDs) == 0 && len(ev.Tags) == 0 && len(ev.Creds) == 0 && !ev.All {
+	if len(ev.IDs) == 0 && len(ev.Tags) == 0 && len(ev.Creds) == 0 && len(ev.CredNames) == 0 && !ev.All {
 		return true // nothing to invalidate
 	}
 	c.purges.record(c.named(ev), ev.Written.UnixNano())
@@ -123,15 +126,15 @@ func (c *Client) Adopt(events []Event) {
 	}
 }
 
-// splitEvent cuts an event into events of at most maxEventItems ids and
-// tags.
+// splitEvent cuts an event into events of at most maxEventItems ids,
+// tags and credentials.
 func splitEvent(ev Event) []Event {
-	if len(ev.IDs)+len(ev.Tags)+len(ev.Creds) <= maxEventItems {
+	if len(ev.IDs)+len(ev.Tags)+len(ev.Creds)+len(ev.CredNames) <= maxEventItems {
 		return []Event{ev}
 	}
 	var out []Event
-	ids, tags, creds := ev.IDs, ev.Tags, ev.Creds
-	for len(ids) > 0 || len(tags) > 0 || len(creds) > 0 {
+	ids, tags, creds, names := ev.IDs, ev.Tags, ev.Creds, ev.CredNames
+	for len(ids) > 0 || len(tags) > 0 || len(creds) > 0 || len(names) > 0 {
 		part := Event{All: ev.All, Written: ev.Written}
 		n := min(len(ids), maxEventItems)
 		part.IDs, ids = ids[:n:n], ids[n:]
@@ -141,6 +144,10 @@ func splitEvent(ev Event) []Event {
 		}
 		if m := min(len(creds), maxEventItems-n); m > 0 {
 			part.Creds, creds = creds[:m:m], creds[m:]
+			n += m
+		}
+		if m := min(len(names), maxEventItems-n); m > 0 {
+			part.CredNames, names = names[:m:m], names[m:]
 		}
 		out = append(out, part)
 	}
@@ -199,22 +206,27 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 			return err
 		}
 	}
-	payload, err := json.Marshal(wireEvent{IDs: ev.IDs, Tags: ev.Tags, Creds: c.names(ev.Creds), All: ev.All, Written: ev.Written.UnixNano()})
+	payload, err := json.Marshal(wireEvent{IDs: ev.IDs, Tags: ev.Tags, Creds: append(c.names(ev.Creds), ev.CredNames...), All: ev.All, Written: ev.Written.UnixNano()})
 	if err != nil {
 		return err
 	}
 	stream := c.prefix + "inv"
 	mac := hex.EncodeToString(c.sign(stream, []byte(c.node), []byte{0}, payload))
 	err = c.call(ctx, func(ctx context.Context) error {
-		// INFO replication, XADD and WAIT on one connection (keyless
-		// commands follow the stream's slot): WAIT counts the replicas that
-		// hold every write of that connection, the event included. It
-		// waits for one replica when the master is expected to have one
-		// (replicaWatch): WAIT 1 on a master without replicas would only
-		// run into its timeout. INFO goes first: rueidis (v1.0.79) marks
-		// the first command of a pipeline that holds a blocking one (WAIT)
-		// as blocking, and its Cluster client then mishandles an ASK
-		// redirect of that command (a slot migration) and panics.
+		// INFO replication, the XADD and WAIT on one connection (keyless
+		// commands follow the stream's slot): WAIT counts the replicas
+		// that hold every write of that connection, the event included.
+		// The XADD runs in a script that also returns the replication ID
+		// of the master it ran on: a redirect (MOVED, or ASK while the
+		// slot migrates) runs it elsewhere than INFO and WAIT, which
+		// then say nothing of its replicas; it is not confirmed then,
+		// and goes out again from the outbox. It waits for one replica
+		// when the master is expected to have one (replicaWatch): WAIT 1
+		// on a master without replicas would only run into its timeout.
+		// INFO goes first: rueidis (v1.0.79) marks the first command of a
+		// pipeline that holds a blocking one (WAIT) as blocking, and its
+		// Cluster client then mishandles an ASK redirect of that command
+		// (a slot migration) and panics.
 		need := int64(0)
 		if c.replicas.expecting(time.Now()) {
 			need = 1
@@ -225,11 +237,19 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 		}
 		res := cl.DoMulti(ctx,
 			cl.B().Info().Section("replication").Build(),
-			cl.B().Xadd().Key(stream).Maxlen().Almost().Threshold(strconv.Itoa(streamMaxLen)).Id("*").
-				FieldValue().FieldValue("n", c.node).FieldValue("p", string(payload)).FieldValue("m", mac).Build(),
+			cl.B().Eval().Script(xaddScript).Numkeys(1).Key(stream).
+				Arg(strconv.Itoa(streamMaxLen), c.node, string(payload), mac).Build(),
 			cl.B().Wait().Numreplicas(need).Timeout(waitMS).Build())
-		if err := res[1].Error(); err != nil {
+		added, err := res[1].ToArray()
+		if err != nil {
 			return err
+		}
+		if len(added) == 2 {
+			if ranOn, _ := added[1].ToString(); ranOn != "" {
+				if repl, err := infoReplication(res[0]); err == nil && repl.id != ranOn {
+					return errRedirected
+				}
+			}
 		}
 		return c.replicated(res[0], res[2], need)
 	})
@@ -245,6 +265,30 @@ func (c *Client) publishNow(ctx context.Context, ev Event) error {
 	return nil
 }
 
+// xaddScript appends an event and returns its id and the replication ID of
+// the master that holds it (empty when INFO is refused).
+const xaddScript = `local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[2], 'p', ARGV[3], 'm', ARGV[4])
+local ok, info = pcall(redis.call, 'INFO', 'replication')
+if not ok then return {id, ''} end
+return {id, string.match(info, 'master_replid:(%x+)') or ''}`
+
+// errRedirected is a publish whose event went to another master than the
+// one asked to confirm it.
+var errRedirected = errors.New("fleet: the stream moved while publishing (redirected)")
+
+// refusedCommand reports whether err is the server refusing a command for
+// good: an ACL without it (NOPERM), or a server that lacks it. Other
+// error replies (a failover's CLUSTERDOWN, TRYAGAIN, LOADING, READONLY)
+// are passing: the event is not published.
+func refusedCommand(err error) bool {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "NOPERM") || strings.HasPrefix(msg, "ERR unknown command")
+}
+
 // warnedNoWait remembers that the server refused INFO or WAIT (an ACL
 // without them, or a service that lacks them), logged once per process.
 var warnedNoWait atomic.Bool
@@ -257,10 +301,9 @@ var warnedNoWait atomic.Bool
 // failed over now. A server that refuses INFO or WAIT cannot tell: the
 // event counts as published, with one warning.
 func (c *Client) replicated(info, wait rueidis.RedisResult, need int64) error {
-	replid, replicas, ierr := infoReplication(info)
+	repl, ierr := infoReplication(info)
 	n, werr := wait.AsInt64()
-	var re *rueidis.RedisError
-	if errors.As(ierr, &re) || errors.As(werr, &re) {
+	if refusedCommand(ierr) || refusedCommand(werr) {
 		if !warnedNoWait.Swap(true) {
 			c.log.Warn("fleet: redis refused INFO or WAIT: invalidations are not confirmed by a replica and could be lost in a failover (allow +info +wait)",
 				zap.Error(errors.Join(ierr, werr)))
@@ -273,7 +316,7 @@ func (c *Client) replicated(info, wait rueidis.RedisResult, need int64) error {
 	if werr != nil {
 		return werr
 	}
-	expect := c.replicas.observe(replid, replicas, time.Now())
+	expect := c.replicas.observe(repl, time.Now())
 	if (need > 0 && n >= 1) || !expect {
 		return nil
 	}
@@ -289,30 +332,44 @@ const replicaGrace = 10 * time.Second
 // than one: during a failover a client may reach the old master and the
 // new one in turn.
 type replicaWatch struct {
-	mu   sync.Mutex
-	seen map[string]time.Time // replication ID → last look with a replica
-	last string               // replication ID at the last look
+	mu     sync.Mutex
+	seen   map[string]time.Time // replication ID → last look with a replica
+	looked map[string]time.Time // replication ID → last look
+	last   string               // replication ID at the last look
 }
 
 // observe notes a look at a master and says whether it is expected to
-// have a replica.
-func (w *replicaWatch) observe(replid string, replicas int, now time.Time) bool {
+// have a replica: it has one, or had one within replicaGrace, or this is
+// the first look at it and it had one lately (its replication backlog is
+// kept for an hour after its last replica left: a master first seen just
+// after its replica's link broke, as after a slot migration or a
+// failover, is expected to get one back).
+func (w *replicaWatch) observe(r replication, now time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.seen == nil {
-		w.seen = map[string]time.Time{}
+		w.seen, w.looked = map[string]time.Time{}, map[string]time.Time{}
 	}
 	for id, at := range w.seen {
 		if now.Sub(at) >= replicaGrace {
 			delete(w.seen, id)
 		}
 	}
-	w.last = replid
-	if replicas > 0 {
-		w.seen[replid] = now
+	if len(w.looked) > 64 {
+		for id, at := range w.looked {
+			if now.Sub(at) >= time.Hour {
+				delete(w.looked, id)
+			}
+		}
+	}
+	_, before := w.looked[r.id]
+	w.looked[r.id] = now
+	w.last = r.id
+	if r.replicas > 0 || (r.backlog && !before) {
+		w.seen[r.id] = now
 		return true
 	}
-	_, ok := w.seen[replid]
+	_, ok := w.seen[r.id]
 	return ok
 }
 
@@ -325,13 +382,34 @@ func (w *replicaWatch) expecting(now time.Time) bool {
 	return ok && now.Sub(at) < replicaGrace
 }
 
-// infoReplication reads the replication ID and the number of connected
-// replicas from INFO replication (0 for a replica).
-func infoReplication(info rueidis.RedisResult) (replid string, replicas int, err error) {
+// infoField is the value of one field of an INFO reply, or "".
+func infoField(info rueidis.RedisResult, name string) string {
 	s, err := info.ToString()
 	if err != nil {
-		return "", 0, err
+		return ""
 	}
+	for _, line := range strings.Split(s, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// replication is what INFO replication says of a server.
+type replication struct {
+	id       string // master_replid
+	replicas int    // connected replicas (0 for a replica)
+	backlog  bool   // a replication backlog exists: a replica was attached lately
+}
+
+// infoReplication reads INFO replication.
+func infoReplication(info rueidis.RedisResult) (replication, error) {
+	s, err := info.ToString()
+	if err != nil {
+		return replication{}, err
+	}
+	var r replication
 	master := false
 	for _, line := range strings.Split(s, "\r\n") {
 		k, v, _ := strings.Cut(line, ":")
@@ -339,15 +417,17 @@ func infoReplication(info rueidis.RedisResult) (replid string, replicas int, err
 		case "role":
 			master = v == "master"
 		case "connected_slaves":
-			replicas, _ = strconv.Atoi(v)
+			r.replicas, _ = strconv.Atoi(v)
 		case "master_replid":
-			replid = v
+			r.id = v
+		case "repl_backlog_active":
+			r.backlog = v == "1"
 		}
 	}
 	if !master {
-		replicas = 0
+		r.replicas = 0
 	}
-	return replid, replicas, nil
+	return r, nil
 }
 
 // outboxLoop retries queued events on its own timer, so they go out within
@@ -406,6 +486,7 @@ type outbox struct {
 	mu     sync.Mutex
 	events []queued
 	items  int // ids and tags held
+	creds  int // refused credentials held
 	seq    uint64
 	closed bool // drained for good: nothing more is held
 }
@@ -428,7 +509,16 @@ func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	}
 	o.seq++
 	o.events = append(o.events, queued{o.seq, ev})
-	o.items += len(ev.IDs) + len(ev.Tags) + len(ev.Creds)
+	o.items += len(ev.IDs) + len(ev.Tags)
+	o.creds += len(ev.Creds) + len(ev.CredNames)
+	// Refusals are bounded on their own: a client trying random keys
+	// while Redis is away makes many (each a 401), and they must not turn
+	// the outbox into a purge of everything. Past the bound the oldest
+	// refusals go (those credentials' entries elsewhere end with their
+	// TTL, or at their next refusal).
+	for o.creds > outboxMaxCreds {
+		o.dropOldestRefusals()
+	}
 	if o.items > outboxMaxItems {
 		oldest := o.events[0].ev.Written
 		for _, q := range o.events {
@@ -461,13 +551,40 @@ func (o *outbox) remove(seq uint64) {
 		return
 	}
 	ev := o.events[0].ev
-	o.items -= len(ev.IDs) + len(ev.Tags) + len(ev.Creds)
+	o.items -= len(ev.IDs) + len(ev.Tags)
+	o.creds -= len(ev.Creds) + len(ev.CredNames)
 	o.events[0] = queued{}
 	o.events = o.events[1:]
 	if len(o.events) == 0 {
-		o.events, o.items = nil, 0
+		o.events, o.items, o.creds = nil, 0, 0
 	}
 }
+
+// dropOldestRefusals removes the refused credentials of the oldest event
+// that holds some (and the event, if that was all it held).
+func (o *outbox) dropOldestRefusals() {
+	for i, q := range o.events {
+		n := len(q.ev.Creds) + len(q.ev.CredNames)
+		if n == 0 {
+			continue
+		}
+		o.creds -= n
+		ev := q.ev
+		ev.Creds, ev.CredNames = nil, nil
+		if len(ev.IDs) == 0 && len(ev.Tags) == 0 && !ev.All {
+			o.events = append(o.events[:i], o.events[i+1:]...)
+		} else {
+			o.events[i].ev = ev
+		}
+		droppedRefusals.Add(uint64(n))
+		return
+	}
+	o.creds = 0
+}
+
+// droppedRefusals counts refused credentials an outbox dropped to stay
+// bounded.
+var droppedRefusals atomic.Uint64
 
 func (o *outbox) len() int {
 	o.mu.Lock()
@@ -481,6 +598,7 @@ func (o *outbox) drain() []Event {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closed = true
+	o.creds = 0
 	out := make([]Event, 0, len(o.events))
 	for _, q := range o.events {
 		out = append(out, q.ev)

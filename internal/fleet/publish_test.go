@@ -202,7 +202,7 @@ func TestPublishWaitsForAReplica(t *testing.T) {
 		got := master.MustDoMulti(t, []string{"SET", "probe", "1"}, []string{"WAIT", "1", "1000"})
 		return len(got) == 2 && got[1] == "1"
 	})
-	a := node(t, master.Addr, func(c *Config) { c.Timeout = 200 * time.Millisecond })
+	a := node(t, master.Addr, func(c *Config) { c.Timeout = time.Second })
 	waitUp(t, a)
 	if !a.Publish(context.Background(), Event{IDs: []string{"exp_replicated"}}) {
 		t.Fatal("Publish not confirmed with a healthy replica")
@@ -555,5 +555,61 @@ func TestPublishOnAClosingClientIsHandedOver(t *testing.T) {
 	defer mu.Unlock()
 	if len(orphans) != 1 || !slices.Equal(orphans[0].IDs, []string{"exp_late"}) {
 		t.Fatalf("orphaned events %+v, want the one published after Close", orphans)
+	}
+}
+
+// A refusal travels as the credential's name, and every node delivers it
+// by that name: what the node looked up before does not matter (its cache
+// finds its entries by a tag of the name).
+func TestRefusalIsDeliveredByName(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	key := cred("revoked")
+	if !a.Publish(context.Background(), Event{Creds: [][32]byte{key}}) {
+		t.Fatal("the refusal was not published")
+	}
+	name := b.CredentialName(key)
+	waitFor(t, 5*time.Second, "the refusal, by name", func() bool {
+		return rb.has(func(ev Event) bool { return slices.Contains(ev.CredNames, name) })
+	})
+	if name != a.CredentialName(key) {
+		t.Fatal("two nodes of one fleet name a credential differently")
+	}
+}
+
+// A flood of refusals (a scanner's 401s: 201,000 within the horizon)
+// overflows the purge log's bound without refusing shared decisions that
+// no refusal covers.
+func TestRefusalFloodKeepsUnrelatedSharedDecisions(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	key := cred("bystander")
+	if _, src := load(t, a, "exp_bystander", key, newFetcher("completed")); src != Stored {
+		t.Fatalf("fill: %v, want stored", src)
+	}
+	scanned := cred("scan-0-0") // refused first: the first the log forgets
+	if _, src := load(t, a, "exp_bystander", scanned, newFetcher("completed")); src != Stored {
+		t.Fatalf("fill: %v, want stored", src)
+	}
+	time.Sleep(5 * time.Millisecond) // the refusals come after the decisions
+	for i := range maxLogEntries/maxEventItems + 1 {
+		creds := make([][32]byte, maxEventItems)
+		for j := range creds {
+			creds[j] = cred(fmt.Sprint("scan-", i, "-", j))
+		}
+		if !a.Publish(context.Background(), Event{Creds: creds}) {
+			t.Fatalf("refusal event %d not published", i)
+		}
+	}
+	confirmedSince(t, b, time.Now())
+	if _, src := load(t, b, "exp_bystander", key, newFetcher("app")); src != Hit {
+		t.Fatalf("B's lookup of a decision no refusal covers: %v, want a shared hit", src)
+	}
+	// The refused credentials past the bound are still refused.
+	if _, src := load(t, b, "exp_bystander", scanned, newFetcher("app")); src == Hit {
+		t.Fatal("a refused credential the log forgot was taken from Redis")
 	}
 }

@@ -29,9 +29,36 @@ type purgeLog struct {
 	creds   map[string]int64 // credential name (Client.mac) → last refusal
 	all     int64            // last purge of everything
 	covered int64
-	forgot  int64      // decisions before this predate an entry forgotten to stay bounded
-	order   []logEntry // in arrival order, for pruning
+	floor   int64 // decisions before this are refused: a gap, or an id or tag forgotten to stay bounded
+	// Entries in arrival order, for pruning: ids and tags in one queue,
+	// refused credentials in another, so that a flood of refusals (a
+	// client trying random keys) never pushes an id or tag out.
+	order [2]logQueue
+	// forgotten holds the names of refused credentials forgotten to stay
+	// bounded, until forgottenUntil: a decision of one of them (or of a
+	// name that collides in the filter: a miss, no more) made before
+	// forgottenAt is refused.
+	forgotten      bloom
+	forgottenAt    int64
+	forgottenUntil int64
+}
+
+type logQueue struct {
+	entries []logEntry
 	head    int
+}
+
+func (q *logQueue) len() int { return len(q.entries) - q.head }
+
+func (q *logQueue) pop() logEntry {
+	e := q.entries[q.head]
+	q.entries[q.head] = logEntry{}
+	q.head++
+	if q.head > 1024 && q.head > len(q.entries)/2 {
+		q.entries = append(q.entries[:0], q.entries[q.head:]...)
+		q.head = 0
+	}
+	return e
 }
 
 type logEntry struct {
@@ -92,29 +119,42 @@ func (l *purgeLog) mapOf(kind uint8) map[string]int64 {
 	return l.ids
 }
 
+func queueOf(kind uint8) int {
+	if kind == logCred {
+		return 1
+	}
+	return 0
+}
+
 func (l *purgeLog) add(kind uint8, key string, at int64) {
 	m := l.mapOf(kind)
 	if prev, ok := m[key]; ok && prev >= at {
 		return
 	}
 	m[key] = at
-	l.order = append(l.order, logEntry{at: at, kind: kind, key: key})
-	if len(l.order)-l.head > maxLogEntries {
-		l.forgetOldest()
+	q := &l.order[queueOf(kind)]
+	q.entries = append(q.entries, logEntry{at: at, kind: kind, key: key})
+	if q.len() > maxLogEntries {
+		l.forgetOldest(q)
 	}
 }
 
-// forgetOldest drops the oldest entry: decisions made before it can no
-// longer be checked against it.
-func (l *purgeLog) forgetOldest() {
-	e := l.order[l.head]
-	l.order[l.head] = logEntry{}
-	l.head++
+// forgetOldest drops the oldest entry of q: decisions made before it can no
+// longer be checked against it. A forgotten id or tag moves the log's
+// floor; a forgotten credential goes into a filter, so that a flood of
+// refusals costs misses of those credentials only.
+func (l *purgeLog) forgetOldest(q *logQueue) {
+	e := q.pop()
 	if m := l.mapOf(e.kind); m[e.key] == e.at {
 		delete(m, e.key)
 	}
-	l.forgot = max(l.forgot, e.at+l.skew)
-	l.compact()
+	if e.kind != logCred {
+		l.floor = max(l.floor, e.at+l.skew)
+		return
+	}
+	l.forgotten.add(e.key)
+	l.forgottenAt = max(l.forgottenAt, e.at+l.skew)
+	l.forgottenUntil = l.forgottenAt + int64(l.horizon) + l.skew
 }
 
 // prune forgets what no decision usable at now can predate: a decision
@@ -123,21 +163,19 @@ func (l *purgeLog) prune(now int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cutoff := now - int64(l.horizon) - l.skew
-	for l.head < len(l.order) && l.order[l.head].at < cutoff {
-		e := l.order[l.head]
-		l.order[l.head] = logEntry{}
-		l.head++
-		if m := l.mapOf(e.kind); m[e.key] == e.at {
-			delete(m, e.key)
+	for i := range l.order {
+		q := &l.order[i]
+		for q.len() > 0 && q.entries[q.head].at < cutoff {
+			e := q.pop()
+			if m := l.mapOf(e.kind); m[e.key] == e.at {
+				delete(m, e.key)
+			}
 		}
 	}
-	l.compact()
-}
-
-func (l *purgeLog) compact() {
-	if l.head > 1024 && l.head > len(l.order)/2 {
-		l.order = append(l.order[:0], l.order[l.head:]...)
-		l.head = 0
+	if l.forgottenUntil != 0 && now > l.forgottenUntil {
+		// Every decision the filter could refuse has outlived the horizon.
+		l.forgotten = bloom{}
+		l.forgottenAt, l.forgottenUntil = 0, 0
 	}
 }
 
@@ -151,6 +189,14 @@ func (l *purgeLog) coverFrom(at int64) {
 	}
 }
 
+// raiseFloor refuses every decision made before at (never lowers it):
+// invalidations before it may have been missed.
+func (l *purgeLog) raiseFloor(at int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.floor = max(l.floor, at)
+}
+
 // allows reports whether a decision of export id for the credential named
 // cred, carrying tags, made at decided (Unix nanoseconds, the deciding
 // node's clock), postdates every invalidation the log knows of that covers
@@ -159,13 +205,16 @@ func (l *purgeLog) allows(id, cred string, tags []string, decided int64) bool {
 	skew := l.skew
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if decided < l.covered || decided < l.forgot || (l.all != 0 && decided < l.all+skew) {
+	if decided < l.covered || decided < l.floor || (l.all != 0 && decided < l.all+skew) {
 		return false
 	}
 	if at, ok := l.ids[id]; ok && decided < at+skew {
 		return false
 	}
 	if at, ok := l.creds[cred]; ok && decided < at+skew {
+		return false
+	}
+	if decided < l.forgottenAt && l.forgotten.has(cred) {
 		return false
 	}
 	for _, tag := range tags {
@@ -179,5 +228,50 @@ func (l *purgeLog) allows(id, cred string, tags []string, decided int64) bool {
 func (l *purgeLog) size() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.order) - l.head
+	return l.order[0].len() + l.order[1].len()
+}
+
+// bloom is a fixed Bloom filter of strings (1 Mbit, 4 probes: a 1%
+// false-positive rate at about 100,000 names). The zero value is empty.
+type bloom struct{ bits *[1 << 14]uint64 }
+
+func (b *bloom) probes(s string) [4]uint32 {
+	h := fnv64(s)
+	h1, h2 := uint32(h), uint32(h>>32)|1
+	var p [4]uint32
+	for i := range p {
+		p[i] = (h1 + uint32(i)*h2) & (1<<20 - 1)
+	}
+	return p
+}
+
+func (b *bloom) add(s string) {
+	if b.bits == nil {
+		b.bits = new([1 << 14]uint64)
+	}
+	for _, p := range b.probes(s) {
+		b.bits[p>>6] |= 1 << (p & 63)
+	}
+}
+
+func (b *bloom) has(s string) bool {
+	if b.bits == nil {
+		return false
+	}
+	for _, p := range b.probes(s) {
+		if b.bits[p>>6]&(1<<(p&63)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// fnv64 is FNV-1a over s.
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }

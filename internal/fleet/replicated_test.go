@@ -115,11 +115,26 @@ func clusterDeployment(c *testenv.Cluster) *deployment {
 		masterFor:    func(t *testing.T, key string) *testenv.Redis { return c.MasterFor(t, key).Redis },
 		replicaOf: func(t *testing.T, m *testenv.Redis) *testenv.Redis {
 			t.Helper()
-			r := c.ReplicaOf(t, byRedis(t, m))
-			if r == nil {
-				t.Fatalf("master %s has no replica", m.Addr)
+			// The master's own view: after failovers a node's CLUSTER
+			// NODES may still show an old topology.
+			var port string
+			waitFor(t, 15*time.Second, "master "+m.Addr+" to have exactly one replica", func() bool {
+				info := m.MustDo(t, "INFO", "replication")
+				if !strings.Contains(info, "connected_slaves:1\r\n") {
+					return false
+				}
+				_, rest, _ := strings.Cut(info, "slave0:")
+				_, rest, _ = strings.Cut(rest, "port=")
+				port, _, _ = strings.Cut(rest, ",")
+				return port != ""
+			})
+			for _, n := range c.Nodes() {
+				if strings.HasSuffix(n.Addr, ":"+port) {
+					return n.Redis
+				}
 			}
-			return r.Redis
+			t.Fatalf("master %s's replica (port %s) is not a node of the cluster", m.Addr, port)
+			return nil
 		},
 		idsOn: func(t *testing.T, m *testenv.Redis, n int) []string {
 			t.Helper()

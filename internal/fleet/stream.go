@@ -72,6 +72,13 @@ type reader struct {
 	added    int64  // the stream's entries-added at the last complete read
 	applied  int64  // entries read since then
 	coverAt  int64  // what the purge log covers once the backlog is read; 0 once it is
+	// startMS is when this client started, in the server's clock
+	// (milliseconds, as stream ids count): entries appended before it
+	// concern nothing this node holds, and are only recorded.
+	startMS  int64
+	runID    string // the stream's server process, at the last read
+	readAt   int64  // when the last read succeeded (Unix nanoseconds)
+	gapSeen  int64  // the newest gap marker seen or written (Unix nanoseconds)
 	boot     string
 	bootAt   time.Time
 	needSync bool
@@ -140,13 +147,18 @@ func (r *reader) step() error {
 		}
 		r.needSync = false
 	}
-	readAt := c.now().UnixNano()
+	readAt, readMono := c.now().UnixNano(), time.Now()
 	entries, info, err := r.readAtomic()
 	if err != nil {
 		return err
 	}
 	c.setUp(true)
 	r.reported = false
+	prevRead := r.readAt
+	r.readAt = c.now().UnixNano()
+	if info.runID != r.runID {
+		r.newServer(info, prevRead)
+	}
 	if !r.started {
 		r.begin(info)
 		return nil
@@ -173,7 +185,9 @@ func (r *reader) step() error {
 	}
 	// Complete: every event written before readAt is read, unless the
 	// count says some were removed first.
-	if r.counting && (info.added < r.added || r.added+r.applied < info.added) {
+	if r.counting && r.added+r.applied != info.added {
+		// Fewer read than added: some were trimmed first. More, or a count
+		// that went down: the stream was deleted and recreated meanwhile.
 		r.gap("stream trimmed past the last applied event", readAt)
 		if compareID(info.lastGenerated, r.last) > 0 {
 			r.last = info.lastGenerated
@@ -184,7 +198,7 @@ func (r *reader) step() error {
 		c.purges.coverFrom(r.coverAt)
 		r.coverAt = 0
 	}
-	c.confirmed.Store(readAt)
+	c.confirm(readMono)
 	if len(entries) > 0 {
 		return nil
 	}
@@ -209,6 +223,7 @@ func (r *reader) begin(info streamInfo) {
 	back := c.now().Sub(c.started) + c.cfg.Horizon + c.cfg.ClockSkew
 	startMS := info.serverNow.Add(-back).UnixMilli()
 	r.last, r.seen = strconv.FormatInt(max(startMS, 0), 10)+"-0", ""
+	r.startMS = info.serverNow.Add(-c.now().Sub(c.started) - c.cfg.ClockSkew).UnixMilli()
 	// Once the backlog is read, the purge log covers decisions from its
 	// start, in the nodes' clocks.
 	r.coverAt = c.started.Add(-c.cfg.Horizon).UnixNano()
@@ -229,10 +244,35 @@ func (r *reader) begin(info streamInfo) {
 	}
 }
 
+// newServer handles a first look at the server process that holds the
+// stream (its run_id changed: a restart, a failover, a slot migration, or
+// this client's first read). A process that loaded a data set at start (a
+// snapshot or an append-only file, which may have lost acknowledged
+// writes, the invalidations among them) may have brought back decisions
+// and generations they retired: no shared decision made before the
+// process started is taken, on any node (each one sees it start). Seen to
+// start after this client's last read, it is a restart under the reader's
+// eyes: events may be lost that the node never read, so it demotes too.
+func (r *reader) newServer(info streamInfo, prevRead int64) {
+	c := r.c
+	known := r.runID != ""
+	r.runID = info.runID
+	if info.runID == "" || info.uptime < 0 {
+		return // INFO refused (an ACL without +info)
+	}
+	// INFO counts whole seconds: the process started by latest.
+	latest := r.readAt - info.uptime*int64(time.Second)
+	if info.loaded {
+		c.purges.raiseFloor(latest + int64(c.cfg.ClockSkew))
+	}
+	if known && latest > prevRead {
+		r.gap("redis restarted (another run_id, started since the last read)", r.readAt)
+	}
+}
+
 // gap handles events that may have been missed up to now.
 func (r *reader) gap(why string, now int64) {
-	r.c.purges.coverFrom(now + int64(r.c.cfg.ClockSkew))
-	r.coverAt = 0
+	r.raiseFloor(now + int64(r.c.cfg.ClockSkew))
 	r.demote(why)
 }
 
@@ -243,15 +283,32 @@ func (r *reader) gap(why string, now int64) {
 func (r *reader) gapUntil(why string, at int64) {
 	c := r.c
 	until := at + 2*int64(c.cfg.ClockSkew)
-	if r.coverAt != 0 {
-		r.coverAt = max(r.coverAt, until)
-	} else {
-		c.purges.coverFrom(until)
-	}
+	r.raiseFloor(until)
 	if until >= c.started.UnixNano() {
 		r.demote(why)
 	}
 }
+
+// raiseFloor refuses shared decisions made before at, here and, through a
+// marker in Redis (<prefix>:gap), on every node that starts or looks later:
+// a node that starts after a gap (a restart from a snapshot brought back
+// decisions older than lost invalidations) cannot see it in the stream.
+func (r *reader) raiseFloor(at int64) {
+	c := r.c
+	c.purges.raiseFloor(at)
+	r.gapSeen = max(r.gapSeen, at)
+	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
+	defer cancel()
+	_ = gapScript.Exec(ctx, r.cl, []string{c.prefix + "gap"}, []string{strconv.FormatInt(at, 10)}).Error()
+}
+
+// gapScript keeps the newest gap marker.
+var gapScript = rueidis.NewLuaScript(`
+local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > v then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0`)
 
 // checkBoot compares the data set's incarnation with the one seen before:
 // a new one means Redis was restarted empty or flushed, and events may have
@@ -263,7 +320,8 @@ func (r *reader) checkBoot() error {
 	defer cancel()
 	res := r.cl.DoMulti(ctx,
 		r.cl.B().Set().Key(key).Value(randomHex(16)).Nx().Build(),
-		r.cl.B().Get().Key(key).Build())
+		r.cl.B().Get().Key(key).Build(),
+		r.cl.B().Get().Key(c.prefix+"gap").Build())
 	if err := res[0].Error(); err != nil && !isNil(err) {
 		return err
 	}
@@ -276,6 +334,16 @@ func (r *reader) checkBoot() error {
 		r.last, r.seen = "0-0", ""
 	}
 	r.boot = got
+	// A gap another node saw (or one from before this node started).
+	if v, err := res[2].ToString(); err == nil {
+		if m, err := strconv.ParseInt(v, 10, 64); err == nil && m > r.gapSeen {
+			c.purges.raiseFloor(m)
+			if r.gapSeen != 0 || m >= c.started.UnixNano() {
+				r.demote("another node found a gap in the invalidation stream")
+			}
+			r.gapSeen = m
+		}
+	}
 	r.bootAt = time.Now()
 	return nil
 }
@@ -288,6 +356,12 @@ type streamInfo struct {
 	length        int64     // entries left
 	added         int64     // entries ever added
 	serverNow     time.Time // the server's clock (TIME), on the first read
+	runID         string    // the stream server's run_id (INFO server)
+	uptime        int64     // its uptime_in_seconds; -1 unknown
+	// loaded: the process may have loaded a data set at start (keys from
+	// an RDB file or a replication sync, or an append-only file), or INFO
+	// does not say.
+	loaded bool
 }
 
 // readAtomic reads the stream's state and the events after r.last in one
@@ -309,7 +383,7 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	// transaction's key): INFO replication, whether the stream's master
 	// has replicas, for the publishes' WAIT; and on the first read TIME,
 	// the server's clock, which the stream's ids count in.
-	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Info().Section("replication").Build())
+	cmds = append(cmds, r.cl.B().Exec().Build(), r.cl.B().Info().Section("server", "replication", "persistence").Build())
 	if !r.started {
 		cmds = append(cmds, r.cl.B().Time().Build())
 	}
@@ -318,14 +392,21 @@ func (r *reader) readAtomic() ([]rueidis.XRangeEntry, streamInfo, error) {
 	if !r.started {
 		execAt--
 	}
-	if replid, n, err := infoReplication(res[execAt+1]); err == nil {
-		c.replicas.observe(replid, n, time.Now())
+	runID, uptime, loaded := "", int64(-1), true
+	if repl, err := infoReplication(res[execAt+1]); err == nil {
+		c.replicas.observe(repl, time.Now())
+		runID = infoField(res[execAt+1], "run_id")
+		if v, err := strconv.ParseInt(infoField(res[execAt+1], "uptime_in_seconds"), 10, 64); err == nil {
+			uptime = v
+		}
+		keys := infoField(res[execAt+1], "rdb_last_load_keys_loaded")
+		loaded = keys != "0" || infoField(res[execAt+1], "aof_enabled") != "0"
 	}
 	exec, err := res[execAt].ToArray()
 	if err != nil {
 		return nil, streamInfo{}, err
 	}
-	var info streamInfo
+	info := streamInfo{runID: runID, uptime: uptime, loaded: loaded}
 	if len(exec) < 1 || (r.started && len(exec) < 2) {
 		return nil, info, errors.New("fleet: short transaction reply")
 	}
@@ -392,17 +473,21 @@ func (r *reader) apply(e rueidis.XRangeEntry) {
 		return
 	}
 	c.purges.record(loggedEvent{IDs: we.IDs, Tags: we.Tags, Creds: we.Creds, All: we.All}, we.Written)
-	ev := Event{IDs: we.IDs, Tags: we.Tags, Creds: c.digests(we.Creds), All: we.All, Written: time.Unix(0, we.Written)}
-	if ev.Written.Before(c.started.Add(-c.cfg.ClockSkew)) || (len(ev.IDs) == 0 && len(ev.Tags) == 0 && len(ev.Creds) == 0 && !ev.All) {
-		return // older than this node, or about credentials it never looked up
+	if appended, _ := splitID(e.ID); int64(appended) < r.startMS {
+		// Appended before this client started: nothing it holds can
+		// predate it (a shared decision it takes is checked against the
+		// purge log). Told by when the entry was appended, not written: an
+		// invalidation that waited in an outbox is appended late.
+		return
 	}
+	ev := Event{IDs: we.IDs, Tags: we.Tags, CredNames: we.Creds, All: we.All, Written: time.Unix(0, we.Written)}
 	c.st.received.Add(1)
 	for _, o := range c.observers() {
 		o.Invalidation("received")
 		o.Lag(time.Since(ev.Written))
 	}
 	c.log.Debug("fleet: invalidation received",
-		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Int("credentials", len(ev.Creds)), zap.Bool("all", ev.All))
+		zap.Int("ids", len(ev.IDs)), zap.Int("tags", len(ev.Tags)), zap.Int("credentials", len(ev.CredNames)), zap.Bool("all", ev.All))
 	c.deliver(ev)
 }
 

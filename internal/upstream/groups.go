@@ -1,6 +1,9 @@
 package upstream
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // CacheGroups reads the values of a Cache-Groups or Cache-Group-Invalidation
 // header (RFC 9875): a Structured Field List of Strings (RFC 9651), such as
@@ -8,38 +11,50 @@ import "strings"
 // a valid List, or a member that is not a String, makes the whole field
 // ignored, as RFC 9651 requires. Of the strings, those that could be kept
 // as surrogate keys (ValidSurrogateKey) are returned once each, at most
-// MaxSurrogateKeys of them; ignored counts the others.
-func CacheGroups(values []string) (groups []string, ignored int) {
+// limit of them; invalid counts the strings that could not be, cut the
+// valid ones past the limit.
+func CacheGroups(values []string, limit int) (groups []string, invalid, cut int) {
+	s := tagSet{limit: limit}
+	for _, g := range cacheGroupStrings(values) {
+		s.add(g)
+	}
+	return s.keys, s.invalid, s.cut
+}
+
+// cacheGroupStrings is the members of a Cache-Groups field, or none when
+// one of its lines is not a List of Strings.
+func cacheGroupStrings(values []string) []string {
 	// Several field lines combine into one List (RFC 9110 §5.3).
 	var all []string
 	for _, v := range values {
 		members, ok := parseStringList(v)
 		if !ok {
-			return nil, 0
+			return nil
 		}
 		all = append(all, members...)
 	}
-	for _, g := range all {
-		switch {
-		case !ValidSurrogateKey(g):
-			ignored++
-		case containsString(groups, g):
-		case len(groups) == MaxSurrogateKeys:
-			ignored++
-		default:
-			groups = append(groups, g)
-		}
-	}
-	return groups, ignored
+	return all
 }
 
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
+// tagSet collects distinct tags that could be kept as surrogate keys, at
+// most limit of them.
+type tagSet struct {
+	keys    []string
+	limit   int
+	invalid int // not a surrogate key (too long, not visible ASCII)
+	cut     int // valid, but past the limit
+}
+
+func (s *tagSet) add(k string) {
+	switch {
+	case !ValidSurrogateKey(k):
+		s.invalid++
+	case slices.Contains(s.keys, k):
+	case len(s.keys) == s.limit:
+		s.cut++
+	default:
+		s.keys = append(s.keys, k)
 	}
-	return false
 }
 
 // parseStringList parses one field line as a List whose members are all

@@ -30,8 +30,8 @@ func TestCacheGroups(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ignored := CacheGroups(tc.values)
-			if !slices.Equal(got, tc.want) || ignored != tc.ignored {
+			got, ignored, cut := CacheGroups(tc.values, MaxSurrogateKeys)
+			if !slices.Equal(got, tc.want) || ignored != tc.ignored || cut != 0 {
 				t.Fatalf("CacheGroups(%q) = %q, %d ignored; want %q, %d", tc.values, got, ignored, tc.want, tc.ignored)
 			}
 		})
@@ -40,9 +40,9 @@ func TestCacheGroups(t *testing.T) {
 	for i := range MaxSurrogateKeys + 3 {
 		many = append(many, `"g`+string(rune('a'+i))+`"`)
 	}
-	got, ignored := CacheGroups(many)
-	if len(got) != MaxSurrogateKeys || ignored != 3 {
-		t.Fatalf("%d groups, %d ignored; want %d and 3", len(got), ignored, MaxSurrogateKeys)
+	got, invalid, cut := CacheGroups(many, MaxSurrogateKeys)
+	if len(got) != MaxSurrogateKeys || invalid != 0 || cut != 3 {
+		t.Fatalf("%d groups, %d invalid, %d cut; want %d, 0 and 3", len(got), invalid, cut, MaxSurrogateKeys)
 	}
 }
 
@@ -51,7 +51,7 @@ func FuzzCacheGroups(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {
-		got, _ := CacheGroups([]string{v})
+		got, _, _ := CacheGroups([]string{v}, MaxSurrogateKeys)
 		if len(got) > MaxSurrogateKeys {
 			t.Fatalf("%d groups", len(got))
 		}

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -87,5 +88,26 @@ func TestFetchCacheGroups(t *testing.T) {
 	}
 	if want := []string{"key_8f2a", "proj_91c0", "keyid_8f2a"}; !slices.Equal(a.SurrogateKeys, want) || res.BadSurrogateKeys != 1 {
 		t.Fatalf("keys %q (bad %d), want %q (bad 1)", a.SurrogateKeys, res.BadSurrogateKeys, want)
+	}
+}
+
+// Valid tags past the bound are counted apart from invalid ones: a purge
+// may name them, so the caller must not cache such an answer.
+func TestFetchCountsTagsPastTheBound(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := range MaxSurrogateKeys {
+			w.Header().Add("Surrogate-Key", fmt.Sprintf("proj_%02d", i))
+		}
+		w.Header().Add("Cache-Groups", `"key_alice", "has space"`)
+		_, _ = w.Write([]byte(envelope(exportData(""))))
+	}))
+	defer srv.Close()
+	c := newTestClient(t, srv.URL, func(cfg *Config) { cfg.SurrogateKeyHeader = "Surrogate-Key" })
+	a, res, err := c.Fetch(context.Background(), testID, http.Header{"Authorization": {"Bearer k"}}, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.SurrogateKeys) != MaxSurrogateKeys || res.TagsCut != 1 || res.BadSurrogateKeys != 1 {
+		t.Fatalf("%d keys, %d cut, %d bad; want %d, 1 and 1", len(a.SurrogateKeys), res.TagsCut, res.BadSurrogateKeys, MaxSurrogateKeys)
 	}
 }

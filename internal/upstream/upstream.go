@@ -226,9 +226,12 @@ func (f *Failure) Unwrap() error { return f.Err }
 type Result struct {
 	Status   int // 0 when no response arrived
 	Duration time.Duration
-	// BadSurrogateKeys counts the tags of the reply that were ignored
-	// (too many, too long, or not visible ASCII).
+	// BadSurrogateKeys counts the tags of the reply that were ignored as
+	// invalid (too long, or not visible ASCII): no purge can name them.
 	BadSurrogateKeys int
+	// TagsCut counts valid tags past MaxSurrogateKeys. A purge may name
+	// one, so an answer with any is not to be cached.
+	TagsCut int
 }
 
 // Fetch asks about export id (already validated and lowercased) with the
@@ -314,24 +317,20 @@ func (c *Client) Fetch(ctx context.Context, id string, from http.Header, request
 	default:
 		return nil, res, &Failure{Reason: "unexpected status", Status: resp.StatusCode}
 	}
+	tags := tagSet{limit: MaxSurrogateKeys}
 	if c.surrogate != "" {
-		a.SurrogateKeys, res.BadSurrogateKeys = SurrogateKeys(resp.Header.Values(c.surrogate))
-	}
-	if v := resp.Header.Values("Cache-Groups"); len(v) > 0 {
-		// RFC 9875's tags, beside Surrogate-Key's: an in-band invalidation
-		// (Cache-Group-Invalidation) or a purge of one drops the answer.
-		groups, ignored := CacheGroups(v)
-		res.BadSurrogateKeys += ignored
-		for _, g := range groups {
-			switch {
-			case slices.Contains(a.SurrogateKeys, g):
-			case len(a.SurrogateKeys) == MaxSurrogateKeys:
-				res.BadSurrogateKeys++
-			default:
-				a.SurrogateKeys = append(a.SurrogateKeys, g)
+		for _, v := range resp.Header.Values(c.surrogate) {
+			for _, k := range strings.Fields(v) {
+				tags.add(k)
 			}
 		}
 	}
+	// RFC 9875's tags, beside Surrogate-Key's: an in-band invalidation
+	// (Cache-Group-Invalidation) or a purge of one drops the answer.
+	for _, g := range cacheGroupStrings(resp.Header.Values("Cache-Groups")) {
+		tags.add(g)
+	}
+	a.SurrogateKeys, res.BadSurrogateKeys, res.TagsCut = tags.keys, tags.invalid, tags.cut
 	return a, res, nil
 }
 
@@ -377,20 +376,13 @@ const (
 // tags of visible ASCII, each at most MaxSurrogateKeyLen bytes. It returns
 // how many tags it ignored.
 func SurrogateKeys(values []string) (keys []string, ignored int) {
+	s := tagSet{limit: MaxSurrogateKeys}
 	for _, v := range values {
 		for _, k := range strings.Fields(v) {
-			switch {
-			case len(k) > MaxSurrogateKeyLen || !visibleASCII(k):
-				ignored++
-			case slices.Contains(keys, k):
-			case len(keys) == MaxSurrogateKeys:
-				ignored++
-			default:
-				keys = append(keys, k)
-			}
+			s.add(k)
 		}
 	}
-	return keys, ignored
+	return s.keys, s.invalid + s.cut
 }
 
 // ValidSurrogateKey reports whether k could be kept as a surrogate key.
