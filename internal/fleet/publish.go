@@ -156,6 +156,7 @@ func splitEvent(ev Event) []Event {
 
 func (c *Client) enqueue(ev Event, cause error) {
 	c.st.queued.Add(1)
+	dropped := c.out.dropped()
 	n, coalesced, ok := c.out.push(ev)
 	if !ok {
 		// Closed meanwhile (a reload): the outbox was handed over already,
@@ -170,6 +171,12 @@ func (c *Client) enqueue(ev Event, cause error) {
 	if coalesced {
 		c.log.Warn("fleet: invalidation outbox full, coalesced into one purge of all entries",
 			zap.Int("limit", outboxMaxItems))
+	}
+	if dropped == 0 && c.out.dropped() > 0 {
+		// Once per client: a flood of refusals (random keys) while Redis
+		// is away.
+		c.log.Warn("fleet: invalidation outbox holds too many refused credentials, dropping the oldest",
+			zap.Int("limit", outboxMaxCreds))
 	}
 	if n == 1 {
 		// Once per outage: other nodes learn of it when it is out.
@@ -487,8 +494,10 @@ type outbox struct {
 	events []queued
 	items  int // ids and tags held
 	creds  int // refused credentials held
-	seq    uint64
-	closed bool // drained for good: nothing more is held
+	// droppedCreds counts refused credentials dropped to stay bounded.
+	droppedCreds int
+	seq          uint64
+	closed       bool // drained for good: nothing more is held
 }
 
 type queued struct {
@@ -576,15 +585,18 @@ func (o *outbox) dropOldestRefusals() {
 		} else {
 			o.events[i].ev = ev
 		}
-		droppedRefusals.Add(uint64(n))
+		o.droppedCreds += n
 		return
 	}
 	o.creds = 0
 }
 
-// droppedRefusals counts refused credentials an outbox dropped to stay
-// bounded.
-var droppedRefusals atomic.Uint64
+// dropped is how many refused credentials the outbox dropped so far.
+func (o *outbox) dropped() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.droppedCreds
+}
 
 func (o *outbox) len() int {
 	o.mu.Lock()
