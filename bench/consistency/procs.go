@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -42,15 +41,6 @@ func buildCaddy(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
 	}
 	return bin, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // proc is a started process and the channel closed when it has exited.
@@ -108,7 +98,7 @@ func startRedis(bin, dir string) (*redisServer, error) {
 	r := &redisServer{bin: bin, dir: dir, logf: logf}
 	var lastErr error
 	for range 3 { // a port picked by closing a listener may be taken meanwhile
-		if r.port, err = freePort(); err != nil {
+		if r.port, err = testenv.FreePort(); err != nil {
 			return nil, err
 		}
 		r.Addr = "127.0.0.1:" + strconv.Itoa(r.port)
@@ -274,10 +264,10 @@ func startNode(ctx context.Context, i int, bin, dir string, cfg nodeConfig, redi
 		return nil, err
 	}
 	for range 3 {
-		if n.port, err = freePort(); err != nil {
+		if n.port, err = testenv.FreePort(); err != nil {
 			break
 		}
-		if n.adminPort, err = freePort(); err != nil {
+		if n.adminPort, err = testenv.FreePort(); err != nil {
 			break
 		}
 		n.base = "http://127.0.0.1:" + strconv.Itoa(n.port)

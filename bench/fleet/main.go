@@ -199,15 +199,6 @@ func (b *bench) stopAll() {
 
 // --- processes -----------------------------------------------------------------
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func (b *bench) start(name string, stderr io.Writer, bin string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = b.dir
@@ -238,7 +229,7 @@ func (b *bench) stop(cmd *exec.Cmd) {
 }
 
 func (b *bench) startRedis() (string, error) {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return "", err
 	}
@@ -531,7 +522,7 @@ func newID() string {
 func (b *bench) hitAndLatency(ctx context.Context, want map[string]bool) error {
 	ports := make([]int, 3)
 	for i := range ports {
-		p, err := freePort()
+		p, err := testenv.FreePort()
 		if err != nil {
 			return err
 		}
@@ -783,7 +774,7 @@ func (b *bench) invalidation(ctx context.Context) error {
 	errs := make([]error, c.nodes)
 	var wg sync.WaitGroup
 	for i := range nodes {
-		port, err := freePort()
+		port, err := testenv.FreePort()
 		if err != nil {
 			return err
 		}

@@ -129,7 +129,7 @@ func (c *Cluster) startNode(t testing.TB) *ClusterNode {
 	rc.extraArgs = func(port int) []string {
 		if port != lastPort {
 			lastPort = port
-			if p, err := freePort(); err == nil {
+			if p, err := FreePort(); err == nil {
 				busPort = p
 			} else {
 				busPort = 0 // default: port + 10000

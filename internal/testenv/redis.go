@@ -122,7 +122,7 @@ func startRedis(t testing.TB, cfg redisConfig) *Redis {
 	for range attempts {
 		// The port is picked by closing a listener, so another process may
 		// take it first; a new port covers that.
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			t.Fatalf("testenv: pick a port for %s: %v", r.cfg.label, err)
 		}

@@ -60,7 +60,7 @@ func StartS3(t testing.TB) *S3 {
 	for range attempts {
 		// The port is picked by closing a listener, so another process may
 		// grab it before versitygw binds; a retry with a new port covers that.
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			t.Fatalf("testenv: pick a port for versitygw: %v", err)
 		}
@@ -119,7 +119,9 @@ func checkLocalhost(t testing.TB) {
 	t.Fatalf("testenv: localhost resolves to %v, not 127.0.0.1; add \"127.0.0.1 localhost\" to /etc/hosts", addrs)
 }
 
-func freePort() (int, error) {
+// FreePort returns a loopback TCP port that was free a moment ago, for a
+// server that must be told its port before it starts.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
