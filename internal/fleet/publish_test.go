@@ -156,71 +156,6 @@ func TestNodeStartsWithoutRedis(t *testing.T) {
 	}
 }
 
-// A node whose link to Redis is cut when it starts caches answers from the
-// app meanwhile; when the link returns, its first read starts from before
-// it started, so it applies every invalidation published in between.
-func TestFirstReadStartsBeforeTheNodeStarted(t *testing.T) {
-	r := testenv.StartRedis(t)
-	p := testenv.StartTCPProxy(t, r.Addr)
-	a := node(t, r.Addr)
-	waitUp(t, a)
-	a.Publish(context.Background(), Event{IDs: []string{"exp_long_before"}}) // before b started
-	time.Sleep(5 * time.Millisecond)
-	p.Freeze()
-	b := node(t, p.Addr, fast)
-	rb := subscribe(t, b)
-	if b.Up() {
-		t.Fatal("reader up through a frozen proxy")
-	}
-	a.Publish(context.Background(), Event{IDs: []string{"exp_during_the_cut"}})
-	p.Resume()
-	waitFor(t, 10*time.Second, "the event published while the node's link was cut", func() bool {
-		return rb.has(hasID("exp_during_the_cut"))
-	})
-	if rb.has(hasID("exp_long_before")) {
-		t.Error("an event older than the node was delivered (it cannot concern anything the node holds)")
-	}
-	// It still knows of it: a decision made before it is refused.
-	key := cred("k")
-	q := query("exp_long_before", key)
-	if b.purges.allows(q.ID, b.mac(key), nil, time.Now().Add(-time.Minute).UnixNano()) {
-		t.Error("a decision made before an invalidation in the node's backlog is allowed")
-	}
-}
-
-// An invalidation counts as published only once a replica holds it: with
-// the replica's link frozen (connected, not acknowledging), it stays in the
-// outbox and goes out again once the replica answers.
-func TestPublishWaitsForAReplica(t *testing.T) {
-	master := testenv.StartRedis(t)
-	replica := testenv.StartRedis(t)
-	link := testenv.StartTCPProxy(t, master.Addr)
-	host, port, _ := net.SplitHostPort(link.Addr)
-	replica.MustDo(t, "REPLICAOF", host, port)
-	waitFor(t, 10*time.Second, "the replica to acknowledge writes", func() bool {
-		// state=online is not enough: the first WAIT 1 may still run out.
-		got := master.MustDoMulti(t, []string{"SET", "probe", "1"}, []string{"WAIT", "1", "1000"})
-		return len(got) == 2 && got[1] == "1"
-	})
-	a := node(t, master.Addr, func(c *Config) { c.Timeout = time.Second })
-	waitUp(t, a)
-	if !a.Publish(context.Background(), Event{IDs: []string{"exp_replicated"}}) {
-		t.Fatal("Publish not confirmed with a healthy replica")
-	}
-	link.Freeze()
-	if a.Publish(context.Background(), Event{IDs: []string{"exp_unreplicated"}}) {
-		t.Fatal("Publish confirmed although no replica acknowledged it")
-	}
-	if n := a.Stats().OutboxLen; n != 1 {
-		t.Fatalf("outbox %d, want the unreplicated event", n)
-	}
-	link.Resume()
-	waitFor(t, 10*time.Second, "the event to be confirmed", func() bool { return a.Stats().OutboxLen == 0 })
-	if got := replica.MustDo(t, "XRANGE", DefaultPrefix+":inv", "-", "+"); !strings.Contains(got, "exp_unreplicated") {
-		t.Fatalf("the replica does not hold the event:\n%s", got)
-	}
-}
-
 // Close does not wait for a Redis that accepted the connection but never
 // answers (a reload must not stall behind it).
 func TestCloseDoesNotWaitForASilentRedis(t *testing.T) {
@@ -261,35 +196,6 @@ func TestCloseDoesNotWaitForASilentRedis(t *testing.T) {
 	if took > time.Second {
 		t.Fatalf("Close waited %v for a silent Redis", took)
 	}
-}
-
-// Close hands back what the outbox holds, and another client publishes it
-// (a reload that changes the fleet settings loses nothing).
-func TestOutboxSurvivesTheClient(t *testing.T) {
-	r := testenv.StartRedis(t)
-	b := node(t, r.Addr)
-	waitUp(t, b)
-	rb := subscribe(t, b)
-	r.Kill()
-	old, err := New(Config{Addrs: []string{r.Addr}, Secret: testSecret, Timeout: DefaultTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old.Publish(context.Background(), Event{IDs: []string{"exp_queued_1"}})
-	old.Publish(context.Background(), Event{Tags: []string{"key_queued"}})
-	left := old.Close()
-	if len(left) != 2 {
-		t.Fatalf("Close handed back %d events, want 2", len(left))
-	}
-	if again := old.Close(); len(again) != 0 {
-		t.Fatalf("a second Close handed back %d events", len(again))
-	}
-	successor := node(t, r.Addr)
-	successor.Adopt(left)
-	r.Restart()
-	waitFor(t, 10*time.Second, "the handed-over events", func() bool {
-		return rb.has(hasID("exp_queued_1")) && rb.has(func(ev Event) bool { return slices.Contains(ev.Tags, "key_queued") })
-	})
 }
 
 // A purge of 10,000 ids goes out in events of at most 1,000 ids and
@@ -402,17 +308,6 @@ func TestStreamTrimmedPastReaderDemotes(t *testing.T) {
 	if n := b.Stats().Invalidations.Demotes; n != 1 {
 		t.Errorf("demotes %d, want 1", n)
 	}
-}
-
-func TestFlushAllDemotes(t *testing.T) {
-	r := testenv.StartRedis(t)
-	a, b := node(t, r.Addr), node(t, r.Addr)
-	waitUp(t, a, b)
-	rb := subscribe(t, b)
-	a.Publish(context.Background(), Event{IDs: []string{"exp_1"}})
-	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_1")) })
-	r.MustDo(t, "FLUSHALL")
-	waitFor(t, 5*time.Second, "a demotion after FLUSHALL", func() bool { return rb.has(isDemote) })
 }
 
 // aclRules is the minimal rule set the README documents for the fleet user.
@@ -576,40 +471,5 @@ func TestRefusalIsDeliveredByName(t *testing.T) {
 	})
 	if name != a.CredentialName(key) {
 		t.Fatal("two nodes of one fleet name a credential differently")
-	}
-}
-
-// A flood of refusals (a scanner's 401s: 201,000 within the horizon)
-// overflows the purge log's bound without refusing shared decisions that
-// no refusal covers.
-func TestRefusalFloodKeepsUnrelatedSharedDecisions(t *testing.T) {
-	r := testenv.StartRedis(t)
-	a, b := node(t, r.Addr), node(t, r.Addr)
-	waitUp(t, a, b)
-	key := cred("bystander")
-	if _, src := load(t, a, "exp_bystander", key, newFetcher("completed")); src != Stored {
-		t.Fatalf("fill: %v, want stored", src)
-	}
-	scanned := cred("scan-0-0") // refused first: the first the log forgets
-	if _, src := load(t, a, "exp_bystander", scanned, newFetcher("completed")); src != Stored {
-		t.Fatalf("fill: %v, want stored", src)
-	}
-	time.Sleep(5 * time.Millisecond) // the refusals come after the decisions
-	for i := range maxLogEntries/maxEventItems + 1 {
-		creds := make([][32]byte, maxEventItems)
-		for j := range creds {
-			creds[j] = cred(fmt.Sprint("scan-", i, "-", j))
-		}
-		if !a.Publish(context.Background(), Event{Creds: creds}) {
-			t.Fatalf("refusal event %d not published", i)
-		}
-	}
-	confirmedSince(t, b, time.Now())
-	if _, src := load(t, b, "exp_bystander", key, newFetcher("app")); src != Hit {
-		t.Fatalf("B's lookup of a decision no refusal covers: %v, want a shared hit", src)
-	}
-	// The refused credentials past the bound are still refused.
-	if _, src := load(t, b, "exp_bystander", scanned, newFetcher("app")); src == Hit {
-		t.Fatal("a refused credential the log forgot was taken from Redis")
 	}
 }

@@ -2,11 +2,8 @@ package fleet
 
 import (
 	"context"
-	"reflect"
-	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
@@ -84,74 +81,6 @@ func TestStreamRecreatedBetweenReadsIsAGap(t *testing.T) {
 	confirmedSince(t, b, time.Now())
 	if !rb.has(hasID("exp_lost")) && !rb.has(isDemote) {
 		t.Fatalf("B neither applied exp_lost nor demoted, and confirmed (demotes %d)", b.Stats().Invalidations.Demotes)
-	}
-}
-
-// A Redis that restarts from its last snapshot (RDB save points, or an
-// append-only file fsynced every second) may lose acknowledged
-// invalidations and bring back the decisions they retired: no node takes a
-// shared decision made before the server started, also a node that starts
-// afterwards and never saw the old server.
-func TestRestartFromASnapshotBringsBackNoOldDecision(t *testing.T) {
-	r := testenv.StartRedis(t)
-	a := node(t, r.Addr)
-	waitUp(t, a)
-	key := cred("snapshot")
-	if _, src := load(t, a, "exp_s", key, newFetcher("completed")); src != Stored {
-		t.Fatalf("fill: %v, want stored", src)
-	}
-	r.MustDo(t, "SAVE") // the last snapshot before the crash
-	if !a.Publish(context.Background(), Event{IDs: []string{"exp_s"}}) {
-		t.Fatal("the DELETE was not published")
-	}
-	time.Sleep(20 * time.Millisecond)
-	r.Restart() // killed; redis-server loads dump.rdb from its dir at start
-	if got, _ := r.Do(t, "EXISTS", decisionKey(a, "exp_s", key)); got != "1" {
-		t.Fatalf("the snapshot did not come back (EXISTS %q): the test's premise failed", got)
-	}
-	b := node(t, r.Addr) // started after the restart
-	waitUp(t, b)
-	confirmedSince(t, b, time.Now())
-	if d := loadQ(t, b, query("exp_s", key), newFetcher("deleted")); d.Source == Hit {
-		t.Fatalf("B took the shared decision made before the lost DELETE (decided %v ago)",
-			time.Since(d.DecidedAt).Round(time.Millisecond))
-	}
-	// A saw the server restart under it: it refuses the old decision too
-	// (B's new one it may take).
-	confirmedSince(t, a, time.Now())
-	if d := loadQ(t, a, query("exp_s", key), newFetcher("deleted")); string(d.Payload) != "deleted" {
-		t.Fatalf("A took the shared decision made before the restart: %v %q", d.Source, d.Payload)
-	}
-}
-
-// rootChildren is how many contexts and AfterFuncs hang on c.rootCtx, read
-// under its lock (the standard library's cancelCtx).
-func rootChildren(c *Client) int {
-	v := reflect.ValueOf(c.rootCtx).Elem()
-	mu := (*sync.Mutex)(unsafe.Pointer(v.FieldByName("mu").UnsafeAddr()))
-	mu.Lock()
-	defer mu.Unlock()
-	return v.FieldByName("children").Len()
-}
-
-// Each connection the client dials is closed when the client closes; the
-// registration goes when the connection does, so reconnects (Redis
-// restarts, idle timeouts of a managed service, a flapping link) do not
-// keep closed connections reachable.
-func TestRedialsDoNotAccumulate(t *testing.T) {
-	r := testenv.StartRedis(t)
-	a := node(t, r.Addr)
-	waitUp(t, a)
-	confirmedSince(t, a, time.Now())
-	before := rootChildren(a)
-	const redials = 20
-	for range redials {
-		killed := time.Now()
-		r.ClientKill(t, "TYPE", "normal")
-		confirmedSince(t, a, killed) // the reader dialled again
-	}
-	if after := rootChildren(a); after-before >= redials {
-		t.Fatalf("%d redials left %d more registrations on the client's context (%d before)", redials, after-before, before)
 	}
 }
 

@@ -1,0 +1,89 @@
+package fleet
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
+)
+
+// A node whose link to Redis is cut when it starts caches answers from the
+// app meanwhile; when the link returns, its first read starts from before
+// it started, so it applies every invalidation published in between.
+func TestFirstReadStartsBeforeTheNodeStarted(t *testing.T) {
+	r := testenv.StartRedis(t)
+	p := testenv.StartTCPProxy(t, r.Addr)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_long_before"}}) // before b started
+	time.Sleep(5 * time.Millisecond)
+	p.Freeze()
+	b := node(t, p.Addr, fast)
+	rb := subscribe(t, b)
+	if b.Up() {
+		t.Fatal("reader up through a frozen proxy")
+	}
+	a.Publish(context.Background(), Event{IDs: []string{"exp_during_the_cut"}})
+	p.Resume()
+	waitFor(t, 10*time.Second, "the event published while the node's link was cut", func() bool {
+		return rb.has(hasID("exp_during_the_cut"))
+	})
+	if rb.has(hasID("exp_long_before")) {
+		t.Error("an event older than the node was delivered (it cannot concern anything the node holds)")
+	}
+	// It still knows of it: a decision made before it is refused.
+	key := cred("k")
+	q := query("exp_long_before", key)
+	if b.purges.allows(q.ID, b.mac(key), nil, time.Now().Add(-time.Minute).UnixNano()) {
+		t.Error("a decision made before an invalidation in the node's backlog is allowed")
+	}
+}
+
+func TestFlushAllDemotes(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a, b := node(t, r.Addr), node(t, r.Addr)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	a.Publish(context.Background(), Event{IDs: []string{"exp_1"}})
+	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_1")) })
+	r.MustDo(t, "FLUSHALL")
+	waitFor(t, 5*time.Second, "a demotion after FLUSHALL", func() bool { return rb.has(isDemote) })
+}
+
+// A Redis that restarts from its last snapshot (RDB save points, or an
+// append-only file fsynced every second) may lose acknowledged
+// invalidations and bring back the decisions they retired: no node takes a
+// shared decision made before the server started, also a node that starts
+// afterwards and never saw the old server.
+func TestRestartFromASnapshotBringsBackNoOldDecision(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	key := cred("snapshot")
+	if _, src := load(t, a, "exp_s", key, newFetcher("completed")); src != Stored {
+		t.Fatalf("fill: %v, want stored", src)
+	}
+	r.MustDo(t, "SAVE") // the last snapshot before the crash
+	if !a.Publish(context.Background(), Event{IDs: []string{"exp_s"}}) {
+		t.Fatal("the DELETE was not published")
+	}
+	time.Sleep(20 * time.Millisecond)
+	r.Restart() // killed; redis-server loads dump.rdb from its dir at start
+	if got, _ := r.Do(t, "EXISTS", decisionKey(a, "exp_s", key)); got != "1" {
+		t.Fatalf("the snapshot did not come back (EXISTS %q): the test's premise failed", got)
+	}
+	b := node(t, r.Addr) // started after the restart
+	waitUp(t, b)
+	confirmedSince(t, b, time.Now())
+	if d := loadQ(t, b, query("exp_s", key), newFetcher("deleted")); d.Source == Hit {
+		t.Fatalf("B took the shared decision made before the lost DELETE (decided %v ago)",
+			time.Since(d.DecidedAt).Round(time.Millisecond))
+	}
+	// A saw the server restart under it: it refuses the old decision too
+	// (B's new one it may take).
+	confirmedSince(t, a, time.Now())
+	if d := loadQ(t, a, query("exp_s", key), newFetcher("deleted")); string(d.Payload) != "deleted" {
+		t.Fatalf("A took the shared decision made before the restart: %v %q", d.Source, d.Payload)
+	}
+}
