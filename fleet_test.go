@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -176,58 +173,6 @@ func TestSharedDecisionOfOtherTemplates(t *testing.T) {
 	}
 }
 
-func TestFleetCaddyfile(t *testing.T) {
-	for _, tc := range []struct{ name, block, want string }{
-		{"missing secret", "fleet {\n redis 127.0.0.1:6379\n}", "fleet: secret: required"},
-		{"short secret", "fleet {\n redis 127.0.0.1:6379\n secret tooshort\n}", "fleet: secret: must be at least 32 bytes"},
-		{"missing redis", "fleet {\n secret " + fleetSecret + "\n}", "fleet: redis: required"},
-		{"bad address", "fleet {\n redis localhost\n secret " + fleetSecret + "\n}", `fleet: redis: "localhost" is not host:port`},
-		{"skip verify", "fleet {\n redis a:1\n secret " + fleetSecret + "\n tls insecure_skip_verify yes\n}", "there is no skip-verify"},
-		{"unknown", "fleet {\n redis a:1\n secret " + fleetSecret + "\n pool 3\n}", `fleet: unrecognized subdirective "pool"`},
-		{"duplicate", "fleet {\n redis a:1\n secret " + fleetSecret + "\n timeout 1s\n timeout 2s\n}", "fleet: timeout: duplicate"},
-		{"glob prefix", "fleet {\n redis a:1\n secret " + fleetSecret + "\n prefix a*\n}", "fleet: prefix"},
-		{"max_staleness not a duration", "fleet {\n redis a:1\n secret " + fleetSecret + "\n max_staleness soon\n}", `fleet: max_staleness: want a positive duration or off, got "soon"`},
-		{"max_staleness too short", "fleet {\n redis a:1\n secret " + fleetSecret + "\n max_staleness 10ms\n}", "fleet: max_staleness: 10ms is too short"},
-		{"sentinel credentials without sentinel", "fleet {\n redis a:1\n secret " + fleetSecret + "\n sentinel_password pw\n}", "fleet: sentinel: sentinel_username and sentinel_password need sentinel"},
-		{"sentinel twice", "fleet {\n redis a:1\n secret " + fleetSecret + "\n sentinel a\n sentinel b\n}", "fleet: sentinel: duplicate"},
-		// The usual way to write a Redis URL holds a password: refused
-		// without quoting it.
-		{"redis URL with a password", "fleet {\n redis redis://caddy:s3cretpw@10.0.0.5:6379\n secret " + fleetSecret + "\n}", "fleet: redis: want host:port, not a URL"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			src := "export_download {\n upstream http://127.0.0.1:9\n bucket b\n object_key k/{id}\n " + tc.block + "\n}"
-			err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want one containing %q", err, tc.want)
-			}
-			for _, secret := range []string{fleetSecret, "s3cretpw"} {
-				if err != nil && strings.Contains(err.Error(), secret) {
-					t.Fatalf("the error quotes a secret: %v", err)
-				}
-			}
-		})
-	}
-	// Placeholders are checked at provision, and the secret never shows.
-	h := new(Handler)
-	src := "export_download {\n upstream http://127.0.0.1:9\n bucket b\n object_key k/{id}\n fleet {\n redis {env.REDIS_ADDR}\n password {file./run/secrets/redis}\n secret {env.FLEET_SECRET}\n tls ca_file /etc/ca.pem server_name redis.internal\n }\n}"
-	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(src)); err != nil {
-		t.Fatalf("placeholders in the fleet block: %v", err)
-	}
-	if h.Fleet.Secret != "{env.FLEET_SECRET}" || h.Fleet.TLS.ServerName != "redis.internal" {
-		t.Fatalf("parsed %+v", h.Fleet)
-	}
-	t.Setenv("FLEET_SECRET", "short")
-	t.Setenv("REDIS_ADDR", "127.0.0.1:1")
-	h.Fleet.Password = ""
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	err := h.Provision(ctx)
-	if err == nil || !strings.Contains(err.Error(), "fleet: secret: must be at least 32 bytes") || strings.Contains(err.Error(), "short") {
-		t.Fatalf("Provision with a short secret from the environment = %v", err)
-	}
-	_ = h.Cleanup()
-}
-
 // TestFleetNoGoroutineLeak: reloads and a Redis restart leave nothing
 // running once the last config is cleaned up.
 func TestFleetNoGoroutineLeak(t *testing.T) {
@@ -263,47 +208,6 @@ func TestFleetNoGoroutineLeak(t *testing.T) {
 	}
 	_ = prev.Cleanup()
 	goleak.VerifyNone(t, opts...)
-}
-
-// Two sites with one fleet block but different upstreams (staging and
-// production sharing a Redis) never take each other's decisions: the one
-// whose app answers 404 must not redirect from the other's shared 302.
-func TestFleetSitesDoNotShareDecisions(t *testing.T) {
-	r := testenv.StartRedis(t)
-	prod, staging := testenv.NewUpstream(t), testenv.NewUpstream(t)
-	completed(prod, testID, time.Time{})
-	notFoundFor(staging, testKey, testID)
-	a := newHandler(t, prod, nil, withFleet(r.Addr))
-	waitUntil(t, "the fleet is up", a.shared.client.Up)
-	checkReply(t, download(t, a, testID, testKey), http.StatusFound, fleetStored)
-	for _, tc := range []struct {
-		name string
-		mod  func(*Handler)
-	}{
-		{"another upstream", func(h *Handler) { h.Upstream = staging.URL }},
-		{"another upstream_path", func(h *Handler) { h.Upstream = staging.URL; h.UpstreamPath = "/v1/exports/{id}/" }},
-		{"another upstream_header", func(h *Handler) {
-			h.Upstream = staging.URL
-			h.UpstreamHeader = map[string]string{"X-Edge-Token": "staging"}
-		}},
-		{"another TTL", func(h *Handler) {
-			h.Upstream = staging.URL
-			h.Cache = &CacheConfig{TTL: map[string]caddy.Duration{"completed": caddy.Duration(time.Minute)}}
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			b := newHandler(t, prod, nil, withFleet(r.Addr), tc.mod)
-			waitUntil(t, "the fleet is up", b.shared.client.Up)
-			if rec := download(t, b, testID, testKey); rec.Code == http.StatusFound {
-				t.Fatalf("a site whose app answers 404 redirected: %q", rec.Header().Get("Cache-Status"))
-			}
-		})
-	}
-	// The same settings on another node do share.
-	c := newHandler(t, prod, nil, withFleet(r.Addr))
-	checkReply(t, download(t, c, testID, otherKy), http.StatusFound, fleetStored)
-	c.caches.decisions.PurgeAll()
-	checkReply(t, download(t, c, testID, otherKy), http.StatusFound, "export_download_fleet; hit, export_download; fwd=miss; stored")
 }
 
 // max_staleness: with Redis gone, a node keeps answering, but asks the app
@@ -427,48 +331,6 @@ func TestFleetMetricsAcrossAFailedReload(t *testing.T) {
 	}
 	if up := testutil.ToFloat64(m.up); up != 1 {
 		t.Fatalf("the running config's fleet_up = %v after a failed reload", up)
-	}
-}
-
-// A password given as {file.<path>} is read again at every new connection,
-// so a rotated token is used without a reload; other passwords are fixed.
-func TestFleetPasswordFileReadPerConnection(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "redis_password")
-	if err := os.WriteFile(path, []byte("first-token\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := &FleetConfig{Redis: []string{"127.0.0.1:6379"}, Username: "edge", Password: "{file." + path + "}", Secret: fleetSecret}
-	c.expand(caddy.NewReplacer())
-	if c.Password != "first-token" {
-		t.Fatalf("expanded password %q", c.Password)
-	}
-	cfg, err := c.clientConfig(time.Second, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Credentials == nil {
-		t.Fatal("a {file.*} password is not read per connection")
-	}
-	for _, want := range []string{"first-token", "rotated-token"} {
-		if want != "first-token" {
-			if err := os.WriteFile(path, []byte(want+"\r\n"), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		user, pass, err := cfg.Credentials()
-		if err != nil || user != "edge" || pass != want {
-			t.Fatalf("Credentials() = %q, %q, %v; want edge, %q", user, pass, err, want)
-		}
-	}
-	os.Remove(path)
-	if _, _, err := cfg.Credentials(); err == nil || strings.Contains(err.Error(), "rotated-token") {
-		t.Fatalf("a missing file: %v", err)
-	}
-	fixed := &FleetConfig{Redis: []string{"127.0.0.1:6379"}, Password: "{env.REDIS_PASSWORD}", Secret: fleetSecret}
-	t.Setenv("REDIS_PASSWORD", "from-env")
-	fixed.expand(caddy.NewReplacer())
-	if cfg, _ := fixed.clientConfig(time.Second, time.Minute); cfg.Credentials != nil || cfg.Password != "from-env" {
-		t.Fatalf("an {env.*} password: %+v", cfg)
 	}
 }
 
