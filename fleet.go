@@ -163,11 +163,15 @@ func (s *sharedTier) trusts(decided int64, now time.Time) bool {
 
 // current reports whether the fleet confirmed within max_staleness (on the
 // monotonic clock) that every invalidation is applied here; recent whether
-// an answer decided at decided is within max_staleness of now (lookup.go
-// reads current before the local cache, then recent of what it found).
+// rec's answer is within max_staleness of now (lookup.go reads current
+// before the local cache, then recent of what it found). Its age is the
+// older of two: since it was decided (the wall clock, by whichever node)
+// and since this node filled it (the monotonic clock), so a wall clock that
+// steps back does not make it younger than its time here.
 func (s *sharedTier) current() bool { return s.client.Current() }
 
-func (s *sharedTier) recent(decided int64, now time.Time) bool {
+func (s *sharedTier) recent(rec *record, now time.Time) bool {
+	decided := min(rec.decided, now.UnixNano()-(monoNow()-rec.filled))
 	return s.client.Recent(decided, now.UnixNano())
 }
 

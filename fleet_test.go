@@ -254,6 +254,35 @@ func TestFleetBoundedStaleness(t *testing.T) {
 	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
 }
 
+// While the fleet cannot confirm (Redis gone), an entry's age counts on the
+// monotonic clock too: a wall clock that steps back (an NTP step, a resumed
+// VM) does not make a cached answer young again.
+func TestFleetClockStepBackKeepsTheBound(t *testing.T) {
+	r := testenv.StartRedis(t)
+	up := testenv.NewUpstream(t)
+	clock := newClock()
+	completed(up, testID, clock.Now().Add(24*time.Hour))
+	const bound = 300 * time.Millisecond
+	h := newHandler(t, up, clock, withFleet(r.Addr), func(h *Handler) {
+		h.Fleet.MaxStaleness = &Staleness{Duration: caddy.Duration(bound)}
+	})
+	waitUntil(t, "the fleet is up", h.shared.client.Up)
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, fleetStored)
+	checkReply(t, download(t, h, testID, testKey), http.StatusFound, wantHit)
+
+	r.Kill()
+	waitUntil(t, "the fleet stops confirming", func() bool { return !h.shared.current() })
+	clock.Advance(-time.Hour) // the wall clock steps back; the entry's wall age is now negative
+	time.Sleep(bound)         // and more than the bound passes on the monotonic clock
+	calls := up.CallsFor(testID)
+	if rec := download(t, h, testID, testKey); rec.Code != http.StatusFound {
+		t.Fatalf("download answered %d with Redis down", rec.Code)
+	}
+	if up.CallsFor(testID) == calls {
+		t.Fatal("an answer older than max_staleness was served from the cache after the wall clock stepped back; want it asked of the app")
+	}
+}
+
 // A reload that changes the fleet block (here: to fix a wrong password)
 // keeps the invalidations that waited for Redis: the new config's client
 // publishes them.

@@ -128,7 +128,7 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	// applied before it, so the lookup cannot find what they dropped.
 	current := h.shared == nil || h.shared.current()
 	e, state := c.PeekAt(x.key, x.now)
-	if !current && (state == cache.Fresh || state == cache.Refresh) && !h.shared.recent(e.Value.decided, x.now) {
+	if !current && (state == cache.Fresh || state == cache.Refresh) && !h.shared.recent(e.Value, x.now) {
 		// The fleet has not confirmed lately that every invalidation
 		// reached this node, and this answer is older than the bound: ask
 		// again before answering from it, as for a stale entry (README,

@@ -30,8 +30,18 @@ type record struct {
 	// fleet, the bound on staleness compares it (docs/fleet.md, "Bounded
 	// staleness").
 	decided int64
-	url     atomic.Pointer[memoURL]
+	// filled is when this node made the record, on the monotonic clock
+	// (monoNow): a wall clock that steps back cannot make an entry look
+	// younger than that.
+	filled int64
+	url    atomic.Pointer[memoURL]
 }
+
+// monoEpoch starts the monotonic clock that monoNow reads.
+var monoEpoch = time.Now()
+
+// monoNow is the monotonic time since monoEpoch, in nanoseconds.
+func monoNow() int64 { return int64(time.Since(monoEpoch)) }
 
 // CacheTags are the answer's surrogate keys. The cache keeps its own copy
 // of them when it takes the record, so the record forgets them.
@@ -58,7 +68,7 @@ func (r *record) CacheRefutes() cache.Refutation {
 // at decided: the decision, the id, and for a completed export, once its
 // object is checked to render, the fields that render it.
 func (h *Handler) newRecord(id string, a *decision.Answer, decided time.Time) *record {
-	rec := &record{answer: *a, decided: decided.UnixNano()}
+	rec := &record{answer: *a, decided: decided.UnixNano(), filled: monoNow()}
 	rec.answer.Fields = nil // only this function reads them: the cache need not keep them
 	var b []byte
 	if !route.ParseUUID(id, &rec.uuid) {

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -206,14 +207,20 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) e
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	err := fn(cctx)
 	cancel()
-	if err != nil {
-		if ctx.Err() == nil {
-			c.breaker.fail()
-		}
-		return err
+	switch {
+	case err == nil, answered(err):
+		c.breaker.ok()
+	case ctx.Err() == nil:
+		c.breaker.fail()
 	}
-	c.breaker.ok()
-	return nil
+	return err
+}
+
+// answered reports whether err is an answer of a working Redis that only
+// leaves a publish unconfirmed (no replica yet, a slot that moved): it
+// must not open the breaker, which would skip a Redis that answers.
+func answered(err error) bool {
+	return errors.Is(err, errNotReplicated) || errors.Is(err, errRedirected)
 }
 
 // breaker stops calls for breakerOpen after breakerFailures consecutive

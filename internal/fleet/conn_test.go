@@ -1,6 +1,9 @@
 package fleet
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"reflect"
 	"sync"
 	"testing"
@@ -38,5 +41,26 @@ func TestRedialsDoNotAccumulate(t *testing.T) {
 	}
 	if after := rootChildren(a); after-before >= redials {
 		t.Fatalf("%d redials left %d more registrations on the client's context (%d before)", redials, after-before, before)
+	}
+}
+
+// A publish that Redis answered but could not confirm (no replica yet, a
+// slot that moved) does not open the breaker: shared lookups keep going to
+// a Redis that answers. Failures to get an answer do.
+func TestUnconfirmedPublishesDoNotOpenTheBreaker(t *testing.T) {
+	c := &Client{cfg: Config{Timeout: time.Second}}
+	for _, err := range []error{errNotReplicated, errRedirected, fmt.Errorf("publish: %w", errNotReplicated)} {
+		for range breakerFailures + 1 {
+			_ = c.call(context.Background(), func(context.Context) error { return err })
+		}
+		if !c.breaker.allow() {
+			t.Fatalf("%d publishes answered with %q opened the breaker", breakerFailures+1, err)
+		}
+	}
+	for range breakerFailures {
+		_ = c.call(context.Background(), func(context.Context) error { return errors.New("i/o timeout") })
+	}
+	if c.breaker.allow() {
+		t.Fatalf("%d failures in a row left the breaker closed", breakerFailures)
 	}
 }

@@ -63,10 +63,8 @@ type outbox struct {
 	events []queued
 	items  int // ids and tags held
 	creds  int // refused credentials held
-	// droppedCreds counts refused credentials dropped to stay bounded.
-	droppedCreds int
-	seq          uint64
-	closed       bool // drained for good: nothing more is held
+	seq    uint64
+	closed bool // drained for good: nothing more is held
 }
 
 type queued struct {
@@ -77,8 +75,11 @@ type queued struct {
 func (o *outbox) init() {}
 
 // push appends ev and returns the outbox's length. Past outboxMaxItems ids
-// and tags, everything held coalesces into one purge of all, as old as the
-// oldest event held: nothing is lost.
+// and tags, or outboxMaxCreds refused credentials, everything held
+// coalesces into one purge of all, as old as the oldest event held: nothing
+// is lost. Refusals have their own, larger bound: a client trying random
+// keys while Redis is away makes many (each a 401), and only a flood past
+// that bound costs the fleet its caches.
 func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -89,15 +90,7 @@ func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	o.events = append(o.events, queued{o.seq, ev})
 	o.items += len(ev.IDs) + len(ev.Tags)
 	o.creds += len(ev.Creds) + len(ev.CredNames)
-	// Refusals are bounded on their own: a client trying random keys
-	// while Redis is away makes many (each a 401), and they must not turn
-	// the outbox into a purge of everything. Past the bound the oldest
-	// refusals go (those credentials' entries elsewhere end with their
-	// TTL, or at their next refusal).
-	for o.creds > outboxMaxCreds {
-		o.dropOldestRefusals()
-	}
-	if o.items > outboxMaxItems {
+	if o.items > outboxMaxItems || o.creds > outboxMaxCreds {
 		oldest := o.events[0].ev.Written
 		for _, q := range o.events {
 			if q.ev.Written.Before(oldest) {
@@ -106,7 +99,7 @@ func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 		}
 		o.seq++
 		o.events = []queued{{o.seq, Event{All: true, Written: oldest}}}
-		o.items = 0
+		o.items, o.creds = 0, 0
 		coalesced = true
 	}
 	return len(o.events), coalesced, true
@@ -136,35 +129,6 @@ func (o *outbox) remove(seq uint64) {
 	if len(o.events) == 0 {
 		o.events, o.items, o.creds = nil, 0, 0
 	}
-}
-
-// dropOldestRefusals removes the refused credentials of the oldest event
-// that holds some (and the event, if that was all it held).
-func (o *outbox) dropOldestRefusals() {
-	for i, q := range o.events {
-		n := len(q.ev.Creds) + len(q.ev.CredNames)
-		if n == 0 {
-			continue
-		}
-		o.creds -= n
-		ev := q.ev
-		ev.Creds, ev.CredNames = nil, nil
-		if len(ev.IDs) == 0 && len(ev.Tags) == 0 && !ev.All {
-			o.events = append(o.events[:i], o.events[i+1:]...)
-		} else {
-			o.events[i].ev = ev
-		}
-		o.droppedCreds += n
-		return
-	}
-	o.creds = 0
-}
-
-// dropped is how many refused credentials the outbox dropped so far.
-func (o *outbox) dropped() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.droppedCreds
 }
 
 func (o *outbox) len() int {

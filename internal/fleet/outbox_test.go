@@ -64,29 +64,40 @@ func TestOutboxRemovesWhatItPublished(t *testing.T) {
 	}
 }
 
-// Refusals are bounded apart from ids and tags: a client trying random keys
-// while Redis is away (each a 401, each a refusal) drops the oldest
-// refusals past the bound, never turns the outbox into a purge of all, and
-// leaves the ids queued with them alone.
+// A flood of refusals while Redis is away (a client trying random keys) is
+// bounded apart from ids and tags: up to outboxMaxCreds are held one by one,
+// past that everything coalesces into one purge of all (no refusal is
+// dropped), and the count starts again from there.
 func TestOutboxBoundsRefusalsApart(t *testing.T) {
 	var o outbox
 	at := time.Now()
 	o.push(Event{IDs: []string{"exp_deleted"}, Creds: [][32]byte{cred("first")}, Written: at})
-	for i := range outboxMaxCreds {
+	for i := range outboxMaxCreds - 1 {
 		if _, coalesced, _ := o.push(Event{Creds: [][32]byte{cred(fmt.Sprint("random-key-", i))}, Written: at}); coalesced {
-			t.Fatal("refusals coalesced into a purge of all")
+			t.Fatalf("refusals coalesced into a purge of all after %d, below the bound %d", i+2, outboxMaxCreds)
 		}
 	}
-	if o.creds != outboxMaxCreds {
-		t.Fatalf("%d refusals held, want the bound %d", o.creds, outboxMaxCreds)
+	if o.creds != outboxMaxCreds || o.len() != outboxMaxCreds {
+		t.Fatalf("%d refusals in %d events held, want the bound %d", o.creds, o.len(), outboxMaxCreds)
+	}
+	n, coalesced, _ := o.push(Event{CredNames: []string{"one-too-many"}, Written: at.Add(time.Second)})
+	if !coalesced || n != 1 {
+		t.Fatalf("past the bound: coalesced %v, %d events; want one purge of all", coalesced, n)
+	}
+	// What the purge of all covers is no longer counted: the next refusals
+	// are held one by one again.
+	for i := range 20_000 {
+		if _, coalesced, _ := o.push(Event{Creds: [][32]byte{cred(fmt.Sprint("later-key-", i))}, Written: at}); coalesced {
+			t.Fatalf("coalesced again after %d later refusals", i+1)
+		}
 	}
 	evs := o.drain()
-	if len(evs) != outboxMaxCreds+1 || !slices.Equal(evs[0].IDs, []string{"exp_deleted"}) || len(evs[0].Creds) != 0 {
-		t.Fatalf("%d events, the first %+v; want the DELETE kept without its (oldest) refusal", len(evs), evs[0])
+	if len(evs) != 20_001 || !evs[0].All || !evs[0].Written.Equal(at) {
+		t.Fatalf("%d events, the first %+v; want the purge of all (as old as the oldest refusal) and 20,000 refusals", len(evs), evs[0])
 	}
-	for _, ev := range evs {
-		if ev.All {
-			t.Fatal("a purge of all in the outbox")
+	for _, ev := range evs[1:] {
+		if ev.All || len(ev.Creds) != 1 {
+			t.Fatalf("a later event %+v, want one refusal each", ev)
 		}
 	}
 }

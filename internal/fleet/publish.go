@@ -60,7 +60,7 @@ const (
 	maxEventItems  = 1000
 	bumpBatch      = 250
 	outboxMaxItems = 100_000 // ids and tags held while Redis is unreachable
-	outboxMaxCreds = 100_000 // refused credentials held; past that the oldest are dropped
+	outboxMaxCreds = 100_000 // refused credentials held while Redis is unreachable
 )
 
 // errUnavailable is a publish that found Redis unreachable (not connected,
@@ -154,7 +154,6 @@ func splitEvent(ev Event) []Event {
 
 func (c *Client) enqueue(ev Event, cause error) {
 	c.st.queued.Add(1)
-	dropped := c.out.dropped()
 	n, coalesced, ok := c.out.push(ev)
 	if !ok {
 		// Closed meanwhile (a reload): the outbox was handed over already,
@@ -168,13 +167,7 @@ func (c *Client) enqueue(ev Event, cause error) {
 	}
 	if coalesced {
 		c.log.Warn("fleet: invalidation outbox full, coalesced into one purge of all entries",
-			zap.Int("limit", outboxMaxItems))
-	}
-	if dropped == 0 && c.out.dropped() > 0 {
-		// Once per client: a flood of refusals (random keys) while Redis
-		// is away.
-		c.log.Warn("fleet: invalidation outbox holds too many refused credentials, dropping the oldest",
-			zap.Int("limit", outboxMaxCreds))
+			zap.Int("limit", outboxMaxItems), zap.Int("refused_credentials_limit", outboxMaxCreds))
 	}
 	if n == 1 {
 		// Once per outage: other nodes learn of it when it is out.

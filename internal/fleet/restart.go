@@ -44,21 +44,27 @@ func (r *reader) begin(info streamInfo) {
 // writes, the invalidations among them) may have brought back decisions
 // and generations they retired: no shared decision made before the
 // process started is taken, on any node (each one sees it start). Seen to
-// start after this client's last read, it is a restart under the reader's
-// eyes: events may be lost that the node never read, so it demotes too.
-func (r *reader) newServer(info streamInfo, prevRead int64) {
+// start after this client sent its last read, it is a restart under the
+// reader's eyes: events may be lost that the node never read, so it demotes
+// too. (Compared with when the last read was sent, not when its answer
+// came: a process that started in between answered none of it.)
+func (r *reader) newServer(info streamInfo, prevSent int64) {
 	c := r.c
 	known := r.runID != ""
 	r.runID = info.runID
 	if info.runID == "" || info.uptime < 0 {
 		return // INFO refused (an ACL without +info)
 	}
-	// INFO counts whole seconds: the process started by latest.
-	latest := r.readAt - info.uptime*int64(time.Second)
+	// INFO's uptime_in_seconds is the difference of two whole-second
+	// clocks, up to a second more than the time elapsed: the process
+	// started before latest.
+	latest := r.readAt - max(info.uptime-1, 0)*int64(time.Second)
 	if info.loaded {
-		c.purges.raiseFloor(latest + int64(c.cfg.ClockSkew))
+		// Through the marker: a node that starts after this one, on a
+		// replica that synced from this process, must refuse them too.
+		r.raiseFloor(latest + int64(c.cfg.ClockSkew))
 	}
-	if known && latest > prevRead {
+	if known && latest > prevSent {
 		r.gap("redis restarted (another run_id, started since the last read)", r.readAt)
 	}
 }

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -85,5 +86,30 @@ func TestRestartFromASnapshotBringsBackNoOldDecision(t *testing.T) {
 	confirmedSince(t, a, time.Now())
 	if d := loadQ(t, a, query("exp_s", key), newFetcher("deleted")); string(d.Payload) != "deleted" {
 		t.Fatalf("A took the shared decision made before the restart: %v %q", d.Source, d.Payload)
+	}
+}
+
+// A node that is first to see a server process that loaded a data set
+// records its start in the gap marker: a node that starts later refuses
+// the decisions from before it even if it first meets another process (a
+// replica that synced from this one, promoted after a failover).
+func TestSnapshotRestartIsRecordedForLaterNodes(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := node(t, r.Addr)
+	waitUp(t, a)
+	if _, src := load(t, a, "exp_m", cred("marker"), newFetcher("completed")); src != Stored {
+		t.Fatalf("fill: %v, want stored", src)
+	}
+	r.MustDo(t, "SAVE")
+	a.Close() // no node reads while the server restarts
+	restarted := time.Now()
+	r.Restart()
+	b := node(t, r.Addr)
+	waitUp(t, b)
+	confirmedSince(t, b, time.Now())
+	got, _ := r.Do(t, "GET", b.prefix+"gap")
+	at, err := strconv.ParseInt(got, 10, 64)
+	if err != nil || at < restarted.Add(-2*time.Second).UnixNano() {
+		t.Fatalf("gap marker %q after a node first met a server that loaded a snapshot; want its start (about %v)", got, restarted)
 	}
 }

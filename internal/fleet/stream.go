@@ -78,6 +78,7 @@ type reader struct {
 	startMS  int64
 	runID    string // the stream's server process, at the last read
 	readAt   int64  // when the last read succeeded (Unix nanoseconds)
+	sentAt   int64  // when that read was sent (Unix nanoseconds)
 	gapSeen  int64  // the newest gap marker seen or written (Unix nanoseconds)
 	boot     string
 	bootAt   time.Time
@@ -154,10 +155,10 @@ func (r *reader) step() error {
 	}
 	c.setUp(true)
 	r.reported = false
-	prevRead := r.readAt
-	r.readAt = c.now().UnixNano()
+	prevSent := r.sentAt
+	r.sentAt, r.readAt = readAt, c.now().UnixNano()
 	if info.runID != r.runID {
-		r.newServer(info, prevRead)
+		r.newServer(info, prevSent)
 	}
 	if !r.started {
 		r.begin(info)

@@ -40,21 +40,42 @@ func cacheGroupStrings(values []string) []string {
 // most limit of them.
 type tagSet struct {
 	keys    []string
+	seen    map[string]struct{} // keys, once there are more than smallSet
 	limit   int
 	invalid int // not a surrogate key (too long, not visible ASCII)
 	cut     int // valid, but past the limit
 }
 
+// smallSet is how many keys a tagSet compares one by one; past it, a map
+// keeps a large in-band invalidation (up to 10,000 groups) linear.
+const smallSet = 16
+
 func (s *tagSet) add(k string) {
 	switch {
 	case !ValidSurrogateKey(k):
 		s.invalid++
-	case slices.Contains(s.keys, k):
+	case s.has(k):
 	case len(s.keys) == s.limit:
 		s.cut++
 	default:
 		s.keys = append(s.keys, k)
+		if s.seen == nil && len(s.keys) > smallSet {
+			s.seen = make(map[string]struct{}, 2*len(s.keys))
+			for _, k := range s.keys {
+				s.seen[k] = struct{}{}
+			}
+		} else if s.seen != nil {
+			s.seen[k] = struct{}{}
+		}
 	}
+}
+
+func (s *tagSet) has(k string) bool {
+	if s.seen != nil {
+		_, ok := s.seen[k]
+		return ok
+	}
+	return slices.Contains(s.keys, k)
 }
 
 // parseStringList parses one field line as a List whose members are all

@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -61,4 +63,22 @@ func FuzzCacheGroups(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A large in-band invalidation keeps each group once, in order, with the
+// duplicates found past the point where a map takes over from the list.
+func TestCacheGroupsManyDistinct(t *testing.T) {
+	var b strings.Builder
+	for i := range 10_000 {
+		fmt.Fprintf(&b, "%q, ", fmt.Sprint("key_", i%7_000))
+	}
+	b.WriteString(`"key_0"`)
+	got, invalid, cut := CacheGroups([]string{b.String()}, 10_000)
+	if len(got) != 7_000 || invalid != 0 || cut != 0 || got[0] != "key_0" || got[6_999] != "key_6999" {
+		t.Fatalf("%d groups (first %q, last %q), %d invalid, %d cut; want 7,000 in order", len(got), got[0], got[len(got)-1], invalid, cut)
+	}
+	got, _, cut = CacheGroups([]string{b.String()}, 20)
+	if len(got) != 20 || got[19] != "key_19" || cut == 0 {
+		t.Fatalf("limit 20: %d groups (last %q), %d cut; want the first 20 and some cut", len(got), got[len(got)-1], cut)
+	}
 }
