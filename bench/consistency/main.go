@@ -137,7 +137,7 @@ func writeReport(w io.Writer, c config, info runInfo, rep checker.Report, worst 
 	fmt.Fprintf(w, "\nA phase is a fault's window and the healthy gap after it; \"none\" is the fault-free phase before the first fault.\n"+
 		"answers and late 302s count by when the read started, invalidations by when they were acknowledged. app calls:\n"+
 		"metadata GETs the app received while the faults of that kind were in effect. hit ratio: Cache-Status %q\n"+
-		"among reads of pairs not invalidated yet.\n", checker.HitCacheStatus)
+		"among reads of pairs not invalidated yet, through a node that had answered the pair before.\n", checker.HitCacheStatus)
 }
 
 func kindsString(kinds []checker.FaultKind) string {

@@ -62,8 +62,10 @@ type Row struct {
 	// faults of this kind were in effect (NoFault: during the phase).
 	UpstreamCalls int
 	// Live are the reads of a pair no invalidation had been sent for
-	// before the read ended; Hits those of them answered from the node's
-	// own cache.
+	// before the read ended, through a node that had answered a read of
+	// that pair before this one started (a node's first read of a pair is
+	// a miss whatever the fleet does); Hits those of them answered from
+	// the node's own cache.
 	Live, Hits int
 }
 
@@ -158,6 +160,19 @@ func Check(h *History, bound time.Duration) Report {
 	}
 	rows[NoFault].Time = firstFault
 
+	// The end of each node's first answered read of each pair.
+	type nodePair struct {
+		node        int
+		export, key string
+	}
+	firstEnd := map[nodePair]time.Duration{}
+	for _, rd := range h.Reads {
+		k := nodePair{rd.Node, rd.Export, rd.Key}
+		if t, ok := firstEnd[k]; rd.Status != 0 && (!ok || rd.End < t) {
+			firstEnd[k] = rd.End
+		}
+	}
+
 	rep := Report{Bound: bound}
 	for _, rd := range h.Reads {
 		phase := phaseAt(faults, rd.Start)
@@ -171,7 +186,11 @@ func Check(h *History, bound time.Duration) Report {
 		if rd.Status >= 500 {
 			r.Status5xx++
 		}
-		if t, ok := sentExport[rd.Export]; !ok || t > rd.End {
+		warm := false
+		if t, ok := firstEnd[nodePair{rd.Node, rd.Export, rd.Key}]; ok && t < rd.Start {
+			warm = true
+		}
+		if t, ok := sentExport[rd.Export]; warm && (!ok || t > rd.End) {
 			if t, ok := sentKey[rd.Key]; !ok || t > rd.End {
 				r.Live++
 				if rd.CacheStatus == HitCacheStatus {
