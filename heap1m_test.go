@@ -54,7 +54,8 @@ func TestHeap1MEntriesWithSurrogateKeys(t *testing.T) {
 		x := &exchange{r: &http.Request{Header: hdr}, reqID: "req_fill"}
 		for i := from; i < to; i++ {
 			x.id = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
-			hdr.Set("Authorization", fmt.Sprintf("Bearer hb_live_%024d", i/perKey))
+			x.apiKey = fmt.Sprintf("hb_live_%024d", i/perKey)
+			hdr.Set("Authorization", "Bearer "+x.apiKey)
 			x.key = h.cacheKey(x)
 			_, how, err := c.Load(context.Background(), x.key, h.newFill(x, x.now).load)
 			if err != nil || how != cache.Stored {

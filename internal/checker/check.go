@@ -160,7 +160,8 @@ func Check(h *History, bound time.Duration) Report {
 	}
 	rows[NoFault].Time = firstFault
 
-	// The end of each node's first answered read of each pair.
+	// The end of each node's first read of each pair that it answered
+	// (not with a 5xx, which caches nothing).
 	type nodePair struct {
 		node        int
 		export, key string
@@ -168,7 +169,7 @@ func Check(h *History, bound time.Duration) Report {
 	firstEnd := map[nodePair]time.Duration{}
 	for _, rd := range h.Reads {
 		k := nodePair{rd.Node, rd.Export, rd.Key}
-		if t, ok := firstEnd[k]; rd.Status != 0 && (!ok || rd.End < t) {
+		if t, ok := firstEnd[k]; rd.Status != 0 && rd.Status < 500 && (!ok || rd.End < t) {
 			firstEnd[k] = rd.End
 		}
 	}

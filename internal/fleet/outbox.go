@@ -76,10 +76,11 @@ func (o *outbox) init() {}
 
 // push appends ev and returns the outbox's length. Past outboxMaxItems ids
 // and tags, or outboxMaxCreds refused credentials, everything held
-// coalesces into one purge of all, as old as the oldest event held: nothing
-// is lost. Refusals have their own, larger bound: a client trying random
-// keys while Redis is away makes many (each a 401), and only a flood past
-// that bound costs the fleet its caches.
+// coalesces into one purge of all, written as the newest event held (so it
+// refuses every shared decision any of them refused): nothing is lost.
+// Refusals have a bound of their own: a client trying random keys while
+// Redis is away makes many (each a 401), and only a flood past that bound
+// costs the fleet its caches.
 func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -91,14 +92,14 @@ func (o *outbox) push(ev Event) (n int, coalesced, ok bool) {
 	o.items += len(ev.IDs) + len(ev.Tags)
 	o.creds += len(ev.Creds) + len(ev.CredNames)
 	if o.items > outboxMaxItems || o.creds > outboxMaxCreds {
-		oldest := o.events[0].ev.Written
+		newest := o.events[0].ev.Written
 		for _, q := range o.events {
-			if q.ev.Written.Before(oldest) {
-				oldest = q.ev.Written
+			if q.ev.Written.After(newest) {
+				newest = q.ev.Written
 			}
 		}
 		o.seq++
-		o.events = []queued{{o.seq, Event{All: true, Written: oldest}}}
+		o.events = []queued{{o.seq, Event{All: true, Written: newest}}}
 		o.items, o.creds = 0, 0
 		coalesced = true
 	}

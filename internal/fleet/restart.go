@@ -60,9 +60,7 @@ func (r *reader) newServer(info streamInfo, prevSent int64) {
 	// started before latest.
 	latest := r.readAt - max(info.uptime-1, 0)*int64(time.Second)
 	if info.loaded {
-		// Through the marker: a node that starts after this one, on a
-		// replica that synced from this process, must refuse them too.
-		r.raiseFloor(latest + int64(c.cfg.ClockSkew))
+		r.raiseLoadedFloor(latest + int64(c.cfg.ClockSkew))
 	}
 	if known && latest > prevSent {
 		r.gap("redis restarted (another run_id, started since the last read)", r.readAt)
@@ -101,7 +99,20 @@ func (r *reader) raiseFloor(at int64) {
 	_ = gapScript.Exec(ctx, r.cl, []string{c.prefix + "gap"}, []string{strconv.FormatInt(at, 10)}).Error()
 }
 
-// gapScript keeps the newest gap marker.
+// raiseLoadedFloor refuses shared decisions made before at, the start of a
+// server process that loaded a data set, here and, through <prefix>:loaded,
+// on every node that starts or looks later (a node that starts on a replica
+// promoted since never meets that process). Unlike a gap it drops no local
+// entry: every node that was running when the process started saw it start.
+func (r *reader) raiseLoadedFloor(at int64) {
+	c := r.c
+	c.purges.raiseFloor(at)
+	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
+	defer cancel()
+	_ = gapScript.Exec(ctx, r.cl, []string{c.prefix + "loaded"}, []string{strconv.FormatInt(at, 10)}).Error()
+}
+
+// gapScript keeps the newest of the moments written to its key.
 var gapScript = rueidis.NewLuaScript(`
 local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tonumber(ARGV[1]) > v then
@@ -120,7 +131,8 @@ func (r *reader) checkBoot() error {
 	res := r.cl.DoMulti(ctx,
 		r.cl.B().Set().Key(key).Value(randomHex(16)).Nx().Build(),
 		r.cl.B().Get().Key(key).Build(),
-		r.cl.B().Get().Key(c.prefix+"gap").Build())
+		r.cl.B().Get().Key(c.prefix+"gap").Build(),
+		r.cl.B().Get().Key(c.prefix+"loaded").Build())
 	if err := res[0].Error(); err != nil && !isNil(err) {
 		return err
 	}
@@ -141,6 +153,12 @@ func (r *reader) checkBoot() error {
 				r.demote("another node found a gap in the invalidation stream")
 			}
 			r.gapSeen = m
+		}
+	}
+	// A server process that loaded a data set, seen by any node.
+	if v, err := res[3].ToString(); err == nil {
+		if m, err := strconv.ParseInt(v, 10, 64); err == nil {
+			c.purges.raiseFloor(m)
 		}
 	}
 	r.bootAt = time.Now()

@@ -90,7 +90,7 @@ func TestRestartFromASnapshotBringsBackNoOldDecision(t *testing.T) {
 }
 
 // A node that is first to see a server process that loaded a data set
-// records its start in the gap marker: a node that starts later refuses
+// records its start (<prefix>:loaded): a node that starts later refuses
 // the decisions from before it even if it first meets another process (a
 // replica that synced from this one, promoted after a failover).
 func TestSnapshotRestartIsRecordedForLaterNodes(t *testing.T) {
@@ -107,9 +107,20 @@ func TestSnapshotRestartIsRecordedForLaterNodes(t *testing.T) {
 	b := node(t, r.Addr)
 	waitUp(t, b)
 	confirmedSince(t, b, time.Now())
-	got, _ := r.Do(t, "GET", b.prefix+"gap")
+	got, _ := r.Do(t, "GET", b.prefix+"loaded")
 	at, err := strconv.ParseInt(got, 10, 64)
 	if err != nil || at < restarted.Add(-2*time.Second).UnixNano() {
-		t.Fatalf("gap marker %q after a node first met a server that loaded a snapshot; want its start (about %v)", got, restarted)
+		t.Fatalf("%sloaded = %q after a node first met a server that loaded a snapshot; want its start (about %v)", b.prefix, got, restarted)
+	}
+	// A node that starts later refuses what that process brought back,
+	// without demoting the running ones.
+	if gap, _ := r.Do(t, "GET", b.prefix+"gap"); gap != "(nil)" {
+		t.Errorf("gap marker %q: a process that loaded a data set is not a gap", gap)
+	}
+	c := node(t, r.Addr)
+	waitUp(t, c)
+	confirmedSince(t, c, time.Now())
+	if !c.purges.allows("exp_any", "", nil, at+int64(time.Second)) || c.purges.allows("exp_any", "", nil, at-int64(time.Second)) {
+		t.Errorf("a later node's floor is not at %sloaded (%d)", b.prefix, at)
 	}
 }
