@@ -254,36 +254,6 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("Reshard moves slots and keys", func(t *testing.T) {
-		masters := c.Masters(t)
-		from, to := masters[0], masters[1]
-		slot := lowestSlot(t, c, from)
-		key := "{" + HashTagForSlot(slot) + "}:reshard"
-		from.MustDo(t, "SET", key, "survives")
-		start := time.Now()
-		c.Reshard(t, from, to, 10)
-		t.Logf("redis-cli reshard of 10 slots: %v", time.Since(start).Round(time.Millisecond))
-		if got := c.MasterFor(t, key); got != to {
-			t.Fatalf("after Reshard, %s is served by %s, want %s", key, got.Addr, to.Addr)
-		}
-		if got := to.MustDo(t, "GET", key); got != "survives" {
-			t.Errorf("GET %s on the new master = %q", key, got)
-		}
-		if _, err := from.Do(t, "GET", key); err == nil || !strings.HasPrefix(err.Error(), "MOVED") {
-			t.Errorf("GET %s on the old master = %v, want MOVED", key, err)
-		}
-
-		start = time.Now()
-		c.MigrateSlot(t, slot, from)
-		t.Logf("MigrateSlot of 1 slot: %v", time.Since(start).Round(time.Millisecond))
-		if got := c.MasterFor(t, key); got != from {
-			t.Fatalf("after MigrateSlot, %s is served by %s, want %s", key, got.Addr, from.Addr)
-		}
-		if got := from.MustDo(t, "GET", key); got != "survives" {
-			t.Errorf("GET %s after MigrateSlot = %q", key, got)
-		}
-	})
-
 	t.Run("a killed master is replaced by its replica", func(t *testing.T) {
 		key := "failover:kill"
 		m := c.MasterFor(t, key)
@@ -350,6 +320,39 @@ func TestCluster(t *testing.T) {
 			t.Errorf("new master %s, want the replica %s", next.Addr, r.Addr)
 		}
 		checkClusterShape(t, c, 3)
+	})
+
+	// Last: once, under load, a failover soon after this reshard left the
+	// promoted replica without one of its master's resharded slots in its own
+	// view for good; the failovers above run on the cluster as created.
+	t.Run("Reshard moves slots and keys", func(t *testing.T) {
+		masters := c.Masters(t)
+		from, to := masters[0], masters[1]
+		slot := lowestSlot(t, c, from)
+		key := "{" + HashTagForSlot(slot) + "}:reshard"
+		from.MustDo(t, "SET", key, "survives")
+		start := time.Now()
+		c.Reshard(t, from, to, 10)
+		t.Logf("redis-cli reshard of 10 slots: %v", time.Since(start).Round(time.Millisecond))
+		if got := c.MasterFor(t, key); got != to {
+			t.Fatalf("after Reshard, %s is served by %s, want %s", key, got.Addr, to.Addr)
+		}
+		if got := to.MustDo(t, "GET", key); got != "survives" {
+			t.Errorf("GET %s on the new master = %q", key, got)
+		}
+		if _, err := from.Do(t, "GET", key); err == nil || !strings.HasPrefix(err.Error(), "MOVED") {
+			t.Errorf("GET %s on the old master = %v, want MOVED", key, err)
+		}
+
+		start = time.Now()
+		c.MigrateSlot(t, slot, from)
+		t.Logf("MigrateSlot of 1 slot: %v", time.Since(start).Round(time.Millisecond))
+		if got := c.MasterFor(t, key); got != from {
+			t.Fatalf("after MigrateSlot, %s is served by %s, want %s", key, got.Addr, from.Addr)
+		}
+		if got := from.MustDo(t, "GET", key); got != "survives" {
+			t.Errorf("GET %s after MigrateSlot = %q", key, got)
+		}
 	})
 
 	if got := c.CrossSlotErrors(t); got != 1 {
