@@ -375,3 +375,34 @@ func TestDeleteRacingFillsDoNotBringTheOldDecisionBack(t *testing.T) {
 		t.Fatalf("%d of %d DELETEs: the node that answered the 2xx redirected to the deleted export afterwards", late, n)
 	}
 }
+
+// RFC 9875 groups are any sf-String (printable ASCII, spaces included, any
+// length). An answer tagged with a group this cache cannot keep as a
+// surrogate key is served but not cached: were it cached, the app's in-band
+// invalidation of that very group would purge nothing and the old answer
+// would be served until its TTL.
+func TestInBandInvalidationOfAnUnkeepableGroup(t *testing.T) {
+	for _, group := range []string{"user 42", strings.Repeat("g", 129)} {
+		t.Run(group[:min(len(group), 10)], func(t *testing.T) {
+			up := testenv.NewUpstream(t)
+			up.Set(testID, testenv.Response{
+				Header: http.Header{"Cache-Groups": {`"` + group + `"`}},
+				Body:   testenv.ExportBody(testID, "completed", nil, map[string]any{"project_id": "p"})})
+			h := newHandler(t, up, nil)
+			download(t, h, testID, testKey)
+			app := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				w.Header().Set("Cache-Group-Invalidation", `"`+group+`"`)
+				w.WriteHeader(http.StatusNoContent)
+				return nil
+			})
+			req := httptest.NewRequest(http.MethodPost, "/v1/groups/revoke", nil)
+			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+			if err := h.ServeHTTP(httptest.NewRecorder(), req, app); err != nil {
+				t.Fatal(err)
+			}
+			if cs := download(t, h, testID, testKey).Header().Get("Cache-Status"); cs == wantHit {
+				t.Fatalf("after a 2xx Cache-Group-Invalidation of %q, the answer tagged with it is still a hit: Cache-Status %q", group, cs)
+			}
+		})
+	}
+}

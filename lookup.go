@@ -131,8 +131,8 @@ func (h *Handler) lookupExport(x *exchange) (*record, error) {
 	if !current && (state == cache.Fresh || state == cache.Refresh) && !h.shared.recent(e.Value, x.now) {
 		// The fleet has not confirmed lately that every invalidation
 		// reached this node, and this answer is older than the bound: ask
-		// again before answering from it, as for a stale entry (README,
-		// "Bounded staleness").
+		// again before answering from it, as for a stale entry
+		// (docs/fleet.md, "Bounded staleness").
 		state = cache.Stale
 	}
 	switch state {
@@ -249,13 +249,14 @@ func (f *fill) ask(ctx context.Context) (*decision.Answer, time.Duration, error)
 			zap.Int("upstream_status", res.Status), zap.Error(err))
 		return nil, 0, err
 	}
+	// A purge of a tag it could not keep would miss the entry: served, not
+	// cached (nor shared).
 	if res.BadSurrogateKeys > 0 {
-		h.logger.Debug("surrogate keys ignored", zap.String("request_id", f.reqID), zap.String("export_id", f.id),
-			zap.Int("ignored", res.BadSurrogateKeys))
+		h.logger.Warn("answer not cached: a surrogate key an entry cannot keep", zap.String("request_id", f.reqID),
+			zap.String("export_id", f.id), zap.Int("unkeepable", res.BadSurrogateKeys))
+		return a, 0, nil
 	}
 	if res.TagsCut > 0 {
-		// A purge of a tag it could not keep would miss it: served, not
-		// cached.
 		h.logger.Warn("answer not cached: more surrogate keys than an entry keeps", zap.String("request_id", f.reqID),
 			zap.String("export_id", f.id), zap.Int("tags", len(a.SurrogateKeys)+res.TagsCut), zap.Int("limit", upstream.MaxSurrogateKeys))
 		return a, 0, nil
