@@ -19,8 +19,8 @@ import (
 	"github.com/exportedge/caddy-export-download/internal/fleet"
 )
 
-// Defaults of the cache block, as the README's configuration reference
-// lists them.
+// Defaults of the cache block, as docs/configuration.md's "Configuration
+// reference" lists them.
 const (
 	defaultMaxEntries   = 100_000
 	defaultStaleIfError = 10 * time.Minute

@@ -54,7 +54,7 @@ func setEach(hdr http.Header, names, vals []string) {
 	}
 }
 
-// writeAPIError writes v as the error response of the README's
+// writeAPIError writes v as the error response of docs/configuration.md,
 // "Responses"; HEAD gets the same status and headers and no body.
 func writeAPIError(w http.ResponseWriter, head bool, v *decision.Verdict, reqID, cacheStatus, retryAfter string) {
 	body := appendEnvelope(make([]byte, 0, 160), v, reqID)

@@ -102,6 +102,28 @@ type fleetCluster struct {
 	client  *http.Client
 }
 
+// coldBurst sends n concurrent GETs of export id with e2eKeyA, spread over
+// the nodes, while the app takes 300 ms to answer the first call (so the
+// whole burst arrives during it); the app answers at once afterwards.
+func (c *fleetCluster) coldBurst(id string, n int) []fleetReply {
+	c.up.Set(id, testenv.Response{Body: testenv.ExportBody(id, "completed", nil, nil), Delay: 300 * time.Millisecond})
+	replies := make([]fleetReply, n)
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			replies[i] = c.get(i%len(c.nodes), id, e2eKeyA)
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	completed(c.up, id, time.Time{})
+	return replies
+}
+
 type fleetNode struct {
 	name   string
 	base   string
@@ -519,24 +541,8 @@ func testFleetSharedRedis(t *testing.T, bin string) {
 
 	burstID := e2eID(1)
 	t.Run("ColdBurstOverEveryNode", func(t *testing.T) {
-		// The answer takes a while, so that the whole burst arrives while
-		// the first node's upstream call is running.
-		up.Set(burstID, testenv.Response{Body: testenv.ExportBody(burstID, "completed", nil, nil), Delay: 300 * time.Millisecond})
 		const n = 60
-		replies := make([]fleetReply, n)
-		gate := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-gate
-				replies[i] = c.get(i%len(c.nodes), burstID, e2eKeyA)
-			}()
-		}
-		close(gate)
-		wg.Wait()
-		completed(up, burstID, time.Time{}) // no delay from now on
+		replies := c.coldBurst(burstID, n)
 
 		t.Logf("cold burst of %d requests over %d nodes: %d upstream call(s); Cache-Status values:%s",
 			n, len(c.nodes), up.CallsFor(burstID), countValues(replies))

@@ -232,13 +232,7 @@ func testFleetCluster(t *testing.T, bin string) {
 			t.Logf("%s took over from %s", next.Addr, victim.Addr)
 		})
 		// A DELETE made afterwards reaches every node as before.
-		after := e2eID(20_001)
-		completed(up, after, time.Time{})
-		c.warmShared(t, after, e2eKeyA)
-		d := c.deleteAndWatch(up, 2, after)
-		if d.err != nil {
-			t.Errorf("DELETE after the failover: %v", d.err)
-		}
+		d := c.deleteAfterFailover(t, 2, e2eID(20_001), nil)
 		t.Logf("summary: cluster master %s (the stream's) killed under load: failover seen by testenv %v; kill -> first shared hit again %v "+
 			"(of a probe started after the failover: %v; %d probes); %d requests, %d 5xx, %d transport errors; a DELETE afterwards reached the other nodes in %v",
 			victim.Addr, k.failover.Round(time.Millisecond), k.sharing.Round(time.Millisecond), k.resumed.Round(time.Millisecond), k.probes,
@@ -384,16 +378,7 @@ func testFleetSentinel(t *testing.T, bin string) {
 		probes := probeSource(up, 400_000, nil)
 		var next *testenv.Redis
 		k := killUnderLoad(t, c, cachedID, fresh, probes, nil, func() { next = s.Failover(t) })
-		after := e2eID(20_001)
-		completed(up, after, time.Time{})
-		c.warmShared(t, after, e2eKeyA)
-		d := c.deleteAndWatch(up, 1, after)
-		if d.err != nil {
-			t.Errorf("DELETE after the failover: %v", d.err)
-		}
-		if n := streamEventsFor(t, next, c.prefix, after); n != 1 {
-			t.Errorf("the new master's stream holds %d events for the DELETE made after the failover, want 1", n)
-		}
+		d := c.deleteAfterFailover(t, 1, e2eID(20_001), next)
 		t.Logf("summary: SENTINEL FAILOVER %s -> %s under load: took %v (testenv); longest time without a shared hit %v; "+
 			"first shared hit of a probe started after the failover at +%v (%d probes); %d requests, %d 5xx, %d transport errors; "+
 			"a DELETE afterwards reached the other nodes in %v",
@@ -411,16 +396,7 @@ func testFleetSentinel(t *testing.T, bin string) {
 		probes := probeSource(up, 500_000, nil)
 		var next *testenv.Redis
 		k := killUnderLoad(t, c, cachedID, fresh, probes, victim.Kill, func() { next = s.WaitMasterChange(t, victim) })
-		after := e2eID(40_001)
-		completed(up, after, time.Time{})
-		c.warmShared(t, after, e2eKeyA)
-		d := c.deleteAndWatch(up, 0, after)
-		if d.err != nil {
-			t.Errorf("DELETE after the failover: %v", d.err)
-		}
-		if n := streamEventsFor(t, next, c.prefix, after); n != 1 {
-			t.Errorf("the new master's stream holds %d events for the DELETE made after the failover, want 1", n)
-		}
+		d := c.deleteAfterFailover(t, 0, e2eID(40_001), next)
 		t.Logf("summary: sentinel master %s killed under load, %s promoted: failover seen by testenv %v; kill -> first shared hit again %v "+
 			"(of a probe started after the failover: %v; %d probes); %d requests, %d 5xx, %d transport errors; a DELETE afterwards reached the other nodes in %v",
 			victim.Addr, next.Addr, k.failover.Round(time.Millisecond), k.sharing.Round(time.Millisecond), k.resumed.Round(time.Millisecond), k.probes,
@@ -472,23 +448,8 @@ func testReplSharedHit(t *testing.T, c *fleetCluster, id string) {
 // the 3 nodes, make one upstream call.
 func testReplColdBurst(t *testing.T, c *fleetCluster, id string) {
 	up := c.up
-	// Slow, so that the whole burst arrives during the first call.
-	up.Set(id, testenv.Response{Body: testenv.ExportBody(id, "completed", nil, nil), Delay: 300 * time.Millisecond})
 	const n = 60
-	replies := make([]fleetReply, n)
-	gate := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-gate
-			replies[i] = c.get(i%len(c.nodes), id, e2eKeyA)
-		}()
-	}
-	close(gate)
-	wg.Wait()
-	completed(up, id, time.Time{})
+	replies := c.coldBurst(id, n)
 	stored := 0
 	for _, r := range replies {
 		if r.err != nil || r.status != http.StatusFound {
@@ -953,6 +914,25 @@ func (d replDelete) waitList() []time.Duration {
 		out = append(out, w)
 	}
 	return out
+}
+
+// deleteAfterFailover caches export id on every node, DELETEs it through
+// node from, and fails the test if that DELETE did not reach every node
+// or, with next, if next (the new master) does not hold its one event.
+func (c *fleetCluster) deleteAfterFailover(t *testing.T, from int, id string, next *testenv.Redis) replDelete {
+	t.Helper()
+	completed(c.up, id, time.Time{})
+	c.warmShared(t, id, e2eKeyA)
+	d := c.deleteAndWatch(c.up, from, id)
+	if d.err != nil {
+		t.Errorf("DELETE after the failover: %v", d.err)
+	}
+	if next != nil {
+		if n := streamEventsFor(t, next, c.prefix, id); n != 1 {
+			t.Errorf("the new master's stream holds %d events for the DELETE made after the failover, want 1", n)
+		}
+	}
+	return d
 }
 
 // deleteAndWatch makes the app forget id, DELETEs it through node from and

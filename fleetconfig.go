@@ -21,7 +21,8 @@ import (
 // primary and Redis is never needed to answer (README, "Running a fleet").
 // Nil means off.
 type FleetConfig struct {
-	// Redis lists host:port of the server, or of Cluster seeds. Required.
+	// Redis lists host:port of the server, of Cluster seeds, or, with
+	// Sentinel set, of the Sentinels. Required.
 	Redis []string `json:"redis,omitempty"`
 
 	// Username and Password authenticate with Redis ACLs; {env.*} and
@@ -105,7 +106,8 @@ type FleetTLS struct {
 	// CAFile is a PEM file of the CAs that sign the server's certificate.
 	// Default: the system roots
 	CAFile string `json:"ca_file,omitempty"`
-	// ServerName is the name to verify. Default: the host of the address
+	// ServerName is the name to verify. Default: the host of the first
+	// redis address
 	ServerName string `json:"server_name,omitempty"`
 }
 

@@ -113,13 +113,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return nil
 }
 
-// apiKeyOK applies the first rule of the README's decision table.
+// apiKeyOK applies the first rule of the decision table (docs/configuration.md,
+// "Error responses").
 func (h *Handler) apiKeyOK(hdr http.Header) bool {
 	_, ok := h.apiKey(hdr)
 	return ok
 }
 
-// apiKey applies the first rule of the README's decision table and returns
+// apiKey applies the first rule of that decision table and returns
 // the key: one Authorization header, scheme Bearer in any case (RFC 9110
 // §11.1), a non-empty key without blanks, and one of key_prefixes.
 func (h *Handler) apiKey(hdr http.Header) (string, bool) {
@@ -244,8 +245,8 @@ const (
 
 // outcomeWords are the outcome placeholder's values, made `any` once: a
 // string made `any` while serving would cost an allocation per request.
-// An invalid id is the README's "bad_request" (its metric label is
-// invalid_request).
+// An invalid id is "bad_request" (docs/configuration.md, "Request
+// placeholders"; its metric label is invalid_request).
 var outcomeWords = [...]any{
 	decision.Redirect: "redirect", decision.NotReady: "not_ready", decision.Expired: "expired",
 	decision.NotFound: "not_found", decision.Unauthorized: "unauthorized", decision.InvalidRequest: "bad_request",

@@ -33,7 +33,7 @@ func init() {
 // Version is sent in the upstream User-Agent.
 const Version = "0.1.0"
 
-// Defaults, as the README's configuration reference lists them.
+// Defaults, as docs/configuration.md's "Configuration reference" lists them.
 const (
 	defaultPath            = "/v1/exports/{id}/download"
 	defaultUpstreamPath    = "/v1/exports/{id}"
@@ -89,8 +89,9 @@ type Handler struct {
 	// ForwardHeader lists client request headers passed to the upstream and
 	// hashed into the cache key, in addition to Authorization, which is
 	// always forwarded. Headers that claim the client's address
-	// (X-Forwarded-For, X-Real-IP, Forwarded), trace context and Host are
-	// refused: use upstream_header X-Real-IP {client_ip} instead.
+	// (X-Forwarded-For, X-Real-IP, Forwarded, True-Client-IP, X-Client-IP),
+	// Host, X-Request-Id and trace context are refused: use upstream_header
+	// X-Real-IP {client_ip} instead.
 	// Default: Authorization only
 	ForwardHeader []string `json:"forward_header,omitempty"`
 
@@ -142,7 +143,8 @@ type Handler struct {
 	OnUpstreamError string `json:"on_upstream_error,omitempty"`
 
 	// InvalidatePath is where a DELETE that passes through and gets a 2xx
-	// drops every cached answer for that export on this node; {id} must
+	// drops every cached answer for that export on this node (on every node
+	// with a fleet block); {id} must
 	// fill one whole path segment. Default: /v1/exports/{id}
 	InvalidatePath string `json:"invalidate_path,omitempty"`
 
@@ -153,7 +155,9 @@ type Handler struct {
 	// SurrogateKeyHeader names the upstream response header whose
 	// space-separated tags are kept with a cached answer, so that an
 	// operator can purge every answer of a tag (README, "Operating the
-	// cache"). At most 16 tags of 128 bytes each are kept per answer.
+	// cache"). An answer with a tag over 128 bytes or outside visible ASCII,
+	// or with more than 16 tags (with those of Cache-Groups), is served but
+	// not cached: a purge of that tag could not find it.
 	// Default: Surrogate-Key
 	SurrogateKeyHeader string `json:"surrogate_key_header,omitempty"`
 

@@ -245,14 +245,7 @@ func TestRefreshErrorReported(t *testing.T) {
 // goroutine of the bubble is still blocked when the test function returns.
 func TestCloseStopsRefreshes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		clock := newFakeClock()
-		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
-		k := testKey(1, "a")
-		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		clock.Advance(9 * time.Second)
-		e, _ := c.Peek(k)
+		c, k, e := inRefreshWindow(t)
 		entered := make(chan struct{})
 		var cancelled atomic.Bool
 		// Like an HTTP call: it returns when its context ends, or after a
@@ -284,14 +277,7 @@ func TestCloseStopsRefreshes(t *testing.T) {
 // closes the cache: it asks on its own behalf.
 func TestCloseDoesNotCancelJoinedRequests(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		clock := newFakeClock()
-		c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
-		k := testKey(1, "a")
-		if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		clock.Advance(9 * time.Second)
-		e, _ := c.Peek(k)
+		c, k, e := inRefreshWindow(t)
 		entered := make(chan struct{})
 		slow := func(ctx context.Context) (string, time.Duration, error) {
 			close(entered)
@@ -372,4 +358,19 @@ func TestLoadAfterAPurgeDoesNotJoinAnOlderCall(t *testing.T) {
 			})
 		})
 	}
+}
+
+// inRefreshWindow returns a cache holding one entry, k, 9 s into its 10 s
+// of freshness (due for a refresh), and that entry.
+func inRefreshWindow(t *testing.T) (*Cache[string], Key, *Entry[string]) {
+	t.Helper()
+	clock := newFakeClock()
+	c := New[string](Config{MaxEntries: 100, StaleIfError: time.Minute, Now: clock.Now})
+	k := testKey(1, "a")
+	if _, _, err := c.Load(context.Background(), k, answer("old", 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(9 * time.Second)
+	e, _ := c.Peek(k)
+	return c, k, e
 }

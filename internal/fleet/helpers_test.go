@@ -12,6 +12,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/exportedge/caddy-export-download/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -207,4 +209,20 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	i := int(float64(len(s)-1) * p)
 	return s[i]
+}
+
+// proxiedPair starts a Redis and two nodes: a connected directly, b through
+// a TCP proxy (a link a test can freeze or cut) with fast timeouts, b's
+// deliveries recorded; a publishes event first and b has received it.
+func proxiedPair(t *testing.T, first string) (*testenv.Redis, *testenv.TCPProxy, *Client, *Client, *recorder) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	p := testenv.StartTCPProxy(t, r.Addr)
+	a := node(t, r.Addr)
+	b := node(t, p.Addr, fast)
+	waitUp(t, a, b)
+	rb := subscribe(t, b)
+	a.Publish(context.Background(), Event{IDs: []string{first}})
+	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID(first)) })
+	return r, p, a, b, rb
 }

@@ -283,14 +283,7 @@ func TestPartitionLooksLikeSilence(t *testing.T) {
 }
 
 func TestStreamTrimmedPastReaderDemotes(t *testing.T) {
-	r := testenv.StartRedis(t)
-	p := testenv.StartTCPProxy(t, r.Addr)
-	a := node(t, r.Addr)
-	b := node(t, p.Addr, fast)
-	waitUp(t, a, b)
-	rb := subscribe(t, b)
-	a.Publish(context.Background(), Event{IDs: []string{"exp_before"}})
-	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_before")) })
+	r, p, a, b, rb := proxiedPair(t, "exp_before")
 
 	p.Freeze()
 	for i := range 5 {
@@ -395,14 +388,7 @@ func TestNoGoroutineLeakAcrossRestarts(t *testing.T) {
 }
 
 func TestReaderResumesAfterPartition(t *testing.T) {
-	r := testenv.StartRedis(t)
-	p := testenv.StartTCPProxy(t, r.Addr)
-	a := node(t, r.Addr)
-	b := node(t, p.Addr, fast)
-	waitUp(t, a, b)
-	rb := subscribe(t, b)
-	a.Publish(context.Background(), Event{IDs: []string{"exp_0"}})
-	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_0")) })
+	_, p, a, b, rb := proxiedPair(t, "exp_0")
 
 	p.Freeze()
 	// Long enough for the blocking read to time out: the reader errors,

@@ -62,14 +62,7 @@ func TestLateEventReachesNodesStartedSinceItWasMade(t *testing.T) {
 // access) and recreated by the next publish between two reads of a node is
 // a gap: the node demotes rather than confirm past the lost events.
 func TestStreamRecreatedBetweenReadsIsAGap(t *testing.T) {
-	r := testenv.StartRedis(t)
-	p := testenv.StartTCPProxy(t, r.Addr)
-	a := node(t, r.Addr)
-	b := node(t, p.Addr, fast)
-	waitUp(t, a, b)
-	rb := subscribe(t, b)
-	a.Publish(context.Background(), Event{IDs: []string{"exp_before"}})
-	waitFor(t, 5*time.Second, "the first event", func() bool { return rb.has(hasID("exp_before")) })
+	r, p, a, b, rb := proxiedPair(t, "exp_before")
 
 	p.Freeze() // B is between two reads
 	a.Publish(context.Background(), Event{IDs: []string{"exp_lost"}})

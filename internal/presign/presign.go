@@ -1,7 +1,7 @@
 // Package presign makes presigned S3 GetObject URLs: SigV4 query
 // authentication signing only the host header (a plain GET works), with a
 // lifetime that never outlives presign_expiry, the export or the signing
-// credentials (the README's configuration reference, and SECURITY.md's
+// credentials (docs/configuration.md's "Configuration reference", and SECURITY.md's
 // "URL lifetime guarantees").
 //
 // A URL is the one the SDK's PresignGetObject would return, computed

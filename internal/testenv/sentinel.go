@@ -171,12 +171,20 @@ func (s *SentinelSet) Replica(t testing.TB) *Redis {
 	return s.nodes[0]
 }
 
-// Failover asks a Sentinel to fail over (SENTINEL FAILOVER <name>; retried
-// while a Sentinel answers that it cannot yet), then waits as
+// Failover asks a Sentinel to fail over (RequestFailover), then waits as
 // WaitMasterChange does and returns the new master.
 func (s *SentinelSet) Failover(t testing.TB) *Redis {
 	t.Helper()
 	old := s.Master(t)
+	s.RequestFailover(t)
+	return s.WaitMasterChange(t, old)
+}
+
+// RequestFailover asks a running Sentinel to fail over (SENTINEL FAILOVER
+// <name>), retried while it answers that it cannot yet (for a while after
+// the previous failover), and returns without waiting for the failover.
+func (s *SentinelSet) RequestFailover(t testing.TB) {
+	t.Helper()
 	deadline := time.Now().Add(replicatedWait)
 	for {
 		err := errors.New("no Sentinel is running")
@@ -194,7 +202,6 @@ func (s *SentinelSet) Failover(t testing.TB) *Redis {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return s.WaitMasterChange(t, old)
 }
 
 // WaitMasterChange waits until every running, unpaused Sentinel reports the
