@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,10 +20,21 @@ func TestPublishWaitsForAReplica(t *testing.T) {
 	link := testenv.StartTCPProxy(t, master.Addr)
 	host, port, _ := net.SplitHostPort(link.Addr)
 	replica.MustDo(t, "REPLICAOF", host, port)
-	waitFor(t, 10*time.Second, "the replica to acknowledge writes", func() bool {
-		// state=online is not enough: the first WAIT 1 may still run out.
-		got := master.MustDoMulti(t, []string{"SET", "probe", "1"}, []string{"WAIT", "1", "1000"})
-		return len(got) == 2 && got[1] == "1"
+	// The replica takes the stream once it holds a write made after it
+	// loaded the master's snapshot. Neither state=online nor one WAIT 1
+	// shows that: a write the snapshot holds waits for offset 0, which a
+	// replica that just loaded acknowledged already; and after a diskless
+	// sync Redis (7.0) starts the stream only at the replica's next
+	// acknowledgement, up to a second later, so a WAIT meanwhile runs out.
+	waitFor(t, 10*time.Second, "the replica to load the master's snapshot", func() bool {
+		return strings.Contains(replica.MustDo(t, "INFO", "replication"), "master_link_status:up")
+	})
+	probes := 0
+	waitFor(t, 10*time.Second, "the replica to take the master's writes", func() bool {
+		probes++
+		v := strconv.Itoa(probes)
+		got := master.MustDoMulti(t, []string{"SET", "probe", v}, []string{"WAIT", "1", "1000"})
+		return got[1] == "1" && replica.MustDo(t, "GET", "probe") == v
 	})
 	a := node(t, master.Addr, func(c *Config) { c.Timeout = time.Second })
 	waitUp(t, a)
