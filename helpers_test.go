@@ -315,6 +315,60 @@ func runCaddy(t *testing.T, caddyfile string) {
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("loading the config: %v", err)
 	}
+	waitOldListenersClosed(t, cfg)
+}
+
+// waitOldListenersClosed waits until each TCP port the config's HTTP
+// servers listen on has one listening socket. caddy.Load returns once the
+// old config's servers were told to shut down, not once they stopped
+// accepting (their shutdown goroutines may not have run yet); with
+// SO_REUSEPORT each config has a socket of its own and the kernel hands a
+// new connection to either, so a request sent right after Load could still
+// meet the old config.
+func waitOldListenersClosed(t *testing.T, cfg []byte) {
+	t.Helper()
+	var parsed struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Listen []string `json:"listen"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(cfg, &parsed); err != nil {
+		t.Fatalf("reading the adapted config: %v", err)
+	}
+	var ports []int
+	for _, srv := range parsed.Apps.HTTP.Servers {
+		for _, l := range srv.Listen {
+			addr, err := caddy.ParseNetworkAddress(l)
+			if err != nil || addr.IsUnixNetwork() || addr.IsFdNetwork() {
+				continue
+			}
+			for p := addr.StartPort; p <= addr.EndPort; p++ {
+				ports = append(ports, int(p))
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		counts := testenv.ListeningSockets()
+		busy := 0
+		for _, p := range ports {
+			if counts[p] > 1 {
+				busy = p
+				break
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the old config still listens on port %d 10s after the reload", busy)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // edge is a running Caddy with export_download in front of reverse_proxy.
