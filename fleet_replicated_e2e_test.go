@@ -918,7 +918,10 @@ func (d replDelete) waitList() []time.Duration {
 
 // deleteAfterFailover caches export id on every node, DELETEs it through
 // node from, and fails the test if that DELETE did not reach every node
-// or, with next, if next (the new master) does not hold its one event.
+// or, with next, if next (the new master) does not hold its event. It may
+// hold it twice: a publish whose WAIT ran out (the old master, back as a
+// replica, takes the stream about a second after its full sync) goes out
+// again from the outbox.
 func (c *fleetCluster) deleteAfterFailover(t *testing.T, from int, id string, next *testenv.Redis) replDelete {
 	t.Helper()
 	completed(c.up, id, time.Time{})
@@ -928,8 +931,10 @@ func (c *fleetCluster) deleteAfterFailover(t *testing.T, from int, id string, ne
 		t.Errorf("DELETE after the failover: %v", d.err)
 	}
 	if next != nil {
-		if n := streamEventsFor(t, next, c.prefix, id); n != 1 {
-			t.Errorf("the new master's stream holds %d events for the DELETE made after the failover, want 1", n)
+		if n := streamEventsFor(t, next, c.prefix, id); n < 1 {
+			t.Errorf("the new master's stream holds no event for the DELETE made after the failover")
+		} else if n > 1 {
+			t.Logf("the new master's stream holds the DELETE's event %d times (sent again from the outbox)", n)
 		}
 	}
 	return d
