@@ -349,6 +349,19 @@ func (n *fleetNode) applied(id string) []nodeLog {
 	return out
 }
 
+// awaitApplied is applied once the node logged at least one line for id, or
+// after e2eHang: the node drops its entries before it logs, so a 404 seen
+// on it can come before the line.
+func (n *fleetNode) awaitApplied(id string) []nodeLog {
+	deadline := time.Now().Add(e2eHang)
+	for {
+		if got := n.applied(id); len(got) > 0 || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // demotes counts the node's demotions of its local entries.
 func (n *fleetNode) demotes() int {
 	k := 0
@@ -644,10 +657,11 @@ func testFleetSharedRedis(t *testing.T, bin string) {
 		}
 		var applied []string
 		for i, n := range c.nodes[1:] {
-			for _, l := range n.applied(burstID) {
+			logged := n.awaitApplied(burstID)
+			for _, l := range logged {
 				applied = append(applied, fmt.Sprintf("%s %.1fms", n.name, float64(l.time().Sub(sent).Microseconds())/1000))
 			}
-			if len(n.applied(burstID)) == 0 {
+			if len(logged) == 0 {
 				t.Errorf("node%d logged no \"fleet invalidation applied\" for %s", i+1, burstID)
 			}
 		}
@@ -979,7 +993,7 @@ func testFleetPartition(t *testing.T, bin string) {
 	})
 	t.Logf("after the partition healed, the DELETE made during it took effect on node1 in %v and node2 in %v",
 		waits[1].Round(time.Millisecond), waits[2].Round(time.Millisecond))
-	if got := len(c.nodes[1].applied(deletedID)) + len(c.nodes[2].applied(deletedID)); got < 2 {
+	if got := len(c.nodes[1].awaitApplied(deletedID)) + len(c.nodes[2].awaitApplied(deletedID)); got < 2 {
 		t.Errorf("the queued invalidation was applied %d times on node1 and node2, want once on each", got)
 	}
 }

@@ -378,7 +378,7 @@ func TestFleetRefusalReachesEveryNode(t *testing.T) {
 	// process, a setting that is neither the site's nor the connection's
 	// keeps them apart), of the same site.
 	b := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
-		h.Fleet.Timeout = caddy.Duration(time.Second)
+		h.Fleet.Timeout = caddy.Duration(2 * time.Second)
 		h.Cache = &CacheConfig{MaxEntries: 1000}
 	})
 	if a.shared.client == b.shared.client || a.caches.decisions == b.caches.decisions {
@@ -413,7 +413,7 @@ func TestFleetDeletesDuringReloadsReachEveryNode(t *testing.T) {
 	r := testenv.StartRedis(t)
 	up := testenv.NewUpstream(t)
 	other := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
-		h.Fleet.Timeout = caddy.Duration(time.Second) // its own client: another node
+		h.Fleet.Timeout = caddy.Duration(2 * time.Second) // its own client: another node
 	})
 	waitUntil(t, "the other node's fleet is up", other.shared.client.Up)
 	var mu sync.Mutex

@@ -335,11 +335,10 @@ func (s *statusWatcher) WriteHeader(code int) {
 func TestDeleteRacingFillsDoNotBringTheOldDecisionBack(t *testing.T) {
 	r := testenv.StartRedis(t)
 	up := testenv.NewUpstream(t)
-	h := newHandler(t, up, nil, withFleet(r.Addr), func(h *Handler) {
-		// Generous: a Redis call that times out on a loaded machine only
-		// moves the race, but the test wants the shared decision stored.
-		h.Fleet.Timeout = caddy.Duration(time.Second)
-	})
+	// withFleet's generous timeout: a Redis call that times out on a loaded
+	// machine only moves the race, but the test wants the shared decision
+	// stored.
+	h := newHandler(t, up, nil, withFleet(r.Addr))
 	waitUntil(t, "the fleet is up", h.shared.client.Up)
 	const n = 200
 	late := 0

@@ -18,7 +18,10 @@ func TestFirstReadStartsBeforeTheNodeStarted(t *testing.T) {
 	a := node(t, r.Addr)
 	waitUp(t, a)
 	a.Publish(context.Background(), Event{IDs: []string{"exp_long_before"}}) // before b started
-	time.Sleep(5 * time.Millisecond)
+	// Well before: b's first read places its start on the server's clock
+	// by the TIME it reads, less the time the reply took to come back
+	// (through the proxy, under -race), which this must exceed.
+	time.Sleep(250 * time.Millisecond)
 	p.Freeze()
 	b := node(t, p.Addr, fast)
 	rb := subscribe(t, b)
