@@ -37,6 +37,9 @@ type credentialSource struct {
 	last atomic.Pointer[aws.Credentials]
 
 	refreshes singleflight.Group // keyed by the set being replaced
+	// turn is held by the refresh that runs: one at a time, so that a
+	// refresh finds the set the one before returned already recorded.
+	turn chan struct{}
 
 	mu        sync.Mutex
 	refreshed aws.Credentials // the set the last refresh returned
@@ -51,7 +54,7 @@ func newCredentialSource(provider aws.CredentialsProvider, timeout time.Duration
 	if !ok {
 		cache = aws.NewCredentialsCache(&deadlineProvider{provider: provider, timeout: timeout})
 	}
-	return &credentialSource{cache: cache, timeout: timeout}
+	return &credentialSource{cache: cache, timeout: timeout, turn: make(chan struct{}, 1)}
 }
 
 // forURL returns credentials to sign a URL that would be valid until
@@ -133,8 +136,20 @@ func (c *credentialSource) mayRefresh(creds aws.Credentials, now time.Time) bool
 	return !sameSet(creds, c.refreshed) || !now.Before(c.due)
 }
 
-// refresh replaces stale in the cache, unless another caller already did.
+// refresh replaces stale in the cache, unless another caller already did
+// or stale is the set a refresh just returned. A caller can get that set
+// from the cache before the refresh that fetched it recorded it, and ask
+// to refresh it: so refreshes take turns, and each checks the rule again.
 func (c *credentialSource) refresh(ctx context.Context, stale aws.Credentials, now time.Time) (aws.Credentials, error) {
+	select {
+	case c.turn <- struct{}{}:
+		defer func() { <-c.turn }()
+	case <-ctx.Done():
+		return aws.Credentials{}, context.Cause(ctx)
+	}
+	if !c.mayRefresh(stale, now) {
+		return stale, nil
+	}
 	creds, err := c.cache.Retrieve(ctx)
 	if err != nil || !sameSet(creds, stale) {
 		if err == nil {
@@ -146,8 +161,11 @@ func (c *credentialSource) refresh(ctx context.Context, stale aws.Credentials, n
 	if creds, err = c.cache.Retrieve(ctx); err != nil {
 		return creds, err
 	}
-	c.last.Store(&creds)
+	// Recorded before it is handed out: a caller that finds it in last
+	// must also find that it may not be refreshed yet, or it would
+	// refresh it at once.
 	c.record(creds, now)
+	c.last.Store(&creds)
 	return creds, nil
 }
 
