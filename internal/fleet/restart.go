@@ -91,12 +91,9 @@ func (r *reader) gapUntil(why string, at int64) {
 // a node that starts after a gap (a restart from a snapshot brought back
 // decisions older than lost invalidations) cannot see it in the stream.
 func (r *reader) raiseFloor(at int64) {
-	c := r.c
-	c.purges.raiseFloor(at)
+	r.c.purges.raiseFloor(at)
 	r.gapSeen = max(r.gapSeen, at)
-	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
-	defer cancel()
-	_ = gapScript.Exec(ctx, r.cl, []string{c.prefix + "gap"}, []string{strconv.FormatInt(at, 10)}).Error()
+	r.mark("gap", at)
 }
 
 // raiseLoadedFloor refuses shared decisions made before at, the start of a
@@ -105,15 +102,21 @@ func (r *reader) raiseFloor(at int64) {
 // promoted since never meets that process). Unlike a gap it drops no local
 // entry: every node that was running when the process started saw it start.
 func (r *reader) raiseLoadedFloor(at int64) {
-	c := r.c
-	c.purges.raiseFloor(at)
-	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
-	defer cancel()
-	_ = gapScript.Exec(ctx, r.cl, []string{c.prefix + "loaded"}, []string{strconv.FormatInt(at, 10)}).Error()
+	r.c.purges.raiseFloor(at)
+	r.mark("loaded", at)
 }
 
-// gapScript keeps the newest of the moments written to its key.
-var gapScript = rueidis.NewLuaScript(`
+// mark writes the moment at to <prefix><name>, unless it holds a newer one.
+// A failure is ignored: this node's own floor is raised all the same.
+func (r *reader) mark(name string, at int64) {
+	c := r.c
+	ctx, cancel := context.WithTimeout(c.rootCtx, c.readerTimeout())
+	defer cancel()
+	_ = newestScript.Exec(ctx, r.cl, []string{c.prefix + name}, []string{strconv.FormatInt(at, 10)}).Error()
+}
+
+// newestScript keeps the newest of the moments written to its key.
+var newestScript = rueidis.NewLuaScript(`
 local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tonumber(ARGV[1]) > v then
   redis.call('SET', KEYS[1], ARGV[1])
